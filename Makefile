@@ -1,0 +1,120 @@
+# kiln — build, test, bench.
+#
+#   make            build/libkiln.a, build/kiln (CLI), build/kilnd (daemon)
+#   make test       every test, in a release build and under ASan+UBSan, plus fuzzers
+#   make bench      benchmarks (bench/)
+#   make deps       install the Debian packages listed in deploy/packages.txt
+#   make run        start kilnd in the foreground with its embedded defaults
+#
+# Layout rules that keep this file short:
+#   core/**/*.c       -> libkiln.a   (SIMD code uses __attribute__((target("avx2,fma"))),
+#                                   never global -m flags: one binary, run-time dispatch)
+#   cli/*.c           -> kiln
+#   server/*.c        -> kilnd
+#   tests/test_*.c    -> one test program each (tests/util/*.c linked in)
+#   tests/test_*.sh   -> shell tests, run with the built binaries
+#   fuzz/fuzz_*.c     -> libFuzzer harnesses (clang), corpus in fuzz/corpus/<name>/
+#   bench/bench_*.c   -> benchmark programs
+
+CC      ?= cc
+BUILD   ?= build
+SAN     ?= 0
+PKGS    := libpng jansson libzip libmicrohttpd sqlite3 libcurl libarchive
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+CFLAGS_ALL := -std=c11 $(WARN) -D_GNU_SOURCE -pthread -Icore -MMD -MP $(PKG_CFLAGS)
+ifeq ($(SAN),1)
+  OPT   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+  LDSAN := -fsanitize=address,undefined
+else
+  OPT   := -O2 -g
+  LDSAN :=
+endif
+CFLAGS_ALL += $(OPT) $(CFLAGS)
+LDLIBS_ALL := $(LDSAN) -pthread $(PKG_LIBS) -lm $(LDLIBS)
+
+CORE_SRC   := $(sort $(wildcard core/*.c core/*/*.c))
+CLI_SRC    := $(sort $(wildcard cli/*.c))
+SERVER_SRC := $(sort $(wildcard server/*.c))
+TUTIL_SRC  := $(sort $(wildcard tests/util/*.c))
+TEST_SRC   := $(sort $(wildcard tests/test_*.c))
+BENCH_SRC  := $(sort $(wildcard bench/bench_*.c))
+FUZZ_SRC   := $(sort $(wildcard fuzz/fuzz_*.c))
+
+CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
+CLI_OBJ    := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/obj/%.o)
+TUTIL_OBJ  := $(TUTIL_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+BENCH_BIN  := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+FUZZ_BIN   := $(FUZZ_SRC:fuzz/%.c=build/fuzz/%)
+
+LIB := $(BUILD)/libkiln.a
+
+.PHONY: all test test-release test-san fuzz fuzz-run bench deps run clean
+all: $(LIB) $(BUILD)/kiln $(BUILD)/kilnd
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(LIB): $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/kiln: $(CLI_OBJ) $(LIB)
+	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LDLIBS_ALL)
+
+$(BUILD)/kilnd: $(SERVER_OBJ) $(LIB)
+	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LDLIBS_ALL)
+
+$(BUILD)/tests/%: tests/%.c $(TUTIL_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Itests $< $(TUTIL_OBJ) $(LIB) -o $@ $(LDLIBS_ALL)
+
+$(BUILD)/bench/%: bench/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $< $(LIB) -o $@ $(LDLIBS_ALL)
+
+# The whole suite: release build (all data), then ASan+UBSan (same tests;
+# tests that sweep the whole benchmark use fewer images there), then fuzzers.
+test: test-release test-san fuzz-run
+
+test-release: all $(TEST_BIN)
+	KILN_BUILD=$(BUILD) KILN_TEST_FULL=1 tests/run.sh $(BUILD)
+
+test-san:
+	$(MAKE) BUILD=build/san SAN=1 all tests-bin
+	KILN_BUILD=build/san tests/run.sh build/san
+
+.PHONY: tests-bin
+tests-bin: $(TEST_BIN)
+
+# libFuzzer harnesses link the core sources directly, instrumented.
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Icore -fsanitize=fuzzer,address,undefined $(PKG_CFLAGS)
+build/fuzz/%: fuzz/%.c $(CORE_SRC)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) $(CORE_SRC) $< -o $@ $(PKG_LIBS) -lm -pthread
+
+fuzz: $(FUZZ_BIN)
+
+FUZZ_SECONDS ?= 20
+fuzz-run: fuzz
+	tests/fuzz_run.sh $(FUZZ_SECONDS) $(FUZZ_BIN)
+
+bench: all $(BENCH_BIN)
+	bench/run.sh $(BUILD)
+
+deps:
+	deploy/install-deps.sh
+
+run: all
+	$(BUILD)/kilnd
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD) build/san -name '*.d' 2>/dev/null)

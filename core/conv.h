@@ -1,0 +1,87 @@
+/*
+ * conv.h — feature maps and the FP32 convolution kernels.
+ *
+ * Feature-map layout ("padded planar"): C planes; each plane holds H+2 rows of
+ * `stride` floats, stride = round_up(W + 2, 8). Pixel (c, y, x), 0 <= y < H,
+ * 0 <= x < W, lives at data[c*plane + (y+1)*stride + (x+1)], plane =
+ * (H+2)*stride. Everything outside the interior (the 1-pixel border, the
+ * spare columns on the right) is zero and every kernel keeps it zero, so a
+ * 3x3 convolution with padding 1 reads its neighbours without branches. Note
+ * that zeros are also invariant under ReLU, add, scaling and (symmetric or
+ * asymmetric with 0 in range) fake quantization, so elementwise passes may run
+ * over the whole buffer, border included (kiln_fmap_total()).
+ *
+ * Convolutions: stride 1, "same" padding, kernel 1x1 or 3x3, with bias, and
+ * an epilogue fused into the store:
+ *     y = act(conv(x) + bias)                         (residual == NULL)
+ *     y = act(conv(x) + bias) * res_scale + residual   (residual != NULL)
+ * where act is ReLU or identity. Weights are packed once at create time for
+ * the chosen implementation.
+ *
+ * Implementations: KILN_IMPL_REFERENCE is plain C with one fixed summation
+ * order (ci, ky, kx), the oracle for tests. KILN_IMPL_AVX2 uses AVX2+FMA and
+ * the thread pool; KILN_IMPL_AUTO picks AVX2 when the CPU has it. Results of
+ * one implementation are bit-identical for any thread count.
+ */
+#ifndef KILN_CONV_H
+#define KILN_CONV_H
+
+#include <stddef.h>
+
+#include "pool.h"
+#include "status.h"
+
+typedef struct kiln_fmap {
+    int c, h, w;
+    size_t stride; /* floats per row, >= w + 2, multiple of 8 */
+    size_t plane;  /* floats per channel = (h + 2) * stride  */
+    float *data;   /* 64-byte aligned, c * plane floats, owned */
+} kiln_fmap;
+
+/* Allocate a zeroed feature map. Dimensions must be >= 1. */
+kiln_status kiln_fmap_alloc(kiln_fmap *m, int c, int h, int w);
+/* Re-shape an existing map, reusing its memory when big enough (zeroed). */
+kiln_status kiln_fmap_reshape(kiln_fmap *m, int c, int h, int w);
+void kiln_fmap_free(kiln_fmap *m);
+static inline size_t kiln_fmap_total(const kiln_fmap *m) { return (size_t)m->c * m->plane; }
+static inline float *kiln_fmap_at(const kiln_fmap *m, int c, int y, int x)
+{
+    return m->data + (size_t)c * m->plane + (size_t)(y + 1) * m->stride + (size_t)(x + 1);
+}
+/* Fill from / copy to dense CHW float arrays. */
+void kiln_fmap_from_chw(kiln_fmap *m, const float *chw);
+void kiln_fmap_to_chw(const kiln_fmap *m, float *chw);
+
+typedef enum kiln_impl {
+    KILN_IMPL_AUTO = 0,
+    KILN_IMPL_REFERENCE,
+    KILN_IMPL_AVX2,
+} kiln_impl;
+
+/* Which implementation AUTO resolves to on this CPU. */
+kiln_impl kiln_impl_resolve(kiln_impl impl);
+const char *kiln_impl_name(kiln_impl impl);
+
+typedef struct kiln_conv kiln_conv;
+
+/* weights: OIHW float32 [cout][cin][k][k]; bias: [cout] or NULL (zeros).
+ * k must be 1 or 3. The arrays are copied (packed). */
+kiln_status kiln_conv_create(int cout, int cin, int k, const float *weights,
+                             const float *bias, kiln_impl impl, kiln_conv **out);
+void kiln_conv_destroy(kiln_conv *conv);
+
+typedef struct kiln_conv_epilogue {
+    int relu;                 /* apply ReLU after the bias                 */
+    const kiln_fmap *residual; /* NULL, or same shape as the output         */
+    float res_scale;          /* used only with residual                    */
+} kiln_conv_epilogue;
+
+/* out must be allocated with c = cout and in's h, w; in->c must equal cin.
+ * in and out (and residual and out) may not alias. pool may be NULL. */
+kiln_status kiln_conv_run(const kiln_conv *conv, const kiln_fmap *in, kiln_fmap *out,
+                          const kiln_conv_epilogue *ep, kiln_pool *pool);
+
+/* Floating-point operations of one run on an h x w map (2 per MAC). */
+double kiln_conv_flops(const kiln_conv *conv, int h, int w);
+
+#endif
