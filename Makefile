@@ -19,7 +19,7 @@
 CC      ?= cc
 BUILD   ?= build
 SAN     ?= 0
-PKGS    := libpng jansson libzip libmicrohttpd sqlite3 libcurl libarchive
+PKGS    := libpng jansson libzip libmicrohttpd sqlite3 libcurl libarchive libcrypto
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)

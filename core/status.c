@@ -57,7 +57,13 @@ void kiln_errmsg_prefix(const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, errmsg, sizeof old);
-    snprintf(errmsg, sizeof errmsg, "%s%s", prefix, old);
+    size_t n = strlen(prefix);
+    if (n >= sizeof errmsg) n = sizeof errmsg - 1;
+    memcpy(errmsg, prefix, n);
+    size_t m = strnlen(old, sizeof old);
+    if (m > sizeof errmsg - 1 - n) m = sizeof errmsg - 1 - n;
+    memcpy(errmsg + n, old, m);
+    errmsg[n + m] = '\0';
 }
 
 const char *kiln_version(void) { return "0.1.0"; }
