@@ -1,0 +1,108 @@
+/*
+ * artifact.h — the finalized, compressed model: in memory (kiln_artifact)
+ * and on disk (the .kiln file format, documented in artifact.c's header
+ * comment and docs/artifact-format.md).
+ *
+ * The in-memory form is a plain description the compression pipeline fills
+ * and the runner reads: the EDSR architecture, every conv's weights in their
+ * stored representation (float32, n-bit integer codes with scales/zero
+ * points, or n-bit palette indices with a LUT that may itself be int8 with a
+ * scale), float32 biases, and the frozen qparams of every activation site.
+ * The artifact owns every pointer in it (kiln_artifact_free releases all).
+ */
+#ifndef KILN_ARTIFACT_H
+#define KILN_ARTIFACT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+
+#define KILN_ART_NAME_MAX 64
+
+typedef enum kiln_wkind {
+    KILN_WK_F32 = 0, /* weight[]                                              */
+    KILN_WK_INT,     /* codes[] with scales[]/zero_points[] (per tensor/channel/block) */
+    KILN_WK_PALETTE, /* indices[] into lut (per tensor or per group of channels) */
+} kiln_wkind;
+
+typedef struct kiln_art_conv {
+    char name[KILN_ART_NAME_MAX]; /* "body.3.body.0" */
+    int cout, cin, k;
+    kiln_wkind kind;
+    float *bias; /* [cout], float32 always */
+
+    /* KILN_WK_F32 */
+    float *weight; /* [cout*cin*k*k] OIHW */
+
+    /* KILN_WK_INT: w = (codes - zp) * scale, block b covers the elements of
+     * output channel c (per_channel, axis 0), or of the whole tensor
+     * (per_tensor), or `block_size` consecutive input-channel elements
+     * (per_block along axis 1). */
+    int bits;            /* 8 or 4                                      */
+    int is_signed;       /* codes in [-2^(bits-1), 2^(bits-1)-1] or [0, 2^bits-1] */
+    int granularity;     /* kiln_qgranularity                            */
+    int block_size;
+    int16_t *codes;      /* [numel]                                      */
+    size_t n_scales;
+    float *scales;       /* [n_scales]                                   */
+    int32_t *zero_points;/* [n_scales]                                   */
+
+    /* KILN_WK_PALETTE: w = lut[group][indices[i]] (* channel_scales[c]) */
+    int n_bits;          /* indices in [0, 2^n_bits)                     */
+    int n_luts;          /* 1 (per tensor) or cout / group_size          */
+    int group_size;      /* output channels per LUT (cout for per tensor) */
+    uint8_t *indices;    /* [numel]                                      */
+    float *lut;          /* [n_luts << n_bits] float values (dequantized when lut_q) */
+    int8_t *lut_q;       /* [n_luts << n_bits] int8 codes, or NULL        */
+    float *lut_scales;   /* [n_luts] when lut_q                          */
+    float *channel_scales; /* [cout] or NULL                             */
+} kiln_art_conv;
+
+typedef struct kiln_art_site {
+    char name[KILN_ART_NAME_MAX]; /* "body.3.relu" */
+    int enabled;                  /* 0: not quantized            */
+    float scale;
+    int32_t zero_point;
+    int qmin, qmax;
+    float range_min, range_max;   /* the calibrated range (for reports) */
+} kiln_art_site;
+
+typedef struct kiln_artifact {
+    int resblocks, features, scale;
+    float res_scale;
+    char *recipe;        /* preset name or "custom"          */
+    char *config_json;   /* canonical config JSON             */
+    char config_hash[65];
+    char *kiln_version;
+    char *source_sha256; /* checkpoint the artifact came from, or NULL */
+    size_t n_convs;
+    kiln_art_conv *convs;
+    size_t n_sites;
+    kiln_art_site *sites;
+} kiln_artifact;
+
+/* Allocate an empty artifact with n_convs/n_sites zeroed entries. */
+kiln_status kiln_artifact_create(size_t n_convs, size_t n_sites, kiln_artifact **out);
+void kiln_artifact_free(kiln_artifact *a);
+
+/* Write atomically (temporary file, fsync, rename); *bytes gets the file size. */
+kiln_status kiln_artifact_write(const kiln_artifact *a, const char *path, size_t *bytes);
+/* Serialize to a malloc'ed buffer (identical bytes to the file). */
+kiln_status kiln_artifact_encode(const kiln_artifact *a, void **buf, size_t *len);
+kiln_status kiln_artifact_read(const char *path, kiln_artifact **out);
+kiln_status kiln_artifact_decode(const void *buf, size_t len, kiln_artifact **out);
+/* 1 when the buffer starts with the .kiln magic. */
+int kiln_artifact_sniff(const void *buf, size_t len);
+
+/* Weight storage of SPEC §5 for one conv / all convs: payload (codes at
+ * `bits` per weight, or indices packed per tensor at n_bits) + scales/LUTs
+ * (4-byte floats; LUT entries 1 byte when int8, 4 when float); biases and
+ * zero points not counted. */
+size_t kiln_art_conv_weight_bytes(const kiln_art_conv *c);
+size_t kiln_artifact_weight_bytes(const kiln_artifact *a);
+
+/* The float weights a conv represents (OIHW, cout*cin*k*k floats). */
+kiln_status kiln_art_conv_dequantize(const kiln_art_conv *c, float *out);
+
+#endif
