@@ -184,8 +184,12 @@ static void rd_decode(kiln__png_rd *rd)
         png_set_strip_alpha(png);
         rd->warn |= KILN_PNG_WARN_ALPHA_DROPPED;
     }
-    /* tRNS is not expanded to alpha, which is the same as dropping it. */
-    if (png_get_valid(png, info, PNG_INFO_tRNS)) rd->warn |= KILN_PNG_WARN_ALPHA_DROPPED;
+    /* Palette/low-bit expansion turns tRNS into an alpha channel; strip it
+     * like any other alpha (a no-op where no alpha results). */
+    if (png_get_valid(png, info, PNG_INFO_tRNS)) {
+        png_set_strip_alpha(png);
+        rd->warn |= KILN_PNG_WARN_ALPHA_DROPPED;
+    }
     if (depth == 16) rd->warn |= KILN_PNG_WARN_16BIT_CONVERTED;
     int passes = png_set_interlace_handling(png);
     png_read_update_info(png, info);
