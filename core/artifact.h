@@ -95,12 +95,17 @@ kiln_status kiln_artifact_decode(const void *buf, size_t len, kiln_artifact **ou
 /* 1 when the buffer starts with the .kiln magic. */
 int kiln_artifact_sniff(const void *buf, size_t len);
 
-/* Weight storage of SPEC §5 for one conv / all convs: payload (codes at
+/* Weight storage of SPEC §5 for one conv / all convs, as the golden
+ * manifest's "choices" count it: payload (4 bytes per float weight, codes at
  * `bits` per weight, or indices packed per tensor at n_bits) + scales/LUTs
- * (4-byte floats; LUT entries 1 byte when int8, 4 when float); biases and
- * zero points not counted. */
+ * (4-byte floats; LUT entries 1 byte when int8, 4 when float; 4 per LUT scale
+ * and per channel scale) + the float32 biases (4 bytes each; every recipe
+ * keeps them). Zero points are not counted. EDSR-baseline x2 FP32: 5,479,532.
+ * The bias share alone ("biases counted separately") is *_bias_bytes. */
 size_t kiln_art_conv_weight_bytes(const kiln_art_conv *c);
 size_t kiln_artifact_weight_bytes(const kiln_artifact *a);
+size_t kiln_art_conv_bias_bytes(const kiln_art_conv *c);
+size_t kiln_artifact_bias_bytes(const kiln_artifact *a);
 
 /* The float weights a conv represents (OIHW, cout*cin*k*k floats). */
 kiln_status kiln_art_conv_dequantize(const kiln_art_conv *c, float *out);
