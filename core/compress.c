@@ -1,0 +1,206 @@
+/*
+ * compress.c — the compression workflow (see compress.h for the order and
+ * why). The FP32 model is cloned; the clone gets palettized weights (they
+ * matter during calibration) while quantized weights are only recorded in
+ * the artifact (the reference calibrates with fake quantization off). The
+ * artifact is the single output: evaluation runs it through runner.c, so
+ * what is measured is exactly what is shipped.
+ */
+#include "compress.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eval.h"
+#include "palette.h"
+#include "quant.h"
+
+static void report(const kiln_compress_opts *o, const char *stage, int done, int total)
+{
+    if (o && o->progress) o->progress(o->progress_ctx, stage, done, total);
+}
+
+static int canceled(const kiln_compress_opts *o)
+{
+    return o && o->cancel && atomic_load(o->cancel);
+}
+
+static kiln_status copy_floats(float **dst, const float *src, size_t n)
+{
+    *dst = malloc((n ? n : 1) * sizeof(float));
+    if (!*dst) return kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
+    memcpy(*dst, src, n * sizeof(float));
+    return KILN_OK;
+}
+
+static kiln_status quantize_conv(const kiln_qspec *spec, kiln_art_conv *c, const float *w)
+{
+    int inner = c->cin * c->k * c->k;
+    size_t numel = (size_t)c->cout * inner;
+    size_t ns = kiln_quant_weight_nscales(spec, c->cout, inner);
+    c->kind = KILN_WK_INT;
+    c->bits = (spec->dtype == KILN_Q_INT8 || spec->dtype == KILN_Q_UINT8) ? 8 : 4;
+    c->is_signed = spec->dtype == KILN_Q_INT8 || spec->dtype == KILN_Q_INT4;
+    c->granularity = (int)spec->granularity;
+    c->block_size = spec->granularity == KILN_QG_PER_BLOCK ? spec->block_size : 0;
+    c->codes = malloc(numel * sizeof(int16_t));
+    c->scales = malloc(ns * sizeof(float));
+    c->zero_points = malloc(ns * sizeof(int32_t));
+    if (!c->codes || !c->scales || !c->zero_points)
+        return kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
+    kiln_status st = kiln_quant_weight(spec, w, c->cout, inner, c->codes, c->scales,
+                                       c->zero_points, &c->n_scales, NULL);
+    if (st != KILN_OK) kiln_errmsg_prefix("%s.weight: ", c->name);
+    return st;
+}
+
+static kiln_status palettize_conv(const kiln_pspec *spec, kiln_art_conv *c, const float *w)
+{
+    (void)spec; (void)w;
+    return kiln_fail(KILN_ERR_UNSUPPORTED, "%s: palettization is not wired yet", c->name);
+}
+
+kiln_status kiln_compress(const kiln_model *fp32, const kiln_recipe *recipe, const kiln_dataset *ds,
+                          size_t calib_first, size_t calib_count, const char *source_sha256,
+                          const kiln_compress_opts *opts, kiln_artifact **out,
+                          kiln_compress_stats *stats)
+{
+    *out = NULL;
+    kiln_compress_stats local = {0};
+    kiln_recipe_options ro;
+    kiln_recipe_get_options(recipe, &ro);
+    if (ro.bias_correction || ro.equalization)
+        return kiln_fail(KILN_ERR_UNSUPPORTED,
+                         "options.%s: not available in this version of kiln",
+                         ro.bias_correction ? "bias_correction" : "equalization");
+    int R = kiln_model_resblocks(fp32);
+    size_t nconv = kiln_model_conv_count(fp32), nsites = kiln_model_site_count(fp32);
+    kiln_artifact *a = NULL;
+    kiln_model *work = NULL;
+    kiln_actquant *aq = NULL;
+    kiln_qspec *site_specs = NULL;
+    const kiln_qspec **site_ptrs = NULL;
+    kiln_status st = kiln_artifact_create(nconv, nsites, &a);
+    if (st != KILN_OK) return st;
+    a->resblocks = R;
+    a->features = kiln_model_features(fp32);
+    a->scale = kiln_model_scale(fp32);
+    a->res_scale = kiln_model_res_scale(fp32);
+    a->recipe = strdup(kiln_recipe_name(recipe));
+    a->config_json = kiln_recipe_to_json(recipe);
+    a->kiln_version = strdup(kiln_version());
+    a->source_sha256 = source_sha256 ? strdup(source_sha256) : NULL;
+    kiln_recipe_hash(recipe, a->config_hash);
+    if (!a->recipe || !a->config_json || !a->kiln_version || (source_sha256 && !a->source_sha256)) {
+        st = kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
+        goto done;
+    }
+    st = kiln_model_clone(fp32, &work);
+    if (st != KILN_OK) goto done;
+
+    /* 1-2. Weights. */
+    double t0 = kiln_now();
+    report(opts, "weights", 0, (int)nconv);
+    for (size_t i = 0; i < nconv && st == KILN_OK; i++) {
+        kiln_art_conv *c = &a->convs[i];
+        const char *name = kiln_model_conv_name(fp32, i);
+        snprintf(c->name, sizeof c->name, "%s", name);
+        kiln_model_conv_shape(fp32, i, &c->cout, &c->cin, &c->k);
+        size_t numel = (size_t)c->cout * c->cin * c->k * c->k;
+        const float *w = kiln_model_conv_weight(fp32, i);
+        st = copy_floats(&c->bias, kiln_model_conv_bias(fp32, i), (size_t)c->cout);
+        if (st != KILN_OK) break;
+        kiln_pspec ps;
+        kiln_qspec qs;
+        if (kiln_recipe_pspec(recipe, name, "conv", &ps)) {
+            st = palettize_conv(&ps, c, w);
+            if (st == KILN_OK) {
+                float *deq = malloc(numel * sizeof(float));
+                if (!deq) st = kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
+                if (st == KILN_OK) st = kiln_art_conv_dequantize(c, deq);
+                if (st == KILN_OK) st = kiln_model_set_conv_weight(work, i, deq);
+                free(deq);
+            }
+        } else if (kiln_recipe_weight_qspec(recipe, name, "conv", &qs)) {
+            st = quantize_conv(&qs, c, w);
+        } else {
+            c->kind = KILN_WK_F32;
+            st = copy_floats(&c->weight, w, numel);
+        }
+        report(opts, "weights", (int)i + 1, (int)nconv);
+    }
+    local.weights_s = kiln_now() - t0;
+    if (st != KILN_OK) goto done;
+
+    /* 3. Activations. */
+    site_specs = calloc(nsites, sizeof *site_specs);
+    site_ptrs = calloc(nsites, sizeof *site_ptrs);
+    if (!site_specs || !site_ptrs) {
+        st = kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
+        goto done;
+    }
+    int any_site = 0;
+    for (size_t s = 0; s < nsites; s++) {
+        if (kiln_recipe_site_qspec(recipe, kiln_model_site_name(fp32, s), R, &site_specs[s])) {
+            site_ptrs[s] = &site_specs[s];
+            any_site = 1;
+        }
+        snprintf(a->sites[s].name, sizeof a->sites[s].name, "%s", kiln_model_site_name(fp32, s));
+    }
+    if (any_site) {
+        if (calib_count == 0) {
+            st = kiln_fail(KILN_ERR_INVALID, "compress: the recipe quantizes activations but there are no calibration images");
+            goto done;
+        }
+        t0 = kiln_now();
+        st = kiln_actquant_create(work, site_ptrs, &aq);
+        if (st == KILN_OK) st = kiln_actquant_set_mode(aq, KILN_AQ_CALIBRATE);
+        if (st != KILN_OK) goto done;
+        kiln_site_hook hook;
+        kiln_actquant_hook(aq, &hook);
+        kiln_eval_opts eo = {.hook = &hook, .cancel = opts ? opts->cancel : NULL};
+        kiln_eval_result r;
+        /* prepare(example): one pass on the first calibration image. */
+        report(opts, "calibrate", 0, (int)calib_count + 1);
+        st = kiln_eval_run(work, ds, calib_first, 1, opts ? opts->pool : NULL, &eo, &r);
+        if (st != KILN_OK) goto done;
+        kiln_eval_result_free(&r);
+        for (size_t k = 0; k < calib_count && st == KILN_OK; k++) {
+            if (canceled(opts)) {
+                st = kiln_fail(KILN_ERR_CANCELED, "compress: canceled during calibration");
+                break;
+            }
+            report(opts, "calibrate", (int)k + 1, (int)calib_count + 1);
+            st = kiln_eval_run(work, ds, calib_first + k, 1, opts ? opts->pool : NULL, &eo, &r);
+            if (st == KILN_OK) kiln_eval_result_free(&r);
+        }
+        if (st != KILN_OK) goto done;
+        report(opts, "calibrate", (int)calib_count + 1, (int)calib_count + 1);
+        local.calib_passes = (int)calib_count + 1;
+        st = kiln_actquant_freeze(aq);
+        if (st != KILN_OK) goto done;
+        for (size_t s = 0; s < nsites; s++) {
+            kiln_art_site *as = &a->sites[s];
+            as->enabled = kiln_actquant_site_enabled(aq, s);
+            if (!as->enabled) continue;
+            st = kiln_actquant_site_qparams(aq, s, &as->scale, &as->zero_point, &as->qmin, &as->qmax);
+            if (st == KILN_OK) st = kiln_actquant_site_range(aq, s, &as->range_min, &as->range_max);
+            if (st != KILN_OK) goto done;
+        }
+        local.calibrate_s = kiln_now() - t0;
+    }
+done:
+    kiln_actquant_destroy(aq);
+    free(site_specs);
+    free(site_ptrs);
+    kiln_model_destroy(work);
+    if (st != KILN_OK) {
+        kiln_artifact_free(a);
+        return st;
+    }
+    if (stats) *stats = local;
+    *out = a;
+    return KILN_OK;
+}

@@ -1,0 +1,537 @@
+/*
+ * model.c — EDSR (SPEC §1) as a fixed sequence of ops over padded feature
+ * maps, with a hook at every activation site (SPEC §3.5).
+ *
+ * The graph is small and fixed, so it is code, not data: kiln_model_forward
+ * walks it in order. Each conv keeps its float OIHW weights (the source of
+ * truth, replaceable by compression) and a packed copy for the kernels.
+ *
+ * Fusion: without a hook, the residual adds (`conv2·res_scale + h` in every
+ * block, `body_conv + h0` globally) are fused into the conv epilogues. With a
+ * hook every site's tensor must exist on its own, so the ops run one by one
+ * and the hook sees each result before the next op reads it.
+ *
+ * Memory: the model owns its working feature maps (resized only when the
+ * input size grows), so repeated passes allocate nothing; this makes a model
+ * single-threaded at the API level (kernels inside use the pool).
+ */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NAME_MAX_LEN 64
+
+static const float kMeanRGB[3] = {0.4488f, 0.4371f, 0.4040f};
+
+typedef struct mconv {
+    char name[NAME_MAX_LEN];
+    int cout, cin, k;
+    float *w; /* OIHW */
+    float *b; /* [cout] */
+    kiln_conv *packed;
+    int meanshift;
+} mconv;
+
+/* Working maps: at LR size (h0, x, y, t, up) and at upscaled sizes. */
+enum { B_IN, B_IN2, B_H0, B_X, B_Y, B_T, B_UP, B_PS, B_TAIL, B_OUT, B_COUNT };
+
+struct kiln_model {
+    int R, F, scale, n_up, up_factor; /* n_up stages of PixelShuffle(up_factor) */
+    float res_scale;
+    kiln_impl impl;
+    size_t nconv;
+    mconv *convs;
+    size_t nsites;
+    char (*sites)[NAME_MAX_LEN];
+    kiln_fmap buf[B_COUNT];
+};
+
+/* ---- conv indices -------------------------------------------------------- */
+static size_t ci_sub(void) { return 0; }
+static size_t ci_head(void) { return 1; }
+static size_t ci_body1(int i) { return 2 + 2 * (size_t)i; }
+static size_t ci_body2(int i) { return 3 + 2 * (size_t)i; }
+static size_t ci_bodyconv(const kiln_model *m) { return 2 + 2 * (size_t)m->R; }
+static size_t ci_up(const kiln_model *m, int j) { return 3 + 2 * (size_t)m->R + (size_t)j; }
+static size_t ci_tail(const kiln_model *m) { return 3 + 2 * (size_t)m->R + (size_t)m->n_up; }
+static size_t ci_addmean(const kiln_model *m) { return 4 + 2 * (size_t)m->R + (size_t)m->n_up; }
+
+/* ---- construction --------------------------------------------------------- */
+
+static void shape_str(char *out, size_t n, int ndim, const int64_t *shape)
+{
+    size_t used = 0;
+    used += (size_t)snprintf(out + used, n - used, "[");
+    for (int d = 0; d < ndim && used < n; d++)
+        used += (size_t)snprintf(out + used, n - used, "%s%lld", d ? "," : "", (long long)shape[d]);
+    if (used < n) snprintf(out + used, n - used, "]");
+}
+
+/* Fetch a tensor that must exist with exactly this shape; marks it used. */
+static kiln_status take(const kiln_weights *w, unsigned char *used, const char *name, int ndim,
+                        const int64_t *shape, const float **out)
+{
+    long i = kiln_weights_find(w, name);
+    char want[96], got[96];
+    shape_str(want, sizeof want, ndim, shape);
+    if (i < 0) return kiln_fail(KILN_ERR_ARCH, "EDSR: missing %s (expected shape %s)", name, want);
+    int gd = kiln_weights_ndim(w, (size_t)i);
+    const int64_t *gs = kiln_weights_shape(w, (size_t)i);
+    int ok = gd == ndim;
+    for (int d = 0; ok && d < ndim; d++) ok = gs[d] == shape[d];
+    if (!ok) {
+        shape_str(got, sizeof got, gd, gs);
+        return kiln_fail(KILN_ERR_ARCH, "EDSR: %s has shape %s, expected %s", name, got, want);
+    }
+    used[i] = 1;
+    *out = kiln_weights_data(w, (size_t)i);
+    return KILN_OK;
+}
+
+static kiln_status conv_init(mconv *c, const char *name, int cout, int cin, int k, const float *w,
+                             const float *b, int meanshift)
+{
+    snprintf(c->name, sizeof c->name, "%s", name);
+    c->cout = cout;
+    c->cin = cin;
+    c->k = k;
+    c->meanshift = meanshift;
+    size_t nw = (size_t)cout * cin * k * k;
+    c->w = malloc(nw * sizeof(float));
+    c->b = malloc((size_t)cout * sizeof(float));
+    if (!c->w || !c->b) return kiln_fail(KILN_ERR_NOMEM, "model: out of memory for %s", name);
+    memcpy(c->w, w, nw * sizeof(float));
+    memcpy(c->b, b, (size_t)cout * sizeof(float));
+    return KILN_OK;
+}
+
+static kiln_status conv_pack(mconv *c, kiln_impl impl)
+{
+    kiln_conv_destroy(c->packed);
+    c->packed = NULL;
+    kiln_status st = kiln_conv_create(c->cout, c->cin, c->k, c->w, c->b, impl, &c->packed);
+    if (st != KILN_OK) kiln_errmsg_prefix("%s: ", c->name);
+    return st;
+}
+
+/* Load a conv "<prefix>.weight" [cout,cin,k,k] and "<prefix>.bias" [cout]. */
+static kiln_status take_conv(const kiln_weights *w, unsigned char *used, mconv *c,
+                             const char *prefix, int cout, int cin, int k, int meanshift)
+{
+    char key[NAME_MAX_LEN + 16];
+    const float *wd, *bd;
+    int64_t ws[4] = {cout, cin, k, k}, bs[1] = {cout};
+    snprintf(key, sizeof key, "%s.weight", prefix);
+    kiln_status st = take(w, used, key, 4, ws, &wd);
+    if (st != KILN_OK) return st;
+    snprintf(key, sizeof key, "%s.bias", prefix);
+    st = take(w, used, key, 1, bs, &bd);
+    if (st != KILN_OK) return st;
+    return conv_init(c, prefix, cout, cin, k, wd, bd, meanshift);
+}
+
+static kiln_status meanshift_default(mconv *c, const char *name, float sign)
+{
+    float wd[9] = {1, 0, 0, 0, 1, 0, 0, 0, 1}, bd[3];
+    for (int i = 0; i < 3; i++) bd[i] = sign * 255.0f * kMeanRGB[i];
+    return conv_init(c, name, 3, 3, 1, wd, bd, 1);
+}
+
+static kiln_status build_sites(kiln_model *m)
+{
+    m->nsites = 4 + 4 * (size_t)m->R + 2 + 2 * (size_t)m->n_up + 2;
+    m->sites = calloc(m->nsites, sizeof *m->sites);
+    if (!m->sites) return kiln_fail(KILN_ERR_NOMEM, "model: out of memory");
+    size_t s = 0;
+#define SITE(...) snprintf(m->sites[s++], NAME_MAX_LEN, __VA_ARGS__)
+    SITE("input");
+    SITE("mul255");
+    SITE("sub_mean");
+    SITE("head");
+    for (int i = 0; i < m->R; i++) {
+        SITE("body.%d.relu", i);
+        SITE("body.%d.conv2", i);
+        SITE("body.%d.mul", i);
+        SITE("body.%d.add", i);
+    }
+    SITE("body_conv");
+    SITE("global_add");
+    for (int j = 0; j < m->n_up; j++) {
+        if (m->n_up == 1) {
+            SITE("upsample_conv");
+            SITE("pixel_shuffle");
+        } else {
+            SITE("upsample_conv.%d", j);
+            SITE("pixel_shuffle.%d", j);
+        }
+    }
+    SITE("tail_conv");
+    SITE("add_mean");
+#undef SITE
+    return s == m->nsites ? KILN_OK : kiln_fail(KILN_ERR_INTERNAL, "model: site count");
+}
+
+static kiln_status model_alloc(kiln_model **out, int R, int F, int scale, float res_scale,
+                               kiln_impl impl)
+{
+    kiln_model *m = calloc(1, sizeof *m);
+    if (!m) return kiln_fail(KILN_ERR_NOMEM, "model: out of memory");
+    m->R = R;
+    m->F = F;
+    m->scale = scale;
+    m->n_up = scale == 4 ? 2 : 1;
+    m->up_factor = scale == 4 ? 2 : scale;
+    m->res_scale = res_scale;
+    m->impl = impl;
+    m->nconv = 5 + 2 * (size_t)R + (size_t)m->n_up;
+    m->convs = calloc(m->nconv, sizeof *m->convs);
+    if (!m->convs) {
+        free(m);
+        return kiln_fail(KILN_ERR_NOMEM, "model: out of memory");
+    }
+    kiln_status st = build_sites(m);
+    if (st != KILN_OK) {
+        kiln_model_destroy(m);
+        return st;
+    }
+    *out = m;
+    return KILN_OK;
+}
+
+kiln_status kiln_model_from_weights(const kiln_weights *w, const kiln_model_opts *opts,
+                                    kiln_model **out)
+{
+    *out = NULL;
+    size_t n = kiln_weights_count(w);
+    long head = kiln_weights_find(w, "head.0.weight");
+    if (head < 0) {
+        if (n == 0) return kiln_fail(KILN_ERR_ARCH, "EDSR: the state dict holds no tensors");
+        return kiln_fail(KILN_ERR_ARCH,
+                         "not an EDSR state dict: missing head.0.weight (first key is %s)",
+                         kiln_weights_name(w, 0));
+    }
+    const int64_t *hs = kiln_weights_shape(w, (size_t)head);
+    if (kiln_weights_ndim(w, (size_t)head) != 4 || hs[1] != 3 || hs[2] != 3 || hs[3] != 3 ||
+        hs[0] < 1 || hs[0] > 4096) {
+        char got[96];
+        shape_str(got, sizeof got, kiln_weights_ndim(w, (size_t)head), hs);
+        return kiln_fail(KILN_ERR_ARCH, "EDSR: head.0.weight has shape %s, expected [F,3,3,3]", got);
+    }
+    int F = (int)hs[0];
+    int R = 0;
+    char key[96];
+    for (;; R++) {
+        snprintf(key, sizeof key, "body.%d.body.0.weight", R);
+        if (kiln_weights_find(w, key) < 0) break;
+        if (R > 1024) return kiln_fail(KILN_ERR_LIMIT, "EDSR: more than 1024 residual blocks");
+    }
+    long up0 = kiln_weights_find(w, "tail.0.0.weight");
+    if (up0 < 0) return kiln_fail(KILN_ERR_ARCH, "EDSR: missing tail.0.0.weight (expected shape [4F or 9F,F,3,3] = [%d or %d,%d,3,3])", 4 * F, 9 * F, F);
+    int64_t upc = kiln_weights_shape(w, (size_t)up0)[0];
+    int scale;
+    if (upc == 9 * (int64_t)F) scale = 3;
+    else if (upc == 4 * (int64_t)F) scale = kiln_weights_find(w, "tail.0.2.weight") >= 0 ? 4 : 2;
+    else {
+        char got[96];
+        shape_str(got, sizeof got, kiln_weights_ndim(w, (size_t)up0), kiln_weights_shape(w, (size_t)up0));
+        return kiln_fail(KILN_ERR_ARCH, "EDSR: tail.0.0.weight has shape %s, expected [%d,%d,3,3] (x2, x4) or [%d,%d,3,3] (x3)",
+                         got, 4 * F, F, 9 * F, F);
+    }
+    float rs = opts && opts->res_scale > 0 ? opts->res_scale : (F >= 256 ? 0.1f : 1.0f);
+    if (opts && (opts->res_scale < 0 || !isfinite(opts->res_scale)))
+        return kiln_fail(KILN_ERR_INVALID, "res_scale must be a positive number");
+    kiln_model *m;
+    kiln_status st = model_alloc(&m, R, F, scale, rs, opts ? opts->impl : KILN_IMPL_AUTO);
+    if (st != KILN_OK) return st;
+    unsigned char *used = calloc(n ? n : 1, 1);
+    if (!used) {
+        kiln_model_destroy(m);
+        return kiln_fail(KILN_ERR_NOMEM, "model: out of memory");
+    }
+    /* Check in state-dict order so the first offending key is the one named. */
+    if (kiln_weights_find(w, "sub_mean.weight") >= 0 || kiln_weights_find(w, "sub_mean.bias") >= 0)
+        st = take_conv(w, used, &m->convs[ci_sub()], "sub_mean", 3, 3, 1, 1);
+    else
+        st = meanshift_default(&m->convs[ci_sub()], "sub_mean", -1.0f);
+    if (st == KILN_OK) st = take_conv(w, used, &m->convs[ci_head()], "head.0", F, 3, 3, 0);
+    for (int i = 0; st == KILN_OK && i < R; i++) {
+        char p[64];
+        snprintf(p, sizeof p, "body.%d.body.0", i);
+        st = take_conv(w, used, &m->convs[ci_body1(i)], p, F, F, 3, 0);
+        if (st != KILN_OK) break;
+        snprintf(p, sizeof p, "body.%d.body.2", i);
+        st = take_conv(w, used, &m->convs[ci_body2(i)], p, F, F, 3, 0);
+    }
+    if (st == KILN_OK) {
+        char p[64];
+        snprintf(p, sizeof p, "body.%d", R);
+        st = take_conv(w, used, &m->convs[ci_bodyconv(m)], p, F, F, 3, 0);
+    }
+    for (int j = 0; st == KILN_OK && j < m->n_up; j++) {
+        char p[64];
+        snprintf(p, sizeof p, "tail.0.%d", 2 * j);
+        st = take_conv(w, used, &m->convs[ci_up(m, j)], p, F * m->up_factor * m->up_factor, F, 3, 0);
+    }
+    if (st == KILN_OK) st = take_conv(w, used, &m->convs[ci_tail(m)], "tail.1", 3, F, 3, 0);
+    if (st == KILN_OK) {
+        if (kiln_weights_find(w, "add_mean.weight") >= 0 || kiln_weights_find(w, "add_mean.bias") >= 0)
+            st = take_conv(w, used, &m->convs[ci_addmean(m)], "add_mean", 3, 3, 1, 1);
+        else
+            st = meanshift_default(&m->convs[ci_addmean(m)], "add_mean", 1.0f);
+    }
+    for (size_t i = 0; st == KILN_OK && i < n; i++)
+        if (!used[i])
+            st = kiln_fail(KILN_ERR_ARCH,
+                           "EDSR: unexpected tensor %s (an EDSR with %d blocks, %d features, x%d has no such key)",
+                           kiln_weights_name(w, i), R, F, scale);
+    free(used);
+    for (size_t i = 0; st == KILN_OK && i < m->nconv; i++) st = conv_pack(&m->convs[i], m->impl);
+    if (st != KILN_OK) {
+        kiln_model_destroy(m);
+        return st;
+    }
+    *out = m;
+    return KILN_OK;
+}
+
+kiln_status kiln_model_load(const char *path, const kiln_model_opts *opts, kiln_model **out)
+{
+    kiln_weights *w;
+    kiln_status st = kiln_weights_load(path, &w);
+    if (st != KILN_OK) return st;
+    st = kiln_model_from_weights(w, opts, out);
+    kiln_weights_destroy(w);
+    if (st != KILN_OK) kiln_errmsg_prefix("%s: ", path);
+    return st;
+}
+
+kiln_status kiln_model_clone(const kiln_model *src, kiln_model **out)
+{
+    kiln_model *m;
+    kiln_status st = model_alloc(&m, src->R, src->F, src->scale, src->res_scale, src->impl);
+    if (st != KILN_OK) return st;
+    for (size_t i = 0; st == KILN_OK && i < m->nconv; i++) {
+        const mconv *c = &src->convs[i];
+        st = conv_init(&m->convs[i], c->name, c->cout, c->cin, c->k, c->w, c->b, c->meanshift);
+        if (st == KILN_OK) st = conv_pack(&m->convs[i], m->impl);
+    }
+    if (st != KILN_OK) {
+        kiln_model_destroy(m);
+        return st;
+    }
+    *out = m;
+    return KILN_OK;
+}
+
+void kiln_model_destroy(kiln_model *m)
+{
+    if (!m) return;
+    for (size_t i = 0; m->convs && i < m->nconv; i++) {
+        free(m->convs[i].w);
+        free(m->convs[i].b);
+        kiln_conv_destroy(m->convs[i].packed);
+    }
+    for (int b = 0; b < B_COUNT; b++) kiln_fmap_free(&m->buf[b]);
+    free(m->convs);
+    free(m->sites);
+    free(m);
+}
+
+/* ---- accessors ------------------------------------------------------------ */
+int kiln_model_resblocks(const kiln_model *m) { return m->R; }
+int kiln_model_features(const kiln_model *m) { return m->F; }
+int kiln_model_scale(const kiln_model *m) { return m->scale; }
+float kiln_model_res_scale(const kiln_model *m) { return m->res_scale; }
+
+size_t kiln_model_params(const kiln_model *m)
+{
+    size_t p = 0;
+    for (size_t i = 0; i < m->nconv; i++) {
+        const mconv *c = &m->convs[i];
+        if (!c->meanshift) p += (size_t)c->cout * c->cin * c->k * c->k + (size_t)c->cout;
+    }
+    return p;
+}
+
+size_t kiln_model_conv_count(const kiln_model *m) { return m->nconv; }
+const char *kiln_model_conv_name(const kiln_model *m, size_t i) { return m->convs[i].name; }
+void kiln_model_conv_shape(const kiln_model *m, size_t i, int *cout, int *cin, int *k)
+{
+    if (cout) *cout = m->convs[i].cout;
+    if (cin) *cin = m->convs[i].cin;
+    if (k) *k = m->convs[i].k;
+}
+const float *kiln_model_conv_weight(const kiln_model *m, size_t i) { return m->convs[i].w; }
+const float *kiln_model_conv_bias(const kiln_model *m, size_t i) { return m->convs[i].b; }
+int kiln_model_conv_is_meanshift(const kiln_model *m, size_t i) { return m->convs[i].meanshift; }
+
+long kiln_model_conv_find(const kiln_model *m, const char *name)
+{
+    for (size_t i = 0; i < m->nconv; i++)
+        if (strcmp(m->convs[i].name, name) == 0) return (long)i;
+    return -1;
+}
+
+kiln_status kiln_model_set_conv_weight(kiln_model *m, size_t i, const float *w)
+{
+    if (i >= m->nconv) return kiln_fail(KILN_ERR_INVALID, "model: conv index %zu out of range", i);
+    mconv *c = &m->convs[i];
+    memcpy(c->w, w, (size_t)c->cout * c->cin * c->k * c->k * sizeof(float));
+    return conv_pack(c, m->impl);
+}
+
+kiln_status kiln_model_set_conv_bias(kiln_model *m, size_t i, const float *b)
+{
+    if (i >= m->nconv) return kiln_fail(KILN_ERR_INVALID, "model: conv index %zu out of range", i);
+    mconv *c = &m->convs[i];
+    memcpy(c->b, b, (size_t)c->cout * sizeof(float));
+    return conv_pack(c, m->impl);
+}
+
+size_t kiln_model_site_count(const kiln_model *m) { return m->nsites; }
+const char *kiln_model_site_name(const kiln_model *m, size_t i) { return m->sites[i]; }
+
+double kiln_model_flops(const kiln_model *m, int h, int w)
+{
+    double f = 0;
+    int ch = h, cw = w;
+    for (size_t i = 0; i < m->nconv; i++) {
+        const mconv *c = &m->convs[i];
+        f += 2.0 * c->cout * c->cin * c->k * c->k * (double)ch * cw;
+        if (i >= ci_up(m, 0) && i < ci_tail(m)) {
+            ch *= m->up_factor;
+            cw *= m->up_factor;
+        }
+    }
+    return f;
+}
+
+/* ---- forward -------------------------------------------------------------- */
+
+static kiln_status run_conv(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_fmap *out, int relu,
+                            const kiln_fmap *residual, float res_scale, kiln_pool *pool)
+{
+    const mconv *c = &m->convs[ci];
+    kiln_status st = kiln_fmap_reshape(out, c->cout, in->h, in->w);
+    if (st != KILN_OK) return st;
+    kiln_conv_epilogue ep = {relu, residual, res_scale};
+    return kiln_conv_run(c->packed, in, out, &ep, pool);
+}
+
+static kiln_status site(const kiln_site_hook *hook, size_t s, kiln_fmap *f)
+{
+    if (!hook || !hook->fn) return KILN_OK;
+    if (hook->fn(hook->ctx, s, f->data, kiln_fmap_total(f)) != 0)
+        return kiln_fail(KILN_ERR_CANCELED, "forward pass stopped by a site hook");
+    return KILN_OK;
+}
+
+static void scale_inplace(kiln_fmap *f, float s)
+{
+    size_t n = kiln_fmap_total(f);
+    for (size_t i = 0; i < n; i++) f->data[i] *= s;
+}
+
+static void add_inplace(kiln_fmap *f, const kiln_fmap *g)
+{
+    size_t n = kiln_fmap_total(f);
+    for (size_t i = 0; i < n; i++) f->data[i] += g->data[i];
+}
+
+static kiln_status pixel_shuffle(const kiln_fmap *in, int r, kiln_fmap *out)
+{
+    int c = in->c / (r * r);
+    kiln_status st = kiln_fmap_reshape(out, c, in->h * r, in->w * r);
+    if (st != KILN_OK) return st;
+    for (int ch = 0; ch < c; ch++)
+        for (int dy = 0; dy < r; dy++)
+            for (int dx = 0; dx < r; dx++) {
+                int ic = ch * r * r + dy * r + dx;
+                for (int y = 0; y < in->h; y++) {
+                    const float *src = kiln_fmap_at(in, ic, y, 0);
+                    float *dst = kiln_fmap_at(out, ch, y * r + dy, dx);
+                    for (int x = 0; x < in->w; x++) dst[(size_t)x * r] = src[x];
+                }
+            }
+    return KILN_OK;
+}
+
+kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h, float *sr,
+                                   kiln_pool *pool, const kiln_site_hook *hook)
+{
+    if (w < 1 || h < 1) return kiln_fail(KILN_ERR_INVALID, "forward: empty input %dx%d", w, h);
+    kiln_fmap *b = m->buf;
+    kiln_status st = kiln_fmap_reshape(&b[B_IN], 3, h, w);
+    if (st != KILN_OK) return st;
+    kiln_fmap_from_chw(&b[B_IN], in);
+    size_t s = 0;
+#define TRY(x) do { if ((st = (x)) != KILN_OK) return st; } while (0)
+    TRY(site(hook, s++, &b[B_IN]));              /* input */
+    scale_inplace(&b[B_IN], 255.0f);
+    TRY(site(hook, s++, &b[B_IN]));              /* mul255 */
+    TRY(run_conv(m, ci_sub(), &b[B_IN], &b[B_IN2], 0, NULL, 1.0f, pool));
+    TRY(site(hook, s++, &b[B_IN2]));             /* sub_mean */
+    TRY(run_conv(m, ci_head(), &b[B_IN2], &b[B_H0], 0, NULL, 1.0f, pool));
+    TRY(site(hook, s++, &b[B_H0]));              /* head */
+    kiln_fmap *cur = &b[B_H0], *nxt = &b[B_X];
+    for (int i = 0; i < m->R; i++) {
+        TRY(run_conv(m, ci_body1(i), cur, &b[B_T], 1, NULL, 1.0f, pool));
+        TRY(site(hook, s++, &b[B_T]));           /* body.i.relu */
+        if (hook) {
+            TRY(run_conv(m, ci_body2(i), &b[B_T], nxt, 0, NULL, 1.0f, pool));
+            TRY(site(hook, s++, nxt));           /* body.i.conv2 */
+            if (m->res_scale != 1.0f) scale_inplace(nxt, m->res_scale);
+            TRY(site(hook, s++, nxt));           /* body.i.mul */
+            add_inplace(nxt, cur);
+            TRY(site(hook, s++, nxt));           /* body.i.add */
+        } else {
+            TRY(run_conv(m, ci_body2(i), &b[B_T], nxt, 0, cur, m->res_scale, pool));
+        }
+        kiln_fmap *t = cur == &b[B_H0] ? &b[B_Y] : cur;
+        cur = nxt;
+        nxt = t;
+    }
+    /* nxt is free and is not h0 */
+    if (hook) {
+        TRY(run_conv(m, ci_bodyconv(m), cur, nxt, 0, NULL, 1.0f, pool));
+        TRY(site(hook, s++, nxt));               /* body_conv */
+        add_inplace(nxt, &b[B_H0]);
+        TRY(site(hook, s++, nxt));               /* global_add */
+    } else {
+        TRY(run_conv(m, ci_bodyconv(m), cur, nxt, 0, &b[B_H0], 1.0f, pool));
+    }
+    cur = nxt;
+    for (int j = 0; j < m->n_up; j++) {
+        TRY(run_conv(m, ci_up(m, j), cur, &b[B_UP], 0, NULL, 1.0f, pool));
+        TRY(site(hook, s++, &b[B_UP]));          /* upsample_conv */
+        kiln_fmap *dst = cur == &b[B_PS] ? &b[B_X] : &b[B_PS];
+        TRY(pixel_shuffle(&b[B_UP], m->up_factor, dst));
+        TRY(site(hook, s++, dst));               /* pixel_shuffle */
+        cur = dst;
+    }
+    TRY(run_conv(m, ci_tail(m), cur, &b[B_TAIL], 0, NULL, 1.0f, pool));
+    TRY(site(hook, s++, &b[B_TAIL]));            /* tail_conv */
+    TRY(run_conv(m, ci_addmean(m), &b[B_TAIL], &b[B_OUT], 0, NULL, 1.0f, pool));
+    TRY(site(hook, s++, &b[B_OUT]));             /* add_mean */
+#undef TRY
+    if (s != m->nsites) return kiln_fail(KILN_ERR_INTERNAL, "forward: visited %zu of %zu sites", s, m->nsites);
+    kiln_fmap_to_chw(&b[B_OUT], sr);
+    size_t n = (size_t)3 * b[B_OUT].h * b[B_OUT].w;
+    for (size_t i = 0; i < n; i++) sr[i] /= 255.0f;
+    return KILN_OK;
+}
+
+kiln_status kiln_model_forward(kiln_model *m, const kiln_image *lr, float *sr, kiln_pool *pool,
+                               const kiln_site_hook *hook)
+{
+    size_t n = (size_t)3 * lr->w * lr->h;
+    float *in = malloc(n * sizeof(float));
+    if (!in) return kiln_fail(KILN_ERR_NOMEM, "forward: out of memory for a %dx%d input", lr->w, lr->h);
+    kiln_image_to_chw(lr, in);
+    kiln_status st = kiln_model_forward_chw(m, in, lr->w, lr->h, sr, pool, hook);
+    free(in);
+    return st;
+}

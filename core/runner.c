@@ -1,0 +1,201 @@
+/*
+ * runner.c — open a checkpoint or an artifact and run it.
+ *
+ * An artifact becomes a kiln_model whose conv weights are the artifact's
+ * dequantized weights (bit-identical to what the compression pipeline
+ * simulated), plus a site hook that fake-quantizes each enabled site with
+ * its frozen scale/zero point. So `kiln eval A.kiln` reproduces the PSNR
+ * `kiln compress` reported.
+ */
+#include "runner.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant.h"
+
+struct kiln_runner {
+    kiln_model *model;
+    kiln_artifact *art; /* NULL for checkpoints */
+    kiln_runner_engine engine;
+    kiln_site_hook hook;
+    int has_hook;
+    char describe[128];
+};
+
+static int fq_hook(void *ctx, size_t site, float *data, size_t n)
+{
+    const kiln_artifact *a = ctx;
+    const kiln_art_site *s = &a->sites[site];
+    if (s->enabled) kiln_fake_quant(data, n, s->scale, s->zero_point, s->qmin, s->qmax, 0);
+    return 0;
+}
+
+static kiln_status from_artifact_owned(kiln_artifact *a, const kiln_model_opts *opts,
+                                       kiln_runner_engine engine, kiln_runner *r)
+{
+    kiln_weights *w;
+    kiln_status st = kiln_weights_create(&w);
+    if (st != KILN_OK) return st;
+    for (size_t i = 0; st == KILN_OK && i < a->n_convs; i++) {
+        const kiln_art_conv *c = &a->convs[i];
+        size_t numel = (size_t)c->cout * c->cin * c->k * c->k;
+        float *buf = malloc(numel * sizeof(float));
+        if (!buf) {
+            st = kiln_fail(KILN_ERR_NOMEM, "artifact: out of memory");
+            break;
+        }
+        char key[KILN_ART_NAME_MAX + 16];
+        int64_t ws[4] = {c->cout, c->cin, c->k, c->k}, bs[1] = {c->cout};
+        st = kiln_art_conv_dequantize(c, buf);
+        snprintf(key, sizeof key, "%s.weight", c->name);
+        if (st == KILN_OK) st = kiln_weights_add(w, key, 4, ws, buf);
+        snprintf(key, sizeof key, "%s.bias", c->name);
+        if (st == KILN_OK) st = kiln_weights_add(w, key, 1, bs, c->bias);
+        free(buf);
+    }
+    kiln_model_opts mo = opts ? *opts : (kiln_model_opts){0};
+    mo.res_scale = a->res_scale;
+    if (st == KILN_OK) st = kiln_model_from_weights(w, &mo, &r->model);
+    kiln_weights_destroy(w);
+    if (st != KILN_OK) return st;
+    if (kiln_model_resblocks(r->model) != a->resblocks || kiln_model_features(r->model) != a->features ||
+        kiln_model_scale(r->model) != a->scale)
+        return kiln_fail(KILN_ERR_FORMAT, "artifact: manifest architecture does not match its tensors");
+    if (kiln_model_site_count(r->model) != a->n_sites)
+        return kiln_fail(KILN_ERR_FORMAT, "artifact: %zu activation sites, the model has %zu",
+                         a->n_sites, kiln_model_site_count(r->model));
+    int any = 0;
+    for (size_t i = 0; i < a->n_sites; i++) {
+        if (strcmp(a->sites[i].name, kiln_model_site_name(r->model, i)) != 0)
+            return kiln_fail(KILN_ERR_FORMAT, "artifact: site %zu is %s, expected %s", i,
+                             a->sites[i].name, kiln_model_site_name(r->model, i));
+        any |= a->sites[i].enabled;
+    }
+    r->art = a;
+    /* The integer engine is not built yet: AUTO and INT8 both simulate. */
+    if (engine == KILN_ENGINE_INT8)
+        return kiln_fail(KILN_ERR_UNSUPPORTED, "artifact: the int8 engine is not available in this build; use --engine simulate");
+    r->engine = KILN_ENGINE_SIMULATE;
+    r->hook = (kiln_site_hook){fq_hook, a};
+    r->has_hook = any;
+    snprintf(r->describe, sizeof r->describe, "artifact %s, simulate", a->recipe ? a->recipe : "custom");
+    return KILN_OK;
+}
+
+kiln_status kiln_runner_from_artifact(const kiln_artifact *a, const kiln_model_opts *opts,
+                                      kiln_runner_engine engine, kiln_runner **out)
+{
+    void *buf;
+    size_t len;
+    kiln_artifact *copy;
+    kiln_status st = kiln_artifact_encode(a, &buf, &len);
+    if (st != KILN_OK) return st;
+    st = kiln_artifact_decode(buf, len, &copy);
+    free(buf);
+    if (st != KILN_OK) return st;
+    kiln_runner *r = calloc(1, sizeof *r);
+    if (!r) {
+        kiln_artifact_free(copy);
+        return kiln_fail(KILN_ERR_NOMEM, "runner: out of memory");
+    }
+    st = from_artifact_owned(copy, opts, engine, r);
+    if (!r->art) kiln_artifact_free(copy);
+    if (st != KILN_OK) {
+        kiln_runner_close(r);
+        return st;
+    }
+    *out = r;
+    return KILN_OK;
+}
+
+kiln_status kiln_runner_open(const char *path, const kiln_model_opts *opts, kiln_runner_engine engine,
+                             kiln_runner **out)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return kiln_fail(KILN_ERR_NOT_FOUND, "%s: cannot open", path);
+    unsigned char head[16] = {0};
+    size_t got = fread(head, 1, sizeof head, f);
+    fclose(f);
+    kiln_runner *r = calloc(1, sizeof *r);
+    if (!r) return kiln_fail(KILN_ERR_NOMEM, "runner: out of memory");
+    kiln_status st;
+    if (kiln_artifact_sniff(head, got)) {
+        kiln_artifact *a;
+        st = kiln_artifact_read(path, &a);
+        if (st == KILN_OK) {
+            st = from_artifact_owned(a, opts, engine, r);
+            if (!r->art) kiln_artifact_free(a);
+        }
+        if (st != KILN_OK) kiln_errmsg_prefix("%s: ", path);
+    } else {
+        if (engine == KILN_ENGINE_INT8) {
+            kiln_runner_close(r);
+            return kiln_fail(KILN_ERR_INVALID, "%s: --engine int8 needs a .kiln artifact (this is an FP32 checkpoint)", path);
+        }
+        kiln_weights *w;
+        st = kiln_weights_load(path, &w);
+        if (st == KILN_OK) {
+            st = kiln_model_from_weights(w, opts, &r->model);
+            if (st == KILN_OK)
+                snprintf(r->describe, sizeof r->describe, "fp32 checkpoint, %s",
+                         kiln_weights_format_name(kiln_weights_source_format(w)));
+            kiln_weights_destroy(w);
+            if (st != KILN_OK) kiln_errmsg_prefix("%s: ", path);
+        }
+    }
+    if (st != KILN_OK) {
+        kiln_runner_close(r);
+        return st;
+    }
+    *out = r;
+    return KILN_OK;
+}
+
+void kiln_runner_close(kiln_runner *r)
+{
+    if (!r) return;
+    kiln_model_destroy(r->model);
+    kiln_artifact_free(r->art);
+    free(r);
+}
+
+kiln_model *kiln_runner_model(kiln_runner *r) { return r->model; }
+const kiln_site_hook *kiln_runner_hook(kiln_runner *r) { return r->has_hook ? &r->hook : NULL; }
+const kiln_artifact *kiln_runner_artifact(const kiln_runner *r) { return r->art; }
+const char *kiln_runner_describe(const kiln_runner *r) { return r->describe; }
+
+size_t kiln_runner_conv_bytes(const kiln_runner *r, size_t i)
+{
+    if (r->art) return kiln_art_conv_weight_bytes(&r->art->convs[i]);
+    int co, ci, k;
+    kiln_model_conv_shape(r->model, i, &co, &ci, &k);
+    return (size_t)4 * co * ci * k * k;
+}
+
+const char *kiln_runner_conv_kind(const kiln_runner *r, size_t i)
+{
+    if (!r->art) return "f32";
+    const kiln_art_conv *c = &r->art->convs[i];
+    switch (c->kind) {
+    case KILN_WK_F32: return "f32";
+    case KILN_WK_INT: return c->bits == 8 ? "int8" : "int4";
+    case KILN_WK_PALETTE: return c->lut_q ? "palette, int8 LUT" : "palette, f32 LUT";
+    }
+    return "?";
+}
+
+kiln_status kiln_runner_forward(kiln_runner *r, const kiln_image *lr, float *sr, kiln_pool *pool)
+{
+    return kiln_model_forward(r->model, lr, sr, pool, kiln_runner_hook(r));
+}
+
+kiln_status kiln_runner_eval(kiln_runner *r, const kiln_dataset *ds, size_t first, size_t count,
+                             kiln_pool *pool, const kiln_eval_opts *opts, kiln_eval_result *res)
+{
+    kiln_eval_opts o = opts ? *opts : (kiln_eval_opts){0};
+    o.hook = kiln_runner_hook(r);
+    return kiln_eval_run(r->model, ds, first, count, pool, &o, res);
+}
