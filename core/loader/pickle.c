@@ -539,7 +539,7 @@ static kiln_status run(kiln__pickle *vm, const uint8_t *buf, size_t len, size_t 
             if ((st = make_tuple(vm, vm->sp - (op - 0x84)))) return st;
             break;
         case 't': {
-            uint32_t base;
+            uint32_t base = 0;
             if ((st = pop_mark(vm, off, &base))) return st;
             if ((st = make_tuple(vm, base))) return st;
             break;
@@ -551,7 +551,7 @@ static kiln_status run(kiln__pickle *vm, const uint8_t *buf, size_t len, size_t 
             if ((st = push_new(vm, KILN__P_DICT, &v))) return st;
             break;
         case 'a': case 'e': { /* APPEND, APPENDS */
-            uint32_t base;
+            uint32_t base = 0;
             if (op == 'a') {
                 NEED_STACK(2);
                 base = vm->sp - 1;
@@ -571,7 +571,7 @@ static kiln_status run(kiln__pickle *vm, const uint8_t *buf, size_t len, size_t 
             break;
         }
         case 's': case 'u': { /* SETITEM, SETITEMS */
-            uint32_t base;
+            uint32_t base = 0;
             if (op == 's') {
                 NEED_STACK(3);
                 base = vm->sp - 2;
@@ -601,7 +601,7 @@ static kiln_status run(kiln__pickle *vm, const uint8_t *buf, size_t len, size_t 
             vm->sp--;
             break;
         case '1': { /* POP_MARK */
-            uint32_t base;
+            uint32_t base = 0;
             if ((st = pop_mark(vm, off, &base))) return st;
             vm->sp = base;
             break;
