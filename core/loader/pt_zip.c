@@ -157,7 +157,7 @@ kiln_status kiln__load_pt_zip(const uint8_t *buf, size_t len, kiln_weights *w)
     uint8_t *pkl = NULL;
     size_t pkl_len = 0, used;
     const kiln__pval *root;
-    zip_int64_t pidx;
+    zip_int64_t pidx = -1;
     kiln_status st = find_pickle(&c, &pidx);
     if (st) goto done;
 
