@@ -4,6 +4,7 @@
  * the reader is checked against an independent writer. */
 #include <png.h>
 #include <setjmp.h>
+#include <unistd.h>
 
 #include "image.h"
 #include "util/check.h"
@@ -507,5 +508,7 @@ int main(void)
     RUN(huge_ihdr_is_limit_before_decoding);
     RUN(write_refuses_empty);
     RUN(chw_conversions);
-    return check_summary();
+    int rc = check_summary();
+    if (rc == 0) rmdir(kiln_test_tmpdir()); /* emptied by the tests above */
+    return rc;
 }
