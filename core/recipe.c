@@ -56,7 +56,6 @@ static const char *const calc_names[] = {"static", "moving_average", "global_min
                                          "hist_percentile", NULL};
 static const char *const pgran_names[] = {"per_tensor", "per_grouped_channel", NULL};
 static const char *const weighting_names[] = {"counts", "activation", NULL};
-static const char *const lut_names[] = {"int8", NULL};
 static const char *const op_type_names[] = {"conv", "relu", "mul", "add", "pixel_shuffle", "input",
                                             NULL};
 enum { T_CONV = 0, T_RELU, T_MUL, T_ADD, T_PIXEL_SHUFFLE, T_INPUT, N_TYPES };
@@ -358,24 +357,25 @@ static void pop(pctx *c, size_t old)
     c->path[old] = '\0';
 }
 
+/* Edit distance with adjacent transpositions ("nmae" is 1 from "name"). */
 static size_t lev(const char *a, const char *b)
 {
-    size_t la = strlen(a), lb = strlen(b), row[65];
+    size_t la = strlen(a), lb = strlen(b);
+    size_t d[65][65];
     if (la > 64 || lb > 64) return 99;
-    for (size_t j = 0; j <= lb; j++) row[j] = j;
-    for (size_t i = 1; i <= la; i++) {
-        size_t diag = row[0];
-        row[0] = i;
+    for (size_t i = 0; i <= la; i++) d[i][0] = i;
+    for (size_t j = 0; j <= lb; j++) d[0][j] = j;
+    for (size_t i = 1; i <= la; i++)
         for (size_t j = 1; j <= lb; j++) {
-            size_t up = row[j];
-            size_t best = diag + (a[i - 1] != b[j - 1]);
-            if (up + 1 < best) best = up + 1;
-            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
-            row[j] = best;
-            diag = up;
+            size_t best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < best) best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best) best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
         }
-    }
-    return row[lb];
+    return d[la][lb];
 }
 
 /* " (did you mean \"x\"?)" for the closest name within a small edit distance. */
@@ -987,7 +987,14 @@ static void parse_pspec(pctx *c, json_t *v, kiln_pspec *p)
     if ((x = json_object_get(v, "lut_dtype"))) {
         old = push(c, "lut_dtype");
         if (json_is_null(x)) p->lut_quantize = 0;
-        else if (get_enum(c, x, lut_names, &i)) p->lut_quantize = 1;
+        else if (!json_is_string(x) || strcmp(json_string_value(x), "int8") != 0) {
+            char shown[160];
+            show(json_is_string(x) ? json_string_value(x) : "", shown);
+            if (json_is_string(x))
+                err(c, "\"%s\" is not int8 or null (float LUT)", shown);
+            else
+                err(c, "expected \"int8\" or null, got %s", type_name(x));
+        } else p->lut_quantize = 1;
         pop(c, old);
     }
     if ((x = json_object_get(v, "per_channel_scale"))) {
@@ -1489,8 +1496,8 @@ static kiln_status finish_errors(kiln_config_errors *e, kiln_status st, kiln_con
 {
     if (e->dropped) {
         char msg[96];
-        snprintf(msg, sizeof msg, "%zu more errors not listed", e->dropped);
-        /* Replace the last slot so the total stays bounded. */
+        /* The note takes the last slot, so that error is counted too. */
+        snprintf(msg, sizeof msg, "%zu more errors not listed", e->dropped + 1);
         free(e->path[e->n - 1]), free(e->msg[e->n - 1]);
         e->n--;
         errs_add(e, "", msg);
