@@ -44,9 +44,10 @@
  * Trust: decode treats its input as hostile (files are uploaded and
  * downloaded). It checks the header, the checksum, then every manifest field
  * (types, ranges, counts, name lengths, tensor offsets/lengths/dtypes against
- * shapes and bits) before it allocates or copies anything sized by the file,
- * and finally runs the same whole-artifact validation (art_check) the writer
- * runs, so encode never writes what decode would refuse.
+ * shapes and bits); an array is allocated only once its length has been
+ * checked against the bytes present in the file. Finally it runs the same
+ * whole-artifact validation (art_check) the writer runs, so encode never
+ * writes what decode would refuse.
  *
  * Determinism: the same kiln_artifact always gives the same bytes (fixed key
  * order, canonical layout, zeroed padding, no timestamps).
