@@ -107,8 +107,26 @@ static void rd_error(png_structp png, png_const_charp msg)
 
 static void rd_warning(png_structp png, png_const_charp msg)
 {
+    /* libpng reports an over-long chunk as a *benign* error (a warning by
+     * default on read) and then allocates it anyway: a 100-byte file
+     * claiming a 1.7 GB tEXt chunk would make it allocate 1.7 GB. That one is
+     * escalated; the other warnings (bad ancillary CRC, odd sRGB profile, ...)
+     * only skip the chunk, which is what we want. */
+    if (strstr(msg, "chunk data is too large") != NULL) {
+        kiln__png_rd *rd = png_get_error_ptr(png);
+        if (rd->st == KILN_OK) {
+            rd->st = KILN_ERR_LIMIT;
+            snprintf(rd->msg, sizeof rd->msg, "%s (limit %zu bytes per chunk)", msg,
+                     (size_t)KILN__PNG_CHUNK_MALLOC_MAX);
+        }
+        png_longjmp(png, 1);
+    }
+}
+
+static void wr_warning(png_structp png, png_const_charp msg)
+{
     (void)png;
-    (void)msg; /* benign (bad ancillary CRC, unknown sRGB profile, ...) */
+    (void)msg; /* the encoder only warns about things kiln never asks for */
 }
 
 /* Refuse oversized images as soon as IHDR's width and height have streamed
@@ -226,7 +244,9 @@ static void rd_decode(kiln__png_rd *rd)
                      (unsigned)w, (unsigned)h);
             png_error(png, rd->msg);
         }
-        if (passes > 1) memset(rd->tmp, 0, rows * rowbytes);
+        /* Not cleared: every pixel is written by the time the last pass
+         * reaches its row, and clearing would touch the whole buffer even
+         * for a tiny file that claims a huge size and then runs out of data. */
         for (int p = 0; p < passes; p++) {
             for (png_uint_32 y = 0; y < h; y++) {
                 uint8_t *row = rd->tmp + (passes > 1 ? (size_t)y * rowbytes : 0);
@@ -366,7 +386,7 @@ kiln_status kiln_png_write_mem(const kiln_image *img, void **out_buf, size_t *ou
         return kiln_fail(KILN_ERR_LIMIT, "png: image %dx%d exceeds the limit", img->w, img->h);
     kiln__png_wr wr;
     memset(&wr, 0, sizeof wr);
-    wr.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &wr, wr_error, rd_warning);
+    wr.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &wr, wr_error, wr_warning);
     if (!wr.png) return kiln_fail(KILN_ERR_NOMEM, "png: cannot create write struct");
     wr.info = png_create_info_struct(wr.png);
     if (!wr.info) {

@@ -436,6 +436,23 @@ TEST(huge_ihdr_is_limit_before_decoding)
     remove(path);
 }
 
+/* libpng treats an over-long ancillary chunk as a benign error and would
+ * allocate it: a 60-byte file claiming a 1.7 GB tEXt must be refused. */
+TEST(huge_ancillary_chunk_is_limit)
+{
+    uint8_t buf[128];
+    size_t len = header_only_png(buf, 4, 3);
+    size_t iend = len - 12;
+    uint8_t *t = buf + iend;
+    t[0] = 0x6a; t[1] = 0x6a; t[2] = 0x6a; t[3] = 0x6a;
+    memcpy(t + 4, "tEXtkey", 7);
+    len = iend + 16;
+    kiln_image im;
+    CHECK_EQ_INT(kiln_png_read_mem(buf, len, &im, NULL), KILN_ERR_LIMIT);
+    CHECK_MSG(strstr(kiln_errmsg(), "tEXt") != NULL, "%s", kiln_errmsg());
+    CHECK(im.rgb == NULL);
+}
+
 TEST(write_refuses_empty)
 {
     kiln_image e = {0, 0, NULL};
@@ -506,6 +523,7 @@ int main(void)
     RUN(interlaced_rgb8_matches_progressive);
     RUN(truncated_and_corrupt_are_format_errors);
     RUN(huge_ihdr_is_limit_before_decoding);
+    RUN(huge_ancillary_chunk_is_limit);
     RUN(write_refuses_empty);
     RUN(chw_conversions);
     int rc = check_summary();
