@@ -568,6 +568,25 @@ TEST(pickle_view_bounds)
     bb_op(&b, 0); /* trailing garbage */
     CHECK_FAILS(load_bb(&b, &cf_w_), KILN_ERR_FORMAT, "unexpected bytes");
     free(b.p);
+    /* Two references to one storage key that disagree on its size (fuzzer
+     * find): the larger view must not be checked against the smaller size. */
+    b = legacy_prefix();
+    bb_op(&b, 0x80); bb_op(&b, 2);
+    bb_op(&b, '}');
+    bb_op(&b, '(');
+    int s6[1] = { 6 }, s60[1] = { 60 }, one[1] = { 1 };
+    bb_tensor(&b, "small", "FloatStorage", "k0", 6, 0, 1, s6, one);
+    bb_tensor(&b, "big", "FloatStorage", "k0", 60, 0, 1, s60, one);
+    bb_op(&b, 'u');
+    bb_op(&b, '.');
+    {
+        const char *keys[1] = { "k0" };
+        int cnt = 6, es = 4;
+        const void *d[1] = { DATA6 };
+        legacy_finish(&b, 1, keys, &cnt, d, &es);
+    }
+    CHECK_FAILS(load_bb(&b, &cf_w_), KILN_ERR_FORMAT, "different sizes");
+    free(b.p);
     /* The real legacy file with its magic number changed. */
     size_t len;
     uint8_t *f = kiln_test_read_file(kiln_test_data("models/fixtures/r2f8_x3_legacy.pt"), &len);

@@ -92,6 +92,20 @@ static kiln_status storage_index(const kiln__pickle *vm, const kiln__pval ***out
         idx[cnt++] = v;
     }
     if (cnt) qsort(idx, cnt, sizeof *idx, storage_cmp);
+    /* One key is one blob: every reference to it must agree on its size and
+     * type, or a view checked against one reference could overrun the blob. */
+    for (size_t i = 1; i < cnt; i++) {
+        const kiln__pval *a = idx[i - 1], *b = idx[i];
+        if (storage_cmp(&idx[i - 1], &idx[i]) == 0 &&
+            (a->u.storage.numel != b->u.storage.numel || a->u.storage.dtype != b->u.storage.dtype)) {
+            kiln_status st = kiln_fail(KILN_ERR_FORMAT, "pt-legacy: storage '%.*s' is declared "
+                                       "with different sizes or types",
+                                       (int)(b->u.storage.key_len > 64 ? 64 : b->u.storage.key_len),
+                                       (const char *)b->u.storage.key);
+            free(idx);
+            return st;
+        }
+    }
     *out = idx;
     *n = cnt;
     return KILN_OK;
