@@ -339,9 +339,13 @@ static size_t int_expected_scales(const kiln_art_conv *c)
     switch (c->granularity) {
     case KILN_QG_PER_TENSOR: return 1;
     case KILN_QG_PER_CHANNEL: return (size_t)c->cout;
-    case KILN_QG_PER_BLOCK:
-        if (c->block_size < 1 || c->block_size > c->cin) return 0;
-        return (size_t)c->cout * (size_t)((c->cin + c->block_size - 1) / c->block_size);
+    case KILN_QG_PER_BLOCK: {
+        /* Blocks run along each output channel's flattened cin*k*k row, as
+         * kiln_quant_weight lays them out. */
+        int inner = c->cin * c->k * c->k;
+        if (c->block_size < 1 || c->block_size > inner) return 0;
+        return (size_t)c->cout * (size_t)((inner + c->block_size - 1) / c->block_size);
+    }
     }
     return 0;
 }
@@ -371,9 +375,10 @@ static kiln_status art_check_conv_shape(const kiln_art_conv *c, size_t i, kiln_s
             return kiln_fail(st, "artifact: conv %s: bits %d is not 4 or 8", nm, c->bits);
         if (c->is_signed != 0 && c->is_signed != 1)
             return kiln_fail(st, "artifact: conv %s: is_signed %d is not 0 or 1", nm, c->is_signed);
-        if (c->granularity == KILN_QG_PER_BLOCK && (c->block_size < 1 || c->block_size > c->cin))
-            return kiln_fail(st, "artifact: conv %s: block_size %d not in [1, cin=%d]", nm,
-                             c->block_size, c->cin);
+        if (c->granularity == KILN_QG_PER_BLOCK &&
+            (c->block_size < 1 || c->block_size > c->cin * c->k * c->k))
+            return kiln_fail(st, "artifact: conv %s: block_size %d not in [1, cin*k*k=%d]", nm,
+                             c->block_size, c->cin * c->k * c->k);
         if (int_expected_scales(c) == 0)
             return kiln_fail(st, "artifact: conv %s: granularity %d is not per_tensor, "
                              "per_channel or per_block", nm, c->granularity);
@@ -616,20 +621,18 @@ kiln_status kiln_art_conv_dequantize(const kiln_art_conv *c, float *out)
     kiln_status st = art_check_conv(c, 0, KILN_ERR_INVALID);
     if (st != KILN_OK) return st;
     size_t per_out = (size_t)c->cin * (size_t)c->k * (size_t)c->k;
-    size_t kk = (size_t)c->k * (size_t)c->k;
     size_t numel = (size_t)c->cout * per_out;
     switch (c->kind) {
     case KILN_WK_F32:
         memcpy(out, c->weight, numel * sizeof *out);
         break;
     case KILN_WK_INT: {
-        size_t nb = c->granularity == KILN_QG_PER_BLOCK
-                        ? (size_t)((c->cin + c->block_size - 1) / c->block_size) : 1;
+        size_t bs = c->granularity == KILN_QG_PER_BLOCK ? (size_t)c->block_size : 1;
+        size_t nb = (per_out + bs - 1) / bs;
         for (size_t j = 0; j < numel; j++) {
             size_t o = j / per_out, b = 0;
             if (c->granularity == KILN_QG_PER_CHANNEL) b = o;
-            else if (c->granularity == KILN_QG_PER_BLOCK)
-                b = o * nb + ((j % per_out) / kk) / (size_t)c->block_size;
+            else if (c->granularity == KILN_QG_PER_BLOCK) b = o * nb + (j % per_out) / bs;
             out[j] = (float)(c->codes[j] - c->zero_points[b]) * c->scales[b];
         }
         break;
@@ -1125,7 +1128,9 @@ static kiln_status read_conv(kiln_art_conv *c, json_t *o, size_t i, const uint8_
             return kiln_fail(KILN_ERR_FORMAT, "artifact: manifest %s: granularity \"%s\" is not "
                              "per_tensor, per_channel or per_block", ctx, g);
         if (c->granularity == KILN_QG_PER_BLOCK) {
-            if ((st = jget_int(o, ctx, "block_size", 1, c->cin, &v)) != KILN_OK) return st;
+            if ((st = jget_int(o, ctx, "block_size", 1, (long long)c->cin * c->k * c->k, &v)) !=
+                KILN_OK)
+                return st;
             c->block_size = (int)v;
         }
         if ((st = jget_int(o, ctx, "n_scales", 1, (long long)ART_MAX_NUMEL, &v)) != KILN_OK)

@@ -37,8 +37,9 @@ typedef struct kiln_art_conv {
 
     /* KILN_WK_INT: w = (codes - zp) * scale, block b covers the elements of
      * output channel c (per_channel, axis 0), or of the whole tensor
-     * (per_tensor), or `block_size` consecutive input-channel elements
-     * (per_block along axis 1). */
+     * (per_tensor), or `block_size` consecutive elements of an output
+     * channel's flattened cin*k*k row (per_block along axis 1, as
+     * kiln_quant_weight does it: n_scales = cout * ceil(cin*k*k/block_size)). */
     int bits;            /* 8 or 4                                      */
     int is_signed;       /* codes in [-2^(bits-1), 2^(bits-1)-1] or [0, 2^bits-1] */
     int granularity;     /* kiln_qgranularity                            */

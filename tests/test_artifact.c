@@ -67,7 +67,7 @@ static void make_int(kiln_art_conv *c, const char *name, int cout, int cin, int 
     c->block_size = gran == KILN_QG_PER_BLOCK ? block : 0;
     c->n_scales = gran == KILN_QG_PER_TENSOR ? 1
                   : gran == KILN_QG_PER_CHANNEL ? (size_t)cout
-                                                : (size_t)cout * (size_t)((cin + block - 1) / block);
+                                                : (size_t)cout * (size_t)((cin * k * k + block - 1) / block);
     int lo = is_signed ? -(1 << (bits - 1)) : 0, span = 1 << bits;
     size_t n = numel_of(c);
     c->codes = malloc(n * sizeof *c->codes);
@@ -145,7 +145,7 @@ static kiln_artifact *make_all_kinds(void)
     make_f32(&c[0], "sub_mean", 3, 3, 1);
     make_int(&c[1], "head.0", 5, 3, 3, 8, 1, KILN_QG_PER_CHANNEL, 0);
     make_int(&c[2], "int4.tensor", 3, 3, 1, 4, 1, KILN_QG_PER_TENSOR, 0); /* odd numel */
-    make_int(&c[3], "uint4.block", 2, 5, 3, 4, 0, KILN_QG_PER_BLOCK, 2);
+    make_int(&c[3], "uint4.block", 2, 5, 3, 4, 0, KILN_QG_PER_BLOCK, 16); /* 45 = 16+16+13 */
     make_int(&c[4], "uint8.tensor", 4, 3, 3, 8, 0, KILN_QG_PER_TENSOR, 0);
     make_int(&c[5], "int4.channel", 7, 3, 3, 4, 1, KILN_QG_PER_CHANNEL, 0);
     make_palette(&c[6], "pal4.int8lut", 4, 3, 3, 4, 4, 1, 0);
@@ -587,7 +587,7 @@ TEST(manifest_mutations_refused)
         {"\"shape\":[5,3,3,3]", "\"shape\":[-5,3,3,3]", "shape"},
         {"\"kind\":\"f32\"", "\"kind\":\"f16\"", "kind"},
         {"\"granularity\":\"per_channel\"", "\"granularity\":\"per_row\"", "granularity"},
-        {"\"block_size\":2", "\"block_size\":9", "block_size"},
+        {"\"block_size\":16", "\"block_size\":46", "block_size"},
         {"\"n_luts\":2", "\"n_luts\":3", "n_luts"},
         {"\"group_size\":2", "\"group_size\":1", "n_luts"},
         {"\"lut_dtype\":\"int8\"", "\"lut_dtype\":\"float32\"", "tensor"},
@@ -743,7 +743,7 @@ TEST(encode_refuses_invalid)
     a->convs[3].n_scales = 5;
     CHECK_EQ_INT(kiln_artifact_encode(a, &buf, &len), KILN_ERR_INVALID);
     CHECK(strstr(kiln_errmsg(), "n_scales") != NULL);
-    a->convs[3].n_scales = 6;
+    a->convs[3].n_scales = 6; /* 2 channels x ceil(45 / 16) */
     CHECK_OK(kiln_artifact_encode(a, &buf, &len));
     free(buf);
     kiln_artifact_free(a);
@@ -858,11 +858,22 @@ TEST(dequantize_each_kind)
     c.granularity = KILN_QG_PER_TENSOR, c.n_scales = 1;
     CHECK_OK(kiln_art_conv_dequantize(&c, out));
     CHECK(out[0] == 1.5f && out[1] == -1.0f);
-    /* per block along input channels: 1x3, block 2 → blocks {0,1},{2} */
+    /* per block along the flattened row: 1x3, block 2 → blocks {0,1},{2} */
     c.cout = 1, c.cin = 3, c.granularity = KILN_QG_PER_BLOCK, c.block_size = 2, c.n_scales = 2;
     CHECK_OK(kiln_art_conv_dequantize(&c, out));
     CHECK(out[0] == 1.5f && out[1] == -1.0f && out[2] == (7 - 1) * 0.25f);
     c.block_size = 0;
+    CHECK_EQ_INT(kiln_art_conv_dequantize(&c, out), KILN_ERR_INVALID);
+    /* 2 out x (1 in x 2x2): rows of 4, block 3 → blocks {0,1,2},{3} per row. */
+    int16_t codes4[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    float scales4[4] = {1.0f, 0.5f, 0.25f, 2.0f};
+    int32_t zps4[4] = {0, 0, 1, 2};
+    c.cout = 2, c.cin = 1, c.k = 2, c.block_size = 3, c.n_scales = 4;
+    c.codes = codes4, c.scales = scales4, c.zero_points = zps4;
+    CHECK_OK(kiln_art_conv_dequantize(&c, out));
+    CHECK(out[0] == 1 && out[2] == 3 && out[3] == 2 && out[4] == 1 && out[6] == 1.5f &&
+          out[7] == 12);
+    c.n_scales = 2; /* ceil(cin/block) would give this: wrong for k > 1 */
     CHECK_EQ_INT(kiln_art_conv_dequantize(&c, out), KILN_ERR_INVALID);
 
     /* PALETTE grouped, with channel scales: lut[g][idx] * cs[o]. */
