@@ -762,12 +762,21 @@ static int match(const char *pattern, const char *name)
     return fnmatch(pattern, name, 0) == 0;
 }
 
-/* Does the pattern match some op of the superset (of a type, or any: -1)? */
+static int is_block_conv1(const char *name)
+{
+    size_t n = strlen(name);
+    return n > 7 && strcmp(name + n - 7, ".body.0") == 0 && strncmp(name, "body.", 5) == 0;
+}
+
+/* Does the pattern match some op of the superset (of a type, or any: -1)?
+ * With exclude_type set, ops without an activation site do not count. */
 static int matches_some(const char *pattern, int type, int exclude_type)
 {
     for (size_t i = 0; i < g_nops; i++) {
         if (type >= 0 && g_ops[i].type != type) continue;
         if (exclude_type >= 0 && g_ops[i].type == exclude_type) continue;
+        /* conv1 of a block has no site of its own: its ReLU's site follows. */
+        if (exclude_type >= 0 && is_block_conv1(g_ops[i].name)) continue;
         if (match(pattern, g_ops[i].name)) return 1;
     }
     return 0;
@@ -830,8 +839,9 @@ static void parse_qscope(pctx *c, json_t *v, int kind, int type, const char *pat
                 err(c, "only the network input (op \"input\") has an input role: every other "
                        "tensor edge is quantized once, with its producer's output spec");
             if (r == ROLE_OUTPUT && !matches_some(pattern, -1, T_INPUT))
-                err(c, "the pattern matches only the network input, which uses the \"input\" "
-                       "role");
+                err(c, "the pattern matches no op with an output site (the network input uses "
+                       "the \"input\" role; a block's conv1 output is quantized after its ReLU, "
+                       "body.{i}.body.1)");
         }
         if (json_is_null(x)) {
             role[r].state = SLOT_NULL;

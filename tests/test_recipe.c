@@ -638,6 +638,8 @@ TEST(validation_error_paths)
          "quantization.op_name[\"head.0\"].input", "only the network input"},
         {"{\"quantization\":{\"op_name\":{\"input\":{\"output\":{}}}}}",
          "quantization.op_name.input.output", "uses the \"input\" role"},
+        {"{\"quantization\":{\"op_name\":{\"body.*.body.0\":{\"output\":{}}}}}",
+         "quantization.op_name[\"body.*.body.0\"].output", "quantized after its ReLU"},
         {"{\"quantization\":{\"op_name\":{\"head.0\":{\"output\":{\"dtype\":\"int9\"}}}}}",
          "quantization.op_name[\"head.0\"].output.dtype", "\"int9\" is not one of"},
         {"{\"quantization\":{\"op_name\":{\"head.0\":{\"outptu\":{}}}}}",
