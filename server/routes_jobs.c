@@ -1,0 +1,428 @@
+/*
+ * routes_jobs.c — compression jobs: submit (validated against the model,
+ * dataset and recipe before anything is queued; Idempotency-Key honoured),
+ * list with filters and cursor paging, get with progress and result,
+ * cancel, retry, and the artifact download (ETag = sha256, single Range).
+ *
+ * Submitting only inserts a queued row and wakes a worker; compression never
+ * runs in these (libmicrohttpd) threads.
+ */
+#include <ctype.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "hash.h"
+#include "recipe.h"
+#include "routes.h"
+#include "store.h"
+#include "workers.h"
+
+void kiln__reply_config_errors(kiln_req *r, const kiln_config_errors *errs, const char *prefix);
+
+json_t *kiln_job_json(const kiln_db_job *j)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(j->id));
+    json_object_set_new(o, "status", json_string(j->status));
+    json_object_set_new(o, "model", json_string(j->model_id));
+    json_object_set_new(o, "dataset", json_string(j->dataset_name));
+    json_object_set_new(o, "dataset_id", json_string(j->dataset_id));
+    json_object_set_new(o, "recipe", json_string(j->recipe));
+    json_object_set_new(o, "config_hash", j->config_hash[0] ? json_string(j->config_hash) : json_null());
+    json_object_set_new(o, "calibration_images", json_integer(j->calib));
+    json_object_set_new(o, "attempt", json_integer(j->attempt));
+    json_object_set_new(o, "retry_of", j->retry_of[0] ? json_string(j->retry_of) : json_null());
+    json_object_set_new(o, "cancel_requested", json_boolean(j->cancel_requested));
+    json_object_set_new(o, "created_at", kiln_json_time(j->created_at));
+    json_object_set_new(o, "started_at", kiln_json_time(j->started_at));
+    json_object_set_new(o, "finished_at", kiln_json_time(j->finished_at));
+    json_object_set_new(o, "progress",
+                        json_pack("{s:o, s:i, s:i, s:o, s:o}", "stage",
+                                  j->stage[0] ? json_string(j->stage) : json_null(), "done", j->done,
+                                  "total", j->total, "eta_s", j->eta_s >= 0 ? json_real(j->eta_s) : json_null(),
+                                  "heartbeat_at", kiln_json_time(j->heartbeat_at)));
+    json_object_set_new(o, "error", j->error_code[0] ? json_pack("{s:s, s:s}", "code", j->error_code, "message",
+                                                                 j->error_message ? j->error_message : "")
+                                                     : json_null());
+    json_t *res = NULL;
+    if (j->result_json) {
+        json_error_t e;
+        res = json_loads(j->result_json, 0, &e);
+    }
+    json_object_set_new(o, "result", res ? res : json_null());
+    if (j->artifact_sha256[0]) {
+        char url[96];
+        snprintf(url, sizeof url, "/v1/jobs/%s/artifact", j->id);
+        json_object_set_new(o, "artifact", json_pack("{s:s, s:I, s:s}", "sha256", j->artifact_sha256, "bytes",
+                                                     (json_int_t)j->artifact_bytes, "url", url));
+    } else {
+        json_object_set_new(o, "artifact", json_null());
+    }
+    return o;
+}
+
+static const char *const job_fields[] = {"model", "dataset", "recipe", "config", "calibration_images", NULL};
+
+void kiln_route_job_create(kiln_req *r)
+{
+    kilnd_ctx *ctx = kiln_req_ctx(r);
+    const kiln_db_principal *who = kiln_req_who(r);
+    json_t *j = kiln_req_json(r);
+    if (!j) return;
+    kiln_recipe *rec = NULL;
+    char *canon = NULL, *reqtext = NULL;
+    kiln_db_job job;
+    memset(&job, 0, sizeof job);
+
+    const char *key;
+    json_t *v;
+    json_object_foreach(j, key, v) {
+        int known = 0;
+        for (int i = 0; job_fields[i]; i++) known |= !strcmp(key, job_fields[i]);
+        if (!known) {
+            kiln_reply_error(r, 400, "invalid_request", key,
+                             "%s: unknown field (expected model, dataset, recipe or config, calibration_images)", key);
+            goto out;
+        }
+    }
+    json_t *jm = json_object_get(j, "model"), *jd = json_object_get(j, "dataset"),
+           *jr = json_object_get(j, "recipe"), *jc = json_object_get(j, "config"),
+           *jn = json_object_get(j, "calibration_images");
+    if (!json_is_string(jm)) {
+        kiln_reply_error(r, 400, "invalid_request", "model", "model: required, a model id (string)");
+        goto out;
+    }
+    if (!json_is_string(jd)) {
+        kiln_reply_error(r, 400, "invalid_request", "dataset", "dataset: required, a dataset id or name (string)");
+        goto out;
+    }
+    if ((jr != NULL) == (jc != NULL)) {
+        kiln_reply_error(r, 400, "invalid_request", jr ? "config" : "recipe",
+                         "give exactly one of recipe (a preset name) and config (a config object)");
+        goto out;
+    }
+    if (jr && !json_is_string(jr)) {
+        kiln_reply_error(r, 400, "invalid_request", "recipe", "recipe: must be a preset name (string)");
+        goto out;
+    }
+    if (jc && !json_is_object(jc)) {
+        kiln_reply_error(r, 400, "invalid_request", "config", "config: must be a JSON object");
+        goto out;
+    }
+    int calib = 20;
+    if (jn) {
+        if (!json_is_integer(jn) || json_integer_value(jn) < 1 || json_integer_value(jn) > 100000) {
+            kiln_reply_error(r, 400, "invalid_request", "calibration_images",
+                             "calibration_images: must be an integer >= 1");
+            goto out;
+        }
+        calib = (int)json_integer_value(jn);
+    }
+    const char *idem = kiln_req_header(r, "Idempotency-Key");
+    if (idem) {
+        size_t n = strlen(idem);
+        int ok = n > 0 && n <= 128;
+        for (size_t i = 0; ok && i < n; i++) ok = idem[i] > 0x20 && idem[i] < 0x7f;
+        if (!ok) {
+            kiln_reply_error(r, 400, "invalid_request", "Idempotency-Key",
+                             "Idempotency-Key: 1-128 visible ASCII characters");
+            goto out;
+        }
+    }
+
+    /* References. */
+    const char *model_id = json_string_value(jm), *ds_name = json_string_value(jd);
+    kiln_db_model m;
+    kiln_status st = kiln_db_model_get(ctx->db, who->team_seq, model_id, &m);
+    if (st == KILN_ERR_NOT_FOUND) {
+        kiln_reply_error(r, 422, "unknown_model", "model", "model: \"%s\" is not a model of team %s", model_id, who->team);
+        goto out;
+    } else if (st) {
+        kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
+        goto out;
+    }
+    kiln_db_dataset d;
+    if (!kilnd_name_ok(ds_name, 79)) {
+        kiln_reply_error(r, 422, "unknown_dataset", "dataset",
+                         "dataset: \"%s\" is not a dataset id or name (datasets are named, never given as paths)",
+                         ds_name);
+        goto out;
+    }
+    st = kiln_db_dataset_get(ctx->db, who->team_seq, ds_name, &d);
+    if (st == KILN_ERR_NOT_FOUND) {
+        kiln_reply_error(r, 422, "unknown_dataset", "dataset", "dataset: \"%s\" is not registered (GET /v1/datasets)", ds_name);
+        goto out;
+    } else if (st) {
+        kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
+        goto out;
+    }
+    if (calib >= d.images) {
+        kiln_reply_error(r, 422, "invalid_field", "calibration_images",
+                         "calibration_images: %d leaves no image to evaluate (dataset %s has %d)", calib, d.name,
+                         d.images);
+        goto out;
+    }
+
+    /* Recipe. */
+    char hash[65];
+    const char *recipe_name;
+    if (jr) {
+        st = kiln_recipe_preset(json_string_value(jr), &rec);
+        if (st) {
+            kiln_reply_error(r, 422, "unknown_preset", "recipe", "recipe: %s", kiln_errmsg());
+            goto out;
+        }
+        recipe_name = json_string_value(jr);
+    } else {
+        char *text = json_dumps(jc, JSON_COMPACT | JSON_SORT_KEYS);
+        kiln_config_errors *errs = NULL;
+        st = text ? kiln_recipe_parse(text, strlen(text), &rec, &errs) : KILN_ERR_NOMEM;
+        free(text);
+        if (st) {
+            kiln__reply_config_errors(r, errs, "config");
+            kiln_config_errors_free(errs);
+            goto out;
+        }
+        canon = kiln_recipe_to_json(rec);
+        recipe_name = kiln_recipe_name(rec);
+        if (!recipe_name || !recipe_name[0] || !kilnd_name_ok(recipe_name, 64)) recipe_name = "custom";
+    }
+    kiln_recipe_hash(rec, hash);
+
+    reqtext = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+    char reqhash[65];
+    kiln_sha256_hex(reqtext ? reqtext : "", reqtext ? strlen(reqtext) : 0, reqhash);
+    char id[32];
+    if (kilnd_new_id("job", id, sizeof id)) {
+        kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
+        goto out;
+    }
+    kiln_db_job_new req = {
+        .team_seq = who->team_seq, .id = id, .model_id = model_id, .dataset_seq = d.seq,
+        .recipe = recipe_name, .config_json = canon, .config_hash = hash, .calib = calib,
+        .idem_key = idem, .request_hash = reqhash, .retry_of_seq = 0,
+    };
+    int replayed = 0, conflict = 0;
+    st = kiln_db_job_create(ctx->db, &req, &job, &replayed, &conflict);
+    if (st == KILN_ERR_NOT_FOUND) {
+        kiln_reply_error(r, 422, "unknown_model", "model", "model: \"%s\" is not a model of team %s", model_id, who->team);
+    } else if (st) {
+        kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
+    } else if (conflict) {
+        kiln_reply_error(r, 422, "idempotency_key_reused", "Idempotency-Key",
+                         "Idempotency-Key \"%s\" was used for a different request", idem);
+    } else {
+        if (!replayed) kiln_workers_notify(ctx->workers);
+        kiln_reply_json(r, replayed ? 200 : 201, kiln_job_json(&job));
+    }
+out:
+    kiln_db_job_clear(&job);
+    kiln_recipe_destroy(rec);
+    free(canon);
+    free(reqtext);
+    json_decref(j);
+}
+
+static void job_cb(void *ctx, const kiln_db_job *j) { json_array_append_new(ctx, kiln_job_json(j)); }
+
+void kiln_route_jobs_list(kiln_req *r)
+{
+    kiln_db_job_filter f;
+    memset(&f, 0, sizeof f);
+    f.status = kiln_req_query(r, "status");
+    f.model_id = kiln_req_query(r, "model");
+    f.dataset = kiln_req_query(r, "dataset");
+    f.recipe = kiln_req_query(r, "recipe");
+    f.limit = 50;
+    static const char *const statuses[] = {"queued", "running", "succeeded", "failed", "canceled", NULL};
+    if (f.status) {
+        int ok = 0;
+        for (int i = 0; statuses[i]; i++) ok |= !strcmp(f.status, statuses[i]);
+        if (!ok) {
+            kiln_reply_error(r, 400, "invalid_request", "status",
+                             "status: \"%s\" is not one of queued, running, succeeded, failed, canceled", f.status);
+            return;
+        }
+    }
+    const char *lim = kiln_req_query(r, "limit");
+    if (lim) {
+        char *end;
+        long l = strtol(lim, &end, 10);
+        if (!*lim || *end || l < 1 || l > 200) {
+            kiln_reply_error(r, 400, "invalid_request", "limit", "limit: an integer from 1 to 200");
+            return;
+        }
+        f.limit = (int)l;
+    }
+    const char *cur = kiln_req_query(r, "cursor");
+    if (cur) {
+        char *end;
+        long long c = strtoll(cur, &end, 10);
+        if (!*cur || *end || c <= 0) {
+            kiln_reply_error(r, 400, "invalid_request", "cursor", "cursor: not a cursor returned by this API");
+            return;
+        }
+        f.before_seq = c;
+    }
+    json_t *a = json_array();
+    int64_t next = 0;
+    if (kiln_db_jobs_list(kiln_req_ctx(r)->db, kiln_req_who(r)->team_seq, &f, job_cb, a, &next)) {
+        json_decref(a);
+        kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
+        return;
+    }
+    char nc[32];
+    snprintf(nc, sizeof nc, "%" PRId64, next);
+    kiln_reply_json(r, 200, json_pack("{s:o, s:o}", "jobs", a, "next_cursor", next ? json_string(nc) : json_null()));
+}
+
+static int load_job(kiln_req *r, kiln_db_job *j)
+{
+    kiln_status st = kiln_db_job_get(kiln_req_ctx(r)->db, kiln_req_who(r)->team_seq, kiln_req_param(r), j);
+    if (st == KILN_ERR_NOT_FOUND) kiln_reply_error(r, 404, "not_found", "id", "job \"%s\" not found", kiln_req_param(r));
+    else if (st) kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
+    return st ? -1 : 0;
+}
+
+void kiln_route_job_get(kiln_req *r)
+{
+    kiln_db_job j;
+    if (load_job(r, &j)) return;
+    kiln_reply_json(r, 200, kiln_job_json(&j));
+    kiln_db_job_clear(&j);
+}
+
+void kiln_route_job_cancel(kiln_req *r)
+{
+    kilnd_ctx *ctx = kiln_req_ctx(r);
+    int outcome = 0;
+    int64_t seq = 0;
+    kiln_status st = kiln_db_job_cancel(ctx->db, kiln_req_who(r)->team_seq, kiln_req_param(r), &outcome, &seq);
+    if (st == KILN_ERR_NOT_FOUND) {
+        kiln_reply_error(r, 404, "not_found", "id", "job \"%s\" not found", kiln_req_param(r));
+        return;
+    }
+    if (st) {
+        kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
+        return;
+    }
+    if (outcome == KILN_DB_CANCEL_REQUESTED) kiln_workers_cancel(ctx->workers, seq);
+    kiln_db_job j;
+    if (load_job(r, &j)) return;
+    if (outcome == KILN_DB_ALREADY_FINISHED)
+        kiln_reply_error(r, 409, "job_finished", "id", "job \"%s\" already %s", j.id, j.status);
+    else
+        kiln_reply_json(r, outcome == KILN_DB_CANCELED ? 200 : 202, kiln_job_json(&j));
+    kiln_db_job_clear(&j);
+}
+
+void kiln_route_job_retry(kiln_req *r)
+{
+    kilnd_ctx *ctx = kiln_req_ctx(r);
+    char id[32];
+    kiln_db_job j;
+    memset(&j, 0, sizeof j);
+    int conflict = 0;
+    kiln_status st = kilnd_new_id("job", id, sizeof id);
+    if (!st) st = kiln_db_job_retry(ctx->db, kiln_req_who(r)->team_seq, kiln_req_param(r), id, &j, &conflict);
+    if (st == KILN_ERR_NOT_FOUND) kiln_reply_error(r, 404, "not_found", "id", "job \"%s\" not found", kiln_req_param(r));
+    else if (st) kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
+    else if (conflict) kiln_reply_error(r, 409, "job_not_finished", "id", "%s", kiln_errmsg());
+    else {
+        kiln_workers_notify(ctx->workers);
+        kiln_reply_json(r, 201, kiln_job_json(&j));
+    }
+    kiln_db_job_clear(&j);
+}
+
+/* Parse a single "bytes=a-b" range against size; 1 = range set, 0 = ignore
+ * the header (absent, or multiple ranges), -1 = unsatisfiable. */
+static int parse_range(const char *h, uint64_t size, uint64_t *from, uint64_t *to)
+{
+    if (!h) return 0;
+    while (*h == ' ') h++;
+    if (strncmp(h, "bytes=", 6) != 0 || strchr(h, ',')) return 0;
+    const char *p = h + 6;
+    char *end;
+    if (*p == '-') {
+        if (!isdigit((unsigned char)p[1])) return -1;
+        unsigned long long n = strtoull(p + 1, &end, 10);
+        if (*end || n == 0 || size == 0) return -1;
+        *from = n >= size ? 0 : size - n;
+        *to = size - 1;
+        return 1;
+    }
+    if (!isdigit((unsigned char)*p)) return -1;
+    unsigned long long a = strtoull(p, &end, 10);
+    if (*end != '-') return -1;
+    p = end + 1;
+    unsigned long long b = size ? size - 1 : 0;
+    if (*p) {
+        if (!isdigit((unsigned char)*p)) return -1;
+        b = strtoull(p, &end, 10);
+        if (*end) return -1;
+    }
+    if (a >= size || b < a) return -1;
+    if (b >= size) b = size - 1;
+    *from = a;
+    *to = b;
+    return 1;
+}
+
+void kiln_route_job_artifact(kiln_req *r)
+{
+    kilnd_ctx *ctx = kiln_req_ctx(r);
+    kiln_db_job j;
+    if (load_job(r, &j)) return;
+    if (strcmp(j.status, "succeeded") != 0 || !j.artifact_sha256[0]) {
+        kiln_reply_error(r, 409, "no_artifact", "id", "job \"%s\" is %s: artifacts exist only for succeeded jobs",
+                         j.id, j.status);
+        kiln_db_job_clear(&j);
+        return;
+    }
+    char etag[80], path[KILND_PATH_MAX + 96], disp[128];
+    snprintf(etag, sizeof etag, "\"%s\"", j.artifact_sha256);
+    snprintf(disp, sizeof disp, "attachment; filename=\"%s.kiln\"", j.id);
+    kiln_store_blob_path(ctx->store, j.artifact_sha256, path, sizeof path);
+    kiln_db_job_clear(&j);
+    kiln_reply_header(r, "ETag", etag);
+    kiln_reply_header(r, "Accept-Ranges", "bytes");
+    kiln_reply_header(r, "Content-Disposition", disp);
+
+    const char *inm = kiln_req_header(r, "If-None-Match");
+    if (inm && (strstr(inm, etag) || !strcmp(inm, "*"))) {
+        kiln_reply_empty(r, 304);
+        return;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+        if (fd >= 0) close(fd);
+        kiln_reply_error(r, 500, "internal", NULL, "artifact blob %s is missing", path);
+        return;
+    }
+    uint64_t size = (uint64_t)sb.st_size, from = 0, to = 0;
+    int rg = parse_range(kiln_req_header(r, "Range"), size, &from, &to);
+    if (rg < 0) {
+        close(fd);
+        char cr[64];
+        snprintf(cr, sizeof cr, "bytes */%" PRIu64, size);
+        kiln_reply_header(r, "Content-Range", cr);
+        kiln_reply_error(r, 416, "range_not_satisfiable", "Range", "Range \"%s\" is outside the %" PRIu64 "-byte artifact",
+                         kiln_req_header(r, "Range"), size);
+        return;
+    }
+    if (rg == 1) {
+        char cr[96];
+        snprintf(cr, sizeof cr, "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, from, to, size);
+        kiln_reply_header(r, "Content-Range", cr);
+        kiln_reply_file(r, 206, "application/octet-stream", fd, from, to - from + 1);
+    } else {
+        kiln_reply_file(r, 200, "application/octet-stream", fd, 0, size);
+    }
+}

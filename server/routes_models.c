@@ -1,0 +1,306 @@
+/*
+ * routes_models.c — checkpoint uploads and the team's model list.
+ *
+ * An upload arrives as a temporary file (raw or multipart body, streamed and
+ * hashed by http.c) or as base64 inside JSON (decoded here into a temporary
+ * file). Either way the file is validated with the real loader
+ * (kiln_weights_load) and the EDSR builder (kiln_model_from_weights) before
+ * anything is kept: a truncated or garbage file is 422 invalid_checkpoint
+ * with the loader's message, a valid checkpoint of another network is 422
+ * wrong_architecture. Only then is the file renamed into the blob store
+ * (content-addressed by sha256) and the row inserted.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "hash.h"
+#include "model.h"
+#include "routes.h"
+#include "store.h"
+#include "weights.h"
+
+json_t *kiln_model_json(const kiln_db_model *m)
+{
+    return json_pack("{s:s, s:s, s:s, s:s, s:{s:s, s:i, s:i, s:i, s:f}, s:I, s:I, s:o}", "id", m->id,
+                     "name", m->name, "sha256", m->sha256, "format", m->format, "arch", "name", "edsr",
+                     "resblocks", m->resblocks, "features", m->features, "scale", m->scale, "res_scale",
+                     m->res_scale, "params", (json_int_t)m->params, "bytes", (json_int_t)m->bytes,
+                     "created_at", kiln_json_time(m->created_at));
+}
+
+static int b64val(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+' || c == '-') return 62;
+    if (c == '/' || c == '_') return 63;
+    return -1;
+}
+
+/* Decode standard or URL-safe base64 (padding optional, whitespace skipped).
+ * Returns the decoded length, or -1 with *bad set to the offending offset. */
+static long b64_decode(const char *in, size_t n, unsigned char *out, size_t *bad)
+{
+    uint32_t acc = 0;
+    int bits = 0, pad = 0;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)in[i];
+        if (c == ' ' || c == '\n' || c == '\r' || c == '\t') continue;
+        if (c == '=') {
+            pad++;
+            continue;
+        }
+        int v = b64val(c);
+        if (v < 0 || pad) {
+            *bad = i;
+            return -1;
+        }
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+        }
+    }
+    if (bits >= 6) { /* a lone trailing character carries no full byte */
+        *bad = n;
+        return -1;
+    }
+    return (long)o;
+}
+
+static int name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 128) return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) return 0;
+    return 1;
+}
+
+static int write_all(int fd, const unsigned char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return fsync(fd);
+}
+
+/* JSON upload: decode weights_base64 into a temporary file of our own. */
+static int json_upload(kiln_req *r, char *path, size_t pathn, char sha[65], uint64_t *size,
+                       char *name, size_t namen, char *format, size_t formatn)
+{
+    kilnd_ctx *ctx = kiln_req_ctx(r);
+    json_t *j = kiln_req_json(r);
+    if (!j) return -1;
+    const char *key;
+    json_t *v;
+    json_object_foreach(j, key, v) {
+        if (strcmp(key, "name") && strcmp(key, "format") && strcmp(key, "weights_base64")) {
+            kiln_reply_error(r, 400, "invalid_request", key, "%s: unknown field (expected name, format, weights_base64)", key);
+            json_decref(j);
+            return -1;
+        }
+    }
+    json_t *jn = json_object_get(j, "name"), *jf = json_object_get(j, "format"),
+           *jw = json_object_get(j, "weights_base64");
+    int rc = -1;
+    if (jn && !json_is_string(jn)) {
+        kiln_reply_error(r, 400, "invalid_request", "name", "name: must be a string");
+    } else if (jf && (!json_is_string(jf) || (strcmp(json_string_value(jf), "pt") &&
+                                               strcmp(json_string_value(jf), "safetensors")))) {
+        kiln_reply_error(r, 400, "invalid_request", "format", "format: must be \"pt\" or \"safetensors\"");
+    } else if (!json_is_string(jw)) {
+        kiln_reply_error(r, 400, "invalid_request", "weights_base64",
+                         "weights_base64: required, the checkpoint file encoded as base64");
+    } else {
+        if (jn) snprintf(name, namen, "%s", json_string_value(jn));
+        if (jf) snprintf(format, formatn, "%s", json_string_value(jf));
+        size_t n = json_string_length(jw);
+        unsigned char *buf = malloc(n / 4 * 3 + 4);
+        size_t bad = 0;
+        long len = buf ? b64_decode(json_string_value(jw), n, buf, &bad) : -2;
+        int fd = -1;
+        if (len == -2) {
+            kiln_reply_error(r, 500, "internal", NULL, "out of memory decoding base64");
+        } else if (len < 0) {
+            kiln_reply_error(r, 400, "invalid_request", "weights_base64",
+                             "weights_base64: not valid base64 at offset %zu", bad);
+        } else if ((uint64_t)len > ctx->cfg.max_upload) {
+            kiln_reply_error(r, 413, "payload_too_large", "weights_base64",
+                             "weights_base64: %ld bytes decoded, over the %llu-byte upload limit", len,
+                             (unsigned long long)ctx->cfg.max_upload);
+        } else if (kiln_store_tmp_create(ctx->store, "upload-json", path, pathn, &fd)) {
+            kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
+        } else if (write_all(fd, buf, (size_t)len) != 0) {
+            kiln_reply_error(r, 500, "internal", NULL, "writing %s: %s", path, strerror(errno));
+            close(fd);
+            fd = -1;
+            unlink(path);
+        } else {
+            close(fd);
+            fd = -1;
+            kiln_sha256_hex(buf, (size_t)len, sha);
+            *size = (uint64_t)len;
+            rc = 0;
+        }
+        if (fd >= 0) close(fd);
+        free(buf);
+    }
+    json_decref(j);
+    return rc;
+}
+
+void kiln_route_model_upload(kiln_req *r)
+{
+    kilnd_ctx *ctx = kiln_req_ctx(r);
+    const kiln_db_principal *who = kiln_req_who(r);
+    const char *media = kiln_req_media_type(r);
+    char own[KILND_PATH_MAX + 64] = "";
+    char sha[65] = "", name[129] = "", claimed[16] = "";
+    uint64_t size = 0;
+    const char *path = NULL;
+
+    if (!strcmp(media, "application/json")) {
+        if (json_upload(r, own, sizeof own, sha, &size, name, sizeof name, claimed, sizeof claimed)) return;
+        path = own;
+    } else {
+        path = kiln_req_upload(r, sha, &size);
+        if (!path) {
+            kiln_reply_error(r, 500, "internal", NULL, "upload body was not stored");
+            return;
+        }
+        if (!strcmp(media, "multipart/form-data")) {
+            size_t mlen;
+            const char *man = kiln_req_manifest(r, &mlen);
+            if (man) {
+                json_error_t e;
+                json_t *mj = json_loadb(man, mlen, 0, &e);
+                json_t *jn = mj ? json_object_get(mj, "name") : NULL;
+                if (!json_is_object(mj) || (jn && !json_is_string(jn))) {
+                    kiln_reply_error(r, 400, "invalid_json", "manifest",
+                                     "manifest: expected a JSON object like {\"name\": \"...\"}%s%s",
+                                     mj ? "" : ": ", mj ? "" : e.text);
+                    json_decref(mj);
+                    return;
+                }
+                if (jn) snprintf(name, sizeof name, "%s", json_string_value(jn));
+                json_decref(mj);
+            }
+        } else {
+            const char *q = kiln_req_query(r, "name");
+            if (q) snprintf(name, sizeof name, "%s", q);
+        }
+    }
+    if (name[0] == '\0') snprintf(name, sizeof name, "model-%.12s", sha);
+    if (!name_ok(name)) {
+        kiln_reply_error(r, 400, "invalid_request", "name", "name: 1-128 printable characters");
+        goto out;
+    }
+    if (size == 0) {
+        kiln_reply_error(r, 422, "invalid_checkpoint", NULL, "the checkpoint is empty (0 bytes)");
+        goto out;
+    }
+
+    kiln_weights *w = NULL;
+    kiln_status st = kiln_weights_load(path, &w);
+    if (st) {
+        if (st == KILN_ERR_NOMEM || st == KILN_ERR_IO)
+            kiln_reply_error(r, 500, "internal", NULL, "loading the checkpoint: %s", kiln_errmsg());
+        else
+            kiln_reply_error(r, 422, "invalid_checkpoint", NULL, "%s", kiln_errmsg());
+        goto out;
+    }
+    const char *fmt = kiln_weights_format_name(kiln_weights_source_format(w));
+    if (claimed[0] && (!strcmp(claimed, "pt") ? strncmp(fmt, "pt", 2) != 0 : strcmp(fmt, claimed) != 0)) {
+        kiln_reply_error(r, 422, "invalid_field", "format", "format: \"%s\" was given but the content is %s",
+                         claimed, fmt);
+        kiln_weights_destroy(w);
+        goto out;
+    }
+    kiln_model *m = NULL;
+    st = kiln_model_from_weights(w, NULL, &m);
+    kiln_weights_destroy(w);
+    if (st) {
+        if (st == KILN_ERR_ARCH)
+            kiln_reply_error(r, 422, "wrong_architecture", NULL, "%s", kiln_errmsg());
+        else if (st == KILN_ERR_NOMEM)
+            kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
+        else
+            kiln_reply_error(r, 422, "invalid_checkpoint", NULL, "%s", kiln_errmsg());
+        goto out;
+    }
+    kiln_db_model row;
+    memset(&row, 0, sizeof row);
+    snprintf(row.name, sizeof row.name, "%s", name);
+    memcpy(row.sha256, sha, 65);
+    snprintf(row.format, sizeof row.format, "%s", fmt);
+    row.bytes = (int64_t)size;
+    row.resblocks = kiln_model_resblocks(m);
+    row.features = kiln_model_features(m);
+    row.scale = kiln_model_scale(m);
+    row.res_scale = kiln_model_res_scale(m);
+    row.params = (int64_t)kiln_model_params(m);
+    kiln_model_destroy(m);
+
+    st = kilnd_new_id("mdl", row.id, sizeof row.id);
+    if (!st) st = kiln_store_adopt(ctx->store, path, sha);
+    if (!st) {
+        if (path != own) kiln_req_upload_adopted(r);
+        own[0] = '\0';
+        st = kiln_db_model_insert(ctx->db, who->team_seq, &row);
+    }
+    if (st) {
+        kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
+        goto out;
+    }
+    kilnd_log("team %s uploaded model %s (%s, %s, %lld bytes)", who->team, row.id, row.name, row.format,
+              (long long)row.bytes);
+    kiln_reply_json(r, 201, kiln_model_json(&row));
+out:
+    if (own[0]) unlink(own);
+}
+
+static void model_cb(void *ctx, const kiln_db_model *m) { json_array_append_new(ctx, kiln_model_json(m)); }
+
+void kiln_route_models_list(kiln_req *r)
+{
+    json_t *a = json_array();
+    if (kiln_db_models_list(kiln_req_ctx(r)->db, kiln_req_who(r)->team_seq, model_cb, a)) {
+        json_decref(a);
+        kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
+        return;
+    }
+    kiln_reply_json(r, 200, json_pack("{s:o}", "models", a));
+}
+
+void kiln_route_model_get(kiln_req *r)
+{
+    kiln_db_model m;
+    kiln_status st = kiln_db_model_get(kiln_req_ctx(r)->db, kiln_req_who(r)->team_seq, kiln_req_param(r), &m);
+    if (st == KILN_ERR_NOT_FOUND) kiln_reply_error(r, 404, "not_found", "id", "model \"%s\" not found", kiln_req_param(r));
+    else if (st) kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
+    else kiln_reply_json(r, 200, kiln_model_json(&m));
+}
+
+void kiln_route_model_delete(kiln_req *r)
+{
+    int in_use = 0;
+    kiln_status st = kiln_db_model_delete(kiln_req_ctx(r)->db, kiln_req_who(r)->team_seq, kiln_req_param(r), &in_use);
+    if (st == KILN_ERR_NOT_FOUND) kiln_reply_error(r, 404, "not_found", "id", "model \"%s\" not found", kiln_req_param(r));
+    else if (st) kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
+    else if (in_use) kiln_reply_error(r, 409, "model_in_use", "id", "model \"%s\" is used by %d queued or running job%s",
+                                      kiln_req_param(r), in_use, in_use > 1 ? "s" : "");
+    else kiln_reply_empty(r, 204);
+}
