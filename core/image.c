@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* Largest single ancillary chunk libpng may allocate (ICC profiles are the
  * biggest legitimate ones, well under this). */
@@ -77,6 +78,8 @@ typedef struct kiln__png_rd {
     /* first 24 bytes seen (signature + IHDR length/type/width/height) */
     uint8_t head[24];
     size_t nread;
+    size_t total;       /* bytes in the source (file size), for messages */
+    uint32_t last_len;  /* length field of the last chunk header read */
     /* outcome */
     kiln_status st;     /* status to report when libpng longjmps */
     char msg[200];
@@ -115,9 +118,17 @@ static void rd_warning(png_structp png, png_const_charp msg)
     if (strstr(msg, "chunk data is too large") != NULL) {
         kiln__png_rd *rd = png_get_error_ptr(png);
         if (rd->st == KILN_OK) {
-            rd->st = KILN_ERR_LIMIT;
-            snprintf(rd->msg, sizeof rd->msg, "%s (limit %zu bytes per chunk)", msg,
-                     (size_t)KILN__PNG_CHUNK_MALLOC_MAX);
+            /* A length beyond the end of the input is damage, not a big file. */
+            if (rd->total >= rd->pos && rd->last_len > rd->total - rd->pos) {
+                rd->st = KILN_ERR_FORMAT;
+                snprintf(rd->msg, sizeof rd->msg,
+                         "truncated: %s chunk length %u runs past the end of the data", msg,
+                         (unsigned)rd->last_len);
+            } else {
+                rd->st = KILN_ERR_LIMIT;
+                snprintf(rd->msg, sizeof rd->msg, "%s (length %u, limit %zu bytes per chunk)",
+                         msg, (unsigned)rd->last_len, (size_t)KILN__PNG_CHUNK_MALLOC_MAX);
+            }
         }
         png_longjmp(png, 1);
     }
@@ -168,6 +179,7 @@ static void rd_read(png_structp png, png_bytep data, size_t n)
         memcpy(data, rd->buf + rd->pos, n);
     }
     rd->pos += n;
+    if (n == 8) rd->last_len = be32(data); /* libpng reads chunk headers 8 bytes at a time */
     rd_peek(png, rd, data, n);
 }
 
@@ -304,6 +316,7 @@ kiln_status kiln_png_read_mem(const void *buf, size_t len, kiln_image *out, int 
     if (!buf && len) return kiln_fail(KILN_ERR_INVALID, "png: NULL buffer of %zu bytes", len);
     rd.buf = buf;
     rd.len = len;
+    rd.total = len;
     return rd_run(&rd, out, warn);
 }
 
@@ -319,6 +332,8 @@ kiln_status kiln_png_read(const char *path, kiln_image *out, int *warn)
     kiln__png_rd rd;
     memset(&rd, 0, sizeof rd);
     rd.fp = fp;
+    struct stat sb;
+    rd.total = fstat(fileno(fp), &sb) == 0 && S_ISREG(sb.st_mode) ? (size_t)sb.st_size : SIZE_MAX;
     kiln_status st = rd_run(&rd, out, warn);
     fclose(fp);
     if (st != KILN_OK) kiln_errmsg_prefix("%s: ", path);

@@ -437,7 +437,8 @@ TEST(huge_ihdr_is_limit_before_decoding)
 }
 
 /* libpng treats an over-long ancillary chunk as a benign error and would
- * allocate it: a 60-byte file claiming a 1.7 GB tEXt must be refused. */
+ * allocate it: a 60-byte file claiming a 1.7 GB tEXt must be refused
+ * (FORMAT as it is truncated), and a real 32 MB tEXt too (LIMIT). */
 TEST(huge_ancillary_chunk_is_limit)
 {
     uint8_t buf[128];
@@ -448,9 +449,20 @@ TEST(huge_ancillary_chunk_is_limit)
     memcpy(t + 4, "tEXtkey", 7);
     len = iend + 16;
     kiln_image im;
-    CHECK_EQ_INT(kiln_png_read_mem(buf, len, &im, NULL), KILN_ERR_LIMIT);
-    CHECK_MSG(strstr(kiln_errmsg(), "tEXt") != NULL, "%s", kiln_errmsg());
+    /* the claimed length runs past the end: damage */
+    CHECK_EQ_INT(kiln_png_read_mem(buf, len, &im, NULL), KILN_ERR_FORMAT);
+    CHECK_MSG(strstr(kiln_errmsg(), "tEXt") != NULL && strstr(kiln_errmsg(), "truncated"), "%s",
+              kiln_errmsg());
     CHECK(im.rgb == NULL);
+    /* the same length with that many bytes really present: over the limit */
+    size_t big = iend + 8 + 0x2000000; /* 32 MB chunk > 8 MB limit */
+    uint8_t *p = calloc(1, big + 16);
+    memcpy(p, buf, iend + 11);
+    p[iend] = 0x02; p[iend + 1] = 0; p[iend + 2] = 0; p[iend + 3] = 0;
+    CHECK_EQ_INT(kiln_png_read_mem(p, big + 16, &im, NULL), KILN_ERR_LIMIT);
+    CHECK_MSG(strstr(kiln_errmsg(), "tEXt") != NULL && strstr(kiln_errmsg(), "limit"), "%s",
+              kiln_errmsg());
+    free(p);
 }
 
 TEST(write_refuses_empty)
