@@ -60,6 +60,11 @@ static const char *const op_type_names[] = {"conv", "relu", "mul", "add", "pixel
                                             NULL};
 enum { T_CONV = 0, T_RELU, T_MUL, T_ADD, T_PIXEL_SHUFFLE, T_INPUT, N_TYPES };
 
+/* The name tables are indexed by the enums of quant.h / palette.h. */
+_Static_assert(KILN_Q_UINT4 == 3 && KILN_QS_SYMMETRIC_WITH_CLIPPING == 2, "dtype/qscheme names");
+_Static_assert(KILN_QG_PER_BLOCK == 2 && KILN_QC_HIST_PERCENTILE == 4, "granularity/calc names");
+_Static_assert(KILN_PG_PER_GROUPED_CHANNEL == 1 && KILN_KW_ACTIVATION == 1, "pspec names");
+
 /* Roles of a quantization scope. */
 enum { ROLE_WEIGHT = 0, ROLE_INPUT, ROLE_OUTPUT, N_ROLES };
 static const char *const role_names[] = {"weight", "input", "output", NULL};
