@@ -818,6 +818,11 @@ TEST(zip_crafted)
     z = make_zip(nopkl, 1);
     CHECK_FAILS(load_bb(&z, &cf_w_), KILN_ERR_FORMAT, "no <folder>/data.pkl");
     free(z.p);
+    zentry twopkl[3] = { { "a/data.pkl", pk.p, pk.n }, { "b/data.pkl", pk.p, pk.n },
+                         { "a/data/0", DATA6, 24 } };
+    z = make_zip(twopkl, 3);
+    CHECK_FAILS(load_bb(&z, &cf_w_), KILN_ERR_FORMAT, "more than one data.pkl");
+    free(z.p);
     zentry nostorage[1] = { { "archive/data.pkl", pk.p, pk.n } };
     z = make_zip(nostorage, 1);
     CHECK_FAILS(load_bb(&z, &cf_w_), KILN_ERR_FORMAT, "archive/data/0 is missing");
@@ -901,6 +906,33 @@ static void sweep(const char *rel, int full)
     free(f);
 }
 
+/* The full-size checkpoints, cut at a spread of offsets (each cut is a full
+ * parse of up to 5 MB, so fewer of them). */
+TEST(damage_real_truncated)
+{
+    const char *files[3] = { "models/edsr_r16f64_x2.pt", "models/edsr_r16f64_x2_legacy.pt",
+                             "models/edsr_r16f64_x2.safetensors" };
+    int cuts = kiln_test_full() ? 40 : 8;
+    for (int i = 0; i < 3; i++) {
+        size_t len;
+        uint8_t *f = kiln_test_read_file(kiln_test_data(files[i]), &len);
+        CHECK(f != NULL);
+        if (!f) continue;
+        int loaded = 0;
+        for (int k = 0; k < cuts; k++) {
+            size_t cut = (size_t)((double)len * k / cuts) + (size_t)k * 13;
+            if (cut >= len) cut = len - 1;
+            kiln_weights *w = NULL;
+            kiln_errmsg_clear();
+            if (kiln_weights_load_mem(f, cut, &w) == KILN_OK) loaded++;
+            else CHECK(kiln_errmsg()[0] != '\0');
+            kiln_weights_destroy(w);
+        }
+        CHECK_MSG(loaded == 0, "%s: %d truncated copies loaded", files[i], loaded);
+        free(f);
+    }
+}
+
 TEST(damage_zip) { sweep("models/fixtures/r2f8_x2_zip.pt", kiln_test_full()); }
 TEST(damage_legacy) { sweep("models/fixtures/r2f8_x3_legacy.pt", kiln_test_full()); }
 TEST(damage_safetensors)
@@ -952,6 +984,7 @@ int main(void)
     RUN(pickle_bounds);
     RUN(wrapper_dicts);
     RUN(zip_crafted);
+    RUN(damage_real_truncated);
     RUN(damage_zip);
     RUN(damage_legacy);
     RUN(damage_safetensors);
