@@ -256,12 +256,15 @@ kiln_status kiln_weights_load_mem(const void *buf, size_t len, kiln_weights **ou
     if (len >= 4 && memcmp(p, ZIP_MAGIC, 4) == 0) {
         w->format = KILN_FORMAT_PT_ZIP;
         st = kiln__load_pt_zip(p, len, w);
+    } else if (len >= 9 && p[8] == '{') {
+        /* Before the pickle test: a safetensors header length such as 0x180
+         * starts with 0x80 too, while a legacy file's byte 8 is inside its
+         * magic number (0xf9), never '{'. */
+        w->format = KILN_FORMAT_SAFETENSORS;
+        st = kiln__load_safetensors(p, len, w);
     } else if (len >= 2 && p[0] == 0x80) {
         w->format = KILN_FORMAT_PT_LEGACY;
         st = kiln__load_pt_legacy(p, len, w);
-    } else if (len >= 9 && p[8] == '{') {
-        w->format = KILN_FORMAT_SAFETENSORS;
-        st = kiln__load_safetensors(p, len, w);
     } else {
         char hex[3 * 8 + 1] = "";
         for (size_t i = 0; i < len && i < 8; i++)

@@ -400,6 +400,27 @@ TEST(safetensors_dtypes)
     free(b.p);
 }
 
+/* A header of 0x180 bytes: the file starts with 0x80 like a pickle. */
+TEST(safetensors_header_0x80)
+{
+    char json[0x181];
+    const char *head = "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
+    memset(json, ' ', 0x180);
+    memcpy(json, head, strlen(head));
+    json[0x180] = '\0';
+    float one = 1.0f;
+    bbuf b = make_st(json, &one, 4);
+    CHECK_EQ_INT(b.p[0], 0x80);
+    kiln_weights *w = NULL;
+    CHECK_OK(load_bb(&b, &w));
+    if (w) {
+        CHECK_EQ_INT(kiln_weights_source_format(w), KILN_FORMAT_SAFETENSORS);
+        CHECK(kiln_weights_data(w, 0)[0] == 1.0f);
+        kiln_weights_destroy(w);
+    }
+    free(b.p);
+}
+
 #define ST_CASE(json, ndata, status, needle)                                     \
     do {                                                                         \
         uint8_t zeros_[64] = { 0 };                                              \
@@ -977,6 +998,7 @@ int main(void)
     RUN(fixtures);
     RUN(f16_bf16_exhaustive);
     RUN(safetensors_dtypes);
+    RUN(safetensors_header_0x80);
     RUN(safetensors_hostile);
     RUN(pickle_views_and_dtypes);
     RUN(pickle_view_bounds);
