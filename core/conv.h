@@ -36,6 +36,7 @@ typedef struct kiln_fmap {
     size_t stride; /* floats per row, >= w + 2, multiple of 8 */
     size_t plane;  /* floats per channel = (h + 2) * stride  */
     float *data;   /* 64-byte aligned, c * plane floats, owned */
+    size_t capacity; /* floats allocated (>= c * plane), for kiln_fmap_reshape */
 } kiln_fmap;
 
 /* Allocate a zeroed feature map. Dimensions must be >= 1. */

@@ -1,0 +1,108 @@
+/*
+ * bench_conv.c — GFLOP/s of the FP32 convolution implementations.
+ *
+ * Fixed seed and shapes. Default case: EDSR's dominant layer, 3x3 64->64 on a
+ * 160x240 map, with 1 and 2 threads, reference vs every SIMD implementation;
+ * also the other EDSR-baseline x2 layer shapes (head 3->64, upsampler
+ * 64->256, tail 64->3, MeanShift 1x1 3->3) with the default implementation.
+ * Each figure is the median of RUNS timed runs after one warm-up run.
+ *
+ * usage: bench_conv [runs]        (KILN_BENCH_QUICK=1: only the main case)
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "conv.h"
+
+static unsigned seed = 12345u;
+static float frand(void)
+{
+    seed ^= seed << 13;
+    seed ^= seed >> 17;
+    seed ^= seed << 5;
+    return (float)(seed >> 8) / 16777216.0f - 0.5f;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int die(const char *what, kiln_status st)
+{
+    fprintf(stderr, "bench_conv: %s: %s: %s\n", what, kiln_status_str(st), kiln_errmsg());
+    exit(1);
+}
+
+/* Median seconds of `runs` runs; prints one line. */
+static double bench_case(const char *label, int cout, int cin, int k, int h, int w, kiln_impl impl,
+                         int threads, int runs, int relu)
+{
+    size_t nw = (size_t)cout * cin * k * k;
+    float *wt = malloc(nw * sizeof *wt), *bias = malloc((size_t)cout * sizeof *bias);
+    for (size_t i = 0; i < nw; i++) wt[i] = frand() * 0.1f;
+    for (int i = 0; i < cout; i++) bias[i] = frand();
+    kiln_fmap in, out;
+    kiln_status st;
+    if ((st = kiln_fmap_alloc(&in, cin, h, w))) die("fmap_alloc", st);
+    if ((st = kiln_fmap_alloc(&out, cout, h, w))) die("fmap_alloc", st);
+    for (int c = 0; c < cin; c++)
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++) *kiln_fmap_at(&in, c, y, x) = frand();
+    kiln_conv *conv;
+    if ((st = kiln_conv_create(cout, cin, k, wt, bias, impl, &conv))) die("conv_create", st);
+    kiln_pool *pool;
+    if ((st = kiln_pool_create(threads, &pool))) die("pool_create", st);
+    kiln_conv_epilogue ep = {.relu = relu};
+    double *t = malloc((size_t)runs * sizeof *t);
+    if ((st = kiln_conv_run(conv, &in, &out, &ep, pool))) die("conv_run", st); /* warm-up */
+    for (int r = 0; r < runs; r++) {
+        double t0 = now();
+        kiln_conv_run(conv, &in, &out, &ep, pool);
+        t[r] = now() - t0;
+    }
+    qsort(t, (size_t)runs, sizeof *t, cmp_double);
+    double med = t[runs / 2];
+    double gf = kiln_conv_flops(conv, h, w) / med * 1e-9;
+    printf("conv %-10s %dx%d %3d->%-3d %dx%d  %-9s threads=%d  %8.3f ms  %7.1f GFLOP/s\n", label, k, k,
+           cin, cout, h, w, kiln_impl_name(kiln_impl_resolve(impl)), threads, med * 1e3, gf);
+    fflush(stdout);
+    free(t);
+    kiln_pool_destroy(pool);
+    kiln_conv_destroy(conv);
+    kiln_fmap_free(&in);
+    kiln_fmap_free(&out);
+    free(wt);
+    free(bias);
+    return med;
+}
+
+int main(int argc, char **argv)
+{
+    int runs = argc > 1 ? atoi(argv[1]) : 7;
+    if (runs < 1) runs = 1;
+    const char *q = getenv("KILN_BENCH_QUICK");
+    int quick = q && strcmp(q, "1") == 0;
+    const kiln_impl simd[] = {KILN_IMPL_AVX2};
+    for (int threads = 1; threads <= 2; threads++) {
+        bench_case("body", 64, 64, 3, 160, 240, KILN_IMPL_REFERENCE, threads, quick ? 1 : 3, 1);
+        for (size_t i = 0; i < sizeof simd / sizeof simd[0]; i++)
+            bench_case("body", 64, 64, 3, 160, 240, simd[i], threads, runs, 1);
+    }
+    if (quick) return 0;
+    bench_case("head", 64, 3, 3, 160, 240, KILN_IMPL_AUTO, 2, runs, 0);
+    bench_case("upsampler", 256, 64, 3, 160, 240, KILN_IMPL_AUTO, 2, runs, 0);
+    bench_case("tail", 3, 64, 3, 320, 480, KILN_IMPL_AUTO, 2, runs, 0);
+    bench_case("meanshift", 3, 3, 1, 160, 240, KILN_IMPL_AUTO, 2, runs, 0);
+    return 0;
+}

@@ -1,0 +1,345 @@
+/*
+ * conv.c — feature maps, the reference convolution, and dispatch to kernels.
+ *
+ * Feature maps are padded planar (see conv.h): the zero border doubles as the
+ * convolution padding, so kernels never branch on edges in y, and every
+ * kernel writes only interior pixels, so the border stays zero forever.
+ * kiln_fmap owns its 64-byte aligned buffer; `capacity` remembers how many
+ * floats it holds so kiln_fmap_reshape can reuse it.
+ *
+ * A kiln_conv owns copies of the weights: the OIHW original (used by the
+ * reference path) and, for AVX2, the kernel's packed layout, built once at
+ * create time. kiln_conv_run never allocates.
+ *
+ * Reference: plain C, per output element the sum over ci, ky, kx in that
+ * order, accumulated in float, then + bias, ReLU, * res_scale + residual, each
+ * rounded to float — the oracle the SIMD kernels are tested against. It is
+ * written row-wise (one weight times a whole input row into a row of
+ * accumulators) so it runs at a usable speed without changing that order.
+ *
+ * Threading: work is cut into items that depend only on the shape (never on
+ * the thread count), and within a kernel each output element is computed by
+ * the same instructions whichever item holds it, so outputs are bit-identical
+ * for any pool size.
+ */
+#include "conv.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+
+#define KILN_FMAP_MAX_DIM (1 << 20)
+#define KILN_CONV_MAX_CH (1 << 16)
+
+struct kiln_conv {
+    int cout, cin, k;
+    kiln_impl impl;    /* resolved: REFERENCE or AVX2 */
+    float *w;          /* OIHW copy [cout][cin][k][k] */
+    float *bias;       /* [nblocks * OB], zero past cout */
+    float *packed;     /* AVX2 layout, NULL for REFERENCE */
+    int nblocks;       /* AVX2 output-channel blocks */
+};
+
+/* ---- feature maps ------------------------------------------------------- */
+
+static kiln_status fmap_geometry(int c, int h, int w, size_t *stride, size_t *plane, size_t *total)
+{
+    if (c < 1 || h < 1 || w < 1)
+        return kiln_fail(KILN_ERR_INVALID, "fmap: dimensions c=%d h=%d w=%d must be >= 1", c, h, w);
+    if (c > KILN_FMAP_MAX_DIM || h > KILN_FMAP_MAX_DIM || w > KILN_FMAP_MAX_DIM)
+        return kiln_fail(KILN_ERR_LIMIT, "fmap: dimensions c=%d h=%d w=%d exceed %d", c, h, w,
+                         KILN_FMAP_MAX_DIM);
+    size_t s = ((size_t)w + 2 + 7) / 8 * 8;
+    size_t p = ((size_t)h + 2) * s;
+    if (p > SIZE_MAX / sizeof(float) / (size_t)c)
+        return kiln_fail(KILN_ERR_LIMIT, "fmap: %d x %d x %d floats overflow size_t", c, h, w);
+    *stride = s;
+    *plane = p;
+    *total = p * (size_t)c;
+    return KILN_OK;
+}
+
+static float *fmap_buffer(size_t floats)
+{
+    size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
+    float *d = aligned_alloc(64, bytes);
+    if (d) memset(d, 0, bytes);
+    return d;
+}
+
+kiln_status kiln_fmap_alloc(kiln_fmap *m, int c, int h, int w)
+{
+    memset(m, 0, sizeof *m);
+    size_t stride, plane, total;
+    kiln_status st = fmap_geometry(c, h, w, &stride, &plane, &total);
+    if (st) return st;
+    float *d = fmap_buffer(total);
+    if (!d)
+        return kiln_fail(KILN_ERR_NOMEM, "fmap: cannot allocate %d x %d x %d map (%zu bytes)", c, h, w,
+                         total * sizeof(float));
+    m->c = c;
+    m->h = h;
+    m->w = w;
+    m->stride = stride;
+    m->plane = plane;
+    m->data = d;
+    m->capacity = total;
+    return KILN_OK;
+}
+
+kiln_status kiln_fmap_reshape(kiln_fmap *m, int c, int h, int w)
+{
+    size_t stride, plane, total;
+    kiln_status st = fmap_geometry(c, h, w, &stride, &plane, &total);
+    if (st) return st;
+    if (!m->data || total > m->capacity) {
+        kiln_fmap fresh;
+        st = kiln_fmap_alloc(&fresh, c, h, w);
+        if (st) return st;
+        kiln_fmap_free(m);
+        *m = fresh;
+        return KILN_OK;
+    }
+    memset(m->data, 0, total * sizeof(float));
+    m->c = c;
+    m->h = h;
+    m->w = w;
+    m->stride = stride;
+    m->plane = plane;
+    return KILN_OK;
+}
+
+void kiln_fmap_free(kiln_fmap *m)
+{
+    if (!m) return;
+    free(m->data);
+    memset(m, 0, sizeof *m);
+}
+
+void kiln_fmap_from_chw(kiln_fmap *m, const float *chw)
+{
+    for (int c = 0; c < m->c; c++)
+        for (int y = 0; y < m->h; y++)
+            memcpy(kiln_fmap_at(m, c, y, 0), chw + ((size_t)c * m->h + y) * m->w,
+                   (size_t)m->w * sizeof(float));
+}
+
+void kiln_fmap_to_chw(const kiln_fmap *m, float *chw)
+{
+    for (int c = 0; c < m->c; c++)
+        for (int y = 0; y < m->h; y++)
+            memcpy(chw + ((size_t)c * m->h + y) * m->w, kiln_fmap_at(m, c, y, 0),
+                   (size_t)m->w * sizeof(float));
+}
+
+/* ---- implementations ---------------------------------------------------- */
+
+static int cpu_has_avx2_fma(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+kiln_impl kiln_impl_resolve(kiln_impl impl)
+{
+    if (impl != KILN_IMPL_AUTO) return impl;
+    return cpu_has_avx2_fma() ? KILN_IMPL_AVX2 : KILN_IMPL_REFERENCE;
+}
+
+const char *kiln_impl_name(kiln_impl impl)
+{
+    switch (impl) {
+    case KILN_IMPL_AUTO: return "auto";
+    case KILN_IMPL_REFERENCE: return "reference";
+    case KILN_IMPL_AVX2: return "avx2";
+    }
+    return "unknown";
+}
+
+/* ---- create / destroy --------------------------------------------------- */
+
+kiln_status kiln_conv_create(int cout, int cin, int k, const float *weights, const float *bias,
+                             kiln_impl impl, kiln_conv **out)
+{
+    *out = NULL;
+    if (cout < 1 || cin < 1)
+        return kiln_fail(KILN_ERR_INVALID, "conv: cout=%d cin=%d must be >= 1", cout, cin);
+    if (cout > KILN_CONV_MAX_CH || cin > KILN_CONV_MAX_CH)
+        return kiln_fail(KILN_ERR_LIMIT, "conv: cout=%d cin=%d exceed %d channels", cout, cin,
+                         KILN_CONV_MAX_CH);
+    if (k != 1 && k != 3)
+        return kiln_fail(KILN_ERR_UNSUPPORTED, "conv: kernel size k=%d (only 1 and 3)", k);
+    if (!weights) return kiln_fail(KILN_ERR_INVALID, "conv: weights is NULL");
+    kiln_impl r = kiln_impl_resolve(impl);
+    if (r != KILN_IMPL_REFERENCE && r != KILN_IMPL_AVX2)
+        return kiln_fail(KILN_ERR_INVALID, "conv: unknown implementation %d", (int)impl);
+    if (r == KILN_IMPL_AVX2 && !cpu_has_avx2_fma())
+        return kiln_fail(KILN_ERR_UNSUPPORTED, "conv: implementation avx2 needs AVX2+FMA, which this CPU lacks");
+
+    kiln_conv *c = calloc(1, sizeof *c);
+    if (!c) return kiln_fail(KILN_ERR_NOMEM, "conv: out of memory");
+    c->cout = cout;
+    c->cin = cin;
+    c->k = k;
+    c->impl = r;
+    c->nblocks = (cout + KILN__AVX2_OB - 1) / KILN__AVX2_OB;
+    size_t nw = (size_t)cout * cin * k * k;
+    c->w = malloc(nw * sizeof(float));
+    c->bias = calloc((size_t)c->nblocks * KILN__AVX2_OB, sizeof(float));
+    if (!c->w || !c->bias) goto nomem;
+    memcpy(c->w, weights, nw * sizeof(float));
+    if (bias) memcpy(c->bias, bias, (size_t)cout * sizeof(float));
+    if (r == KILN_IMPL_AVX2) {
+        size_t np = kiln__conv_avx2_packed_floats(cout, cin, k);
+        c->packed = aligned_alloc(64, (np * sizeof(float) + 63) / 64 * 64);
+        if (!c->packed) goto nomem;
+        kiln__conv_avx2_pack(cout, cin, k, c->w, c->packed);
+    }
+    *out = c;
+    return KILN_OK;
+nomem:
+    kiln_conv_destroy(c);
+    return kiln_fail(KILN_ERR_NOMEM, "conv: out of memory for %d x %d x %d x %d weights", cout, cin, k, k);
+}
+
+void kiln_conv_destroy(kiln_conv *c)
+{
+    if (!c) return;
+    free(c->w);
+    free(c->bias);
+    free(c->packed);
+    free(c);
+}
+
+double kiln_conv_flops(const kiln_conv *c, int h, int w)
+{
+    return 2.0 * c->cout * c->cin * c->k * c->k * (double)h * (double)w;
+}
+
+/* ---- reference ---------------------------------------------------------- */
+
+typedef struct ref_ctx {
+    const kiln_conv *conv;
+    const kiln_fmap *in;
+    kiln_fmap *out;
+    const kiln_conv_epilogue *ep;
+} ref_ctx;
+
+/* Item = one output channel. Row-wise loops keep the per-element order
+ * ci, ky, kx while letting the compiler vectorize across x. */
+static void ref_channel(void *vctx, int co)
+{
+    const ref_ctx *r = vctx;
+    const kiln_conv *c = r->conv;
+    const kiln_fmap *in = r->in;
+    kiln_fmap *out = r->out;
+    const int k = c->k, w = in->w, kk = k * k;
+    /* 3x3 taps start one pixel up-left of the output pixel; 1x1 at it. */
+    const int off = k == 3 ? -1 : 0;
+    /* Chunks of x bound the stack; each element's order is unchanged. */
+    enum { CHUNK = 256 };
+    float acc[CHUNK];
+    for (int y = 0; y < in->h; y++)
+        for (int x0 = 0; x0 < w; x0 += CHUNK) {
+            const int n = w - x0 < CHUNK ? w - x0 : CHUNK;
+            memset(acc, 0, sizeof acc);
+            for (int ci = 0; ci < c->cin; ci++) {
+                const float *wk = c->w + ((size_t)co * c->cin + ci) * kk;
+                for (int ky = 0; ky < k; ky++)
+                    for (int kx = 0; kx < k; kx++) {
+                        const float wv = wk[ky * k + kx];
+                        const float *ip = kiln_fmap_at(in, ci, y + ky + off, x0 + kx + off);
+                        for (int x = 0; x < n; x++) acc[x] += wv * ip[x];
+                    }
+            }
+            float *op = kiln_fmap_at(out, co, y, x0);
+            const float *rp =
+                r->ep && r->ep->residual ? kiln_fmap_at(r->ep->residual, co, y, x0) : NULL;
+            const int relu = r->ep && r->ep->relu;
+            const float rs = rp ? r->ep->res_scale : 1.0f;
+            const float b = c->bias[co];
+            for (int x = 0; x < n; x++) {
+                float v = acc[x] + b;
+                if (relu) v = v > 0.0f ? v : 0.0f;
+                if (rp) {
+                    v = v * rs;
+                    v = v + rp[x];
+                }
+                op[x] = v;
+            }
+        }
+}
+
+/* ---- AVX2 --------------------------------------------------------------- */
+
+typedef struct avx2_ctx {
+    kiln__conv_job job;
+    int groups;       /* output-channel block groups per row */
+    int group_blocks; /* blocks per group */
+} avx2_ctx;
+
+static void avx2_item(void *vctx, int i)
+{
+    const avx2_ctx *a = vctx;
+    int y = i / a->groups, g = i % a->groups;
+    int b0 = g * a->group_blocks;
+    int b1 = b0 + a->group_blocks < a->job.nblocks ? b0 + a->group_blocks : a->job.nblocks;
+    kiln__conv_avx2_rows(&a->job, y, b0, b1);
+}
+
+/* ---- run ---------------------------------------------------------------- */
+
+static kiln_status check_map(const kiln_fmap *m, const char *name)
+{
+    if (!m || !m->data) return kiln_fail(KILN_ERR_INVALID, "conv: %s map is NULL or unallocated", name);
+    if (m->c < 1 || m->h < 1 || m->w < 1 || m->stride < (size_t)m->w + 2 || m->stride % 8 != 0 ||
+        m->plane != ((size_t)m->h + 2) * m->stride)
+        return kiln_fail(KILN_ERR_INVALID,
+                         "conv: %s map geometry c=%d h=%d w=%d stride=%zu plane=%zu is not padded planar",
+                         name, m->c, m->h, m->w, m->stride, m->plane);
+    return KILN_OK;
+}
+
+kiln_status kiln_conv_run(const kiln_conv *c, const kiln_fmap *in, kiln_fmap *out,
+                          const kiln_conv_epilogue *ep, kiln_pool *pool)
+{
+    kiln_status st;
+    if (!c) return kiln_fail(KILN_ERR_INVALID, "conv: conv is NULL");
+    if ((st = check_map(in, "input")) || (st = check_map(out, "output"))) return st;
+    if (in->c != c->cin)
+        return kiln_fail(KILN_ERR_INVALID, "conv: input has %d channels, conv expects cin=%d", in->c, c->cin);
+    if (out->c != c->cout || out->h != in->h || out->w != in->w)
+        return kiln_fail(KILN_ERR_INVALID, "conv: output is %dx%dx%d, expected %dx%dx%d (cout x h x w)",
+                         out->c, out->h, out->w, c->cout, in->h, in->w);
+    if (in->data == out->data) return kiln_fail(KILN_ERR_INVALID, "conv: input and output alias");
+    const kiln_fmap *res = ep ? ep->residual : NULL;
+    if (res) {
+        if ((st = check_map(res, "residual"))) return st;
+        if (res->c != out->c || res->h != out->h || res->w != out->w)
+            return kiln_fail(KILN_ERR_INVALID, "conv: residual is %dx%dx%d, output is %dx%dx%d", res->c,
+                             res->h, res->w, out->c, out->h, out->w);
+        if (res->data == out->data) return kiln_fail(KILN_ERR_INVALID, "conv: residual and output alias");
+    }
+
+    if (c->impl == KILN_IMPL_REFERENCE) {
+        ref_ctx r = {c, in, out, ep};
+        kiln_pool_run(pool, c->cout, ref_channel, &r);
+        return KILN_OK;
+    }
+
+    avx2_ctx a;
+    a.job = (kiln__conv_job){
+        .packed = c->packed, .bias = c->bias, .in = in, .out = out, .res = res,
+        .cin = c->cin, .cout = c->cout, .k = c->k, .nblocks = c->nblocks,
+        .relu = ep ? ep->relu : 0, .res_scale = res ? ep->res_scale : 1.0f,
+    };
+    /* Whole rows per item keep a row's input hot in cache across all output
+     * blocks; short maps are also split by channel blocks so both threads
+     * get work. Depends on the shape only. */
+    a.group_blocks = in->h >= 16 ? c->nblocks : 4;
+    a.groups = (c->nblocks + a.group_blocks - 1) / a.group_blocks;
+    kiln_pool_run(pool, in->h * a.groups, avx2_item, &a);
+    return KILN_OK;
+}

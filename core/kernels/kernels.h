@@ -1,0 +1,40 @@
+/*
+ * kernels.h — internal interface between conv.c and the SIMD conv kernels.
+ *
+ * Not a public header: only core/conv.c and the kernel sources include it.
+ * A kernel computes whole output rows for a range of output-channel blocks;
+ * conv.c validates shapes, owns the packed weights and splits rows over the
+ * pool. Every output element is produced by the same instruction sequence
+ * whatever rows/blocks a call covers, which is what makes results
+ * bit-identical for any thread count.
+ */
+#ifndef KILN_KERNELS_H
+#define KILN_KERNELS_H
+
+#include <stddef.h>
+
+#include "conv.h"
+
+/* Output channels per register block of the AVX2 direct kernel. */
+#define KILN__AVX2_OB 4
+
+typedef struct kiln__conv_job {
+    const float *packed; /* kernel-specific packed weights (see the packer) */
+    const float *bias;   /* [nblocks * OB], zero-padded past cout          */
+    const kiln_fmap *in;
+    kiln_fmap *out;
+    const kiln_fmap *res; /* NULL or same shape as out                    */
+    int cin, cout, k, nblocks;
+    int relu;
+    float res_scale;
+} kiln__conv_job;
+
+/* Direct AVX2+FMA convolution (k = 1 or 3).
+ * Packed layout: [block b][ci][ky][kx][o < OB], block b holding output
+ * channels b*OB .. b*OB+OB-1 (zeros past cout). */
+size_t kiln__conv_avx2_packed_floats(int cout, int cin, int k);
+void kiln__conv_avx2_pack(int cout, int cin, int k, const float *oihw, float *packed);
+/* Output row y (0-based interior row), output-channel blocks [b0, b1). */
+void kiln__conv_avx2_rows(const kiln__conv_job *job, int y, int b0, int b1);
+
+#endif

@@ -1,0 +1,191 @@
+/*
+ * pool.c — persistent worker threads for data-parallel kernels.
+ *
+ * Design: a pool of N threads is the caller plus N-1 pthreads created once.
+ * kiln_pool_run publishes one "generation" (fn, ctx, n items) and bumps a
+ * generation counter; every worker wakes, claims items with an atomic
+ * fetch-add until none are left, then decrements `pending`. The caller claims
+ * items too and returns only when `pending` is 0, i.e. when every worker has
+ * finished this generation. That gives the invariants the rest relies on:
+ *   - runs never overlap (documented contract of pool.h), so the shared
+ *     fn/ctx/n fields are written only while no worker reads them;
+ *   - each worker sees each generation exactly once (pending counts workers,
+ *     not items, so a worker that finds no item still checks in).
+ * Idle workers spin briefly (kernels are called back to back, layer after
+ * layer, and a futex wake costs tens of microseconds) and then sleep on a
+ * condition variable, so an idle pool burns no CPU.
+ * Memory: the pool owns its thread array; nothing else is allocated per run.
+ */
+#include "pool.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define KILN_POOL_MAX_THREADS 256
+/* Pause-loop iterations (a few to ~100 us depending on the CPU) before a
+ * worker or the caller goes to sleep on a condition variable. */
+#define KILN_POOL_SPIN 4000
+
+struct kiln_pool {
+    int nthreads;
+    pthread_t *threads; /* nthreads - 1 workers */
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv; /* generation bumped or stop requested */
+    pthread_cond_t done_cv; /* pending reached 0 */
+    atomic_uint gen;
+    atomic_int stop;
+    atomic_int next;    /* next unclaimed item of the current generation */
+    atomic_int pending; /* workers not yet done with the current generation */
+    int n;
+    void (*fn)(void *ctx, int i);
+    void *ctx;
+};
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+int kiln_cpu_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) return 1;
+    if (n > KILN_POOL_MAX_THREADS) return KILN_POOL_MAX_THREADS;
+    return (int)n;
+}
+
+static void drain(kiln_pool *p)
+{
+    int n = p->n;
+    for (;;) {
+        int i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
+        if (i >= n) break;
+        p->fn(p->ctx, i);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    kiln_pool *p = arg;
+    /* Not a load of gen: a thread that starts late must still see the first
+     * generation as new. Workers are created before any run, at gen 0. */
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g;
+        int spins = 0;
+        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
+               !atomic_load_explicit(&p->stop, memory_order_acquire) && spins < KILN_POOL_SPIN) {
+            cpu_relax();
+            spins++;
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&p->mu);
+            while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
+                   !atomic_load_explicit(&p->stop, memory_order_acquire))
+                pthread_cond_wait(&p->work_cv, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+            if (g == seen) return NULL; /* stop, no new work */
+        }
+        seen = g;
+        drain(p);
+        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done_cv);
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+}
+
+kiln_status kiln_pool_create(int nthreads, kiln_pool **out)
+{
+    *out = NULL;
+    if (nthreads <= 0) nthreads = kiln_cpu_count();
+    if (nthreads > KILN_POOL_MAX_THREADS)
+        return kiln_fail(KILN_ERR_LIMIT, "pool: nthreads %d exceeds the limit %d", nthreads,
+                         KILN_POOL_MAX_THREADS);
+    kiln_pool *p = calloc(1, sizeof *p);
+    if (!p) return kiln_fail(KILN_ERR_NOMEM, "pool: out of memory for the pool");
+    p->nthreads = nthreads;
+    atomic_init(&p->gen, 0);
+    atomic_init(&p->stop, 0);
+    atomic_init(&p->next, 0);
+    atomic_init(&p->pending, 0);
+    if (pthread_mutex_init(&p->mu, NULL) != 0) {
+        free(p);
+        return kiln_fail(KILN_ERR_INTERNAL, "pool: pthread_mutex_init failed");
+    }
+    pthread_cond_init(&p->work_cv, NULL);
+    pthread_cond_init(&p->done_cv, NULL);
+    if (nthreads > 1) {
+        p->threads = calloc((size_t)nthreads - 1, sizeof *p->threads);
+        if (!p->threads) {
+            kiln_pool_destroy(p);
+            return kiln_fail(KILN_ERR_NOMEM, "pool: out of memory for %d threads", nthreads);
+        }
+        for (int t = 0; t < nthreads - 1; t++) {
+            if (pthread_create(&p->threads[t], NULL, worker_main, p) != 0) {
+                p->nthreads = t + 1; /* destroy joins only the started ones */
+                kiln_pool_destroy(p);
+                return kiln_fail(KILN_ERR_INTERNAL, "pool: pthread_create failed for thread %d of %d",
+                                 t + 1, nthreads);
+            }
+        }
+    }
+    *out = p;
+    return KILN_OK;
+}
+
+void kiln_pool_destroy(kiln_pool *p)
+{
+    if (!p) return;
+    if (p->threads) {
+        pthread_mutex_lock(&p->mu);
+        atomic_store_explicit(&p->stop, 1, memory_order_release);
+        pthread_cond_broadcast(&p->work_cv);
+        pthread_mutex_unlock(&p->mu);
+        for (int t = 0; t < p->nthreads - 1; t++) pthread_join(p->threads[t], NULL);
+        free(p->threads);
+    }
+    pthread_cond_destroy(&p->work_cv);
+    pthread_cond_destroy(&p->done_cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+int kiln_pool_threads(const kiln_pool *pool) { return pool ? pool->nthreads : 1; }
+
+void kiln_pool_run(kiln_pool *p, int n, void (*fn)(void *ctx, int i), void *ctx)
+{
+    if (n <= 0) return;
+    /* Inline when there is nothing to share: no pool, one thread, one item. */
+    if (!p || p->nthreads == 1 || n == 1) {
+        for (int i = 0; i < n; i++) fn(ctx, i);
+        return;
+    }
+    p->fn = fn;
+    p->ctx = ctx;
+    p->n = n;
+    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->pending, p->nthreads - 1, memory_order_relaxed);
+    pthread_mutex_lock(&p->mu);
+    /* The release store publishes fn/ctx/n/next/pending to workers that
+     * acquire-load gen (spinning) or take the mutex (sleeping). */
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    pthread_cond_broadcast(&p->work_cv);
+    pthread_mutex_unlock(&p->mu);
+
+    drain(p);
+
+    for (int spins = 0; spins < KILN_POOL_SPIN; spins++) {
+        if (atomic_load_explicit(&p->pending, memory_order_acquire) == 0) return;
+        cpu_relax();
+    }
+    pthread_mutex_lock(&p->mu);
+    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0)
+        pthread_cond_wait(&p->done_cv, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
