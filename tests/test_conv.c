@@ -1,0 +1,435 @@
+/*
+ * test_conv.c — feature maps and the convolution implementations.
+ *
+ * The SIMD paths are checked element by element against KILN_IMPL_REFERENCE.
+ * Error bound (normal-range data, |x|,|w|,|b| <= 1): |simd - ref| <=
+ * 1e-4 * max(1, |ref|). For power-of-two-scaled data (extreme magnitudes) the
+ * bound scales with the data: 1e-4 * max(2^(a+b), |ref|), since scaling by a
+ * power of two is exact in both paths. Non-finite outputs must match in class
+ * (NaN / +inf / -inf).
+ */
+#include <stdint.h>
+
+#include "conv.h"
+#include "util/check.h"
+
+static unsigned rng = 20240601u;
+
+typedef struct shape {
+    int cout, cin, k, h, w;
+} shape;
+
+static float *rand_array(size_t n, float lo, float hi)
+{
+    float *a = malloc(n * sizeof *a);
+    for (size_t i = 0; i < n; i++) a[i] = kiln_test_randf(&rng, lo, hi);
+    return a;
+}
+
+static void fill_map(kiln_fmap *m, float lo, float hi)
+{
+    for (int c = 0; c < m->c; c++)
+        for (int y = 0; y < m->h; y++)
+            for (int x = 0; x < m->w; x++) *kiln_fmap_at(m, c, y, x) = kiln_test_randf(&rng, lo, hi);
+}
+
+static int is_interior(const kiln_fmap *m, size_t idx)
+{
+    size_t r = idx % m->plane, y = r / m->stride, x = r % m->stride;
+    return y >= 1 && y <= (size_t)m->h && x >= 1 && x <= (size_t)m->w;
+}
+
+/* Count of non-interior floats that are not exactly +0.0. */
+static size_t border_dirt(const kiln_fmap *m)
+{
+    size_t bad = 0, n = kiln_fmap_total(m);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &m->data[i], 4);
+        if (!is_interior(m, i) && bits != 0) bad++;
+    }
+    return bad;
+}
+
+/* Poison the interior so a kernel that skips a pixel is caught. */
+static void poison_interior(kiln_fmap *m)
+{
+    for (int c = 0; c < m->c; c++)
+        for (int y = 0; y < m->h; y++)
+            for (int x = 0; x < m->w; x++) *kiln_fmap_at(m, c, y, x) = NAN;
+}
+
+typedef struct cmp_result {
+    size_t bad, nonfinite_mismatch;
+    double worst; /* worst |a-b| / tol */
+    int wc, wy, wx;
+} cmp_result;
+
+static cmp_result compare(const kiln_fmap *ref, const kiln_fmap *got, double scale)
+{
+    cmp_result r = {0, 0, 0, -1, -1, -1};
+    for (int c = 0; c < ref->c; c++)
+        for (int y = 0; y < ref->h; y++)
+            for (int x = 0; x < ref->w; x++) {
+                double a = *kiln_fmap_at(ref, c, y, x), b = *kiln_fmap_at(got, c, y, x);
+                if (!isfinite(a) || !isfinite(b)) {
+                    int same = (isnan(a) && isnan(b)) || (isinf(a) && isinf(b) && (a > 0) == (b > 0));
+                    if (!same) r.nonfinite_mismatch++;
+                    continue;
+                }
+                double tol = 1e-4 * fmax(scale, fabs(a));
+                double q = fabs(a - b) / tol;
+                if (q > 1) r.bad++;
+                if (q > r.worst) r.worst = q, r.wc = c, r.wy = y, r.wx = x;
+            }
+    return r;
+}
+
+typedef struct run_opts {
+    int relu, residual;
+    float res_scale;
+    float lo, hi;    /* data range for input, weights, bias, residual */
+    double scale;    /* tolerance floor (see top comment) */
+} run_opts;
+
+/* Run ref and AVX2 on one shape; report mismatches. Returns 1 if all ok. */
+static int check_shape(shape s, run_opts o, kiln_pool *pool)
+{
+    int ok = 1;
+    size_t nw = (size_t)s.cout * s.cin * s.k * s.k;
+    float *w = rand_array(nw, o.lo, o.hi), *b = rand_array((size_t)s.cout, o.lo, o.hi);
+    kiln_fmap in, res, out_ref, out_simd;
+    CHECK_OK(kiln_fmap_alloc(&in, s.cin, s.h, s.w));
+    CHECK_OK(kiln_fmap_alloc(&res, s.cout, s.h, s.w));
+    CHECK_OK(kiln_fmap_alloc(&out_ref, s.cout, s.h, s.w));
+    CHECK_OK(kiln_fmap_alloc(&out_simd, s.cout, s.h, s.w));
+    fill_map(&in, o.lo, o.hi);
+    fill_map(&res, o.lo, o.hi);
+    poison_interior(&out_ref);
+    poison_interior(&out_simd);
+    kiln_conv *ref = NULL, *simd = NULL;
+    CHECK_OK(kiln_conv_create(s.cout, s.cin, s.k, w, b, KILN_IMPL_REFERENCE, &ref));
+    CHECK_OK(kiln_conv_create(s.cout, s.cin, s.k, w, b, KILN_IMPL_AVX2, &simd));
+    kiln_conv_epilogue ep = {.relu = o.relu, .residual = o.residual ? &res : NULL, .res_scale = o.res_scale};
+    CHECK_OK(kiln_conv_run(ref, &in, &out_ref, &ep, pool));
+    CHECK_OK(kiln_conv_run(simd, &in, &out_simd, &ep, pool));
+    cmp_result r = compare(&out_ref, &out_simd, o.scale);
+    size_t dirt = border_dirt(&out_simd) + border_dirt(&out_ref);
+    if (r.bad || r.nonfinite_mismatch || dirt) {
+        ok = 0;
+        CHECK_MSG(0,
+                  "k=%d cin=%d cout=%d h=%d w=%d relu=%d res=%d: %zu out of tolerance (worst %.3g x tol "
+                  "at c=%d y=%d x=%d), %zu non-finite mismatches, %zu dirty border floats",
+                  s.k, s.cin, s.cout, s.h, s.w, o.relu, o.residual, r.bad, r.worst, r.wc, r.wy, r.wx,
+                  r.nonfinite_mismatch, dirt);
+    }
+    kiln_conv_destroy(ref);
+    kiln_conv_destroy(simd);
+    kiln_fmap_free(&in);
+    kiln_fmap_free(&res);
+    kiln_fmap_free(&out_ref);
+    kiln_fmap_free(&out_simd);
+    free(w);
+    free(b);
+    return ok;
+}
+
+static const int CH[] = {1, 3, 5, 8, 12, 16, 64, 67, 256};
+static const int WS[] = {1, 2, 7, 8, 9, 15, 17, 33, 240};
+static const int HS[] = {1, 2, 3, 5, 160};
+#define N(a) (int)(sizeof(a) / sizeof((a)[0]))
+
+static kiln_pool *pool2;
+
+static run_opts normal_opts(int variant)
+{
+    run_opts o = {.relu = variant & 1, .residual = (variant >> 1) & 1, .res_scale = variant & 4 ? 0.1f : 1.0f,
+                  .lo = -1.0f, .hi = 1.0f, .scale = 1.0};
+    return o;
+}
+
+/* Every (k, cin, cout) pair on small maps whose h, w cycle through the
+ * edge cases; epilogue variants cycle too. */
+TEST(channels_sweep)
+{
+    int n = 0, fails = 0;
+    for (int k = 1; k <= 3; k += 2)
+        for (int a = 0; a < N(CH); a++)
+            for (int c = 0; c < N(CH); c++) {
+                int big = CH[a] * CH[c] >= 64 * 64;
+                shape s = {CH[c], CH[a], k, HS[n % 4], big ? WS[n % 7] : WS[n % 8]};
+                fails += !check_shape(s, normal_opts(n), pool2);
+                n++;
+            }
+    CHECK_EQ_INT(fails, 0);
+}
+
+/* Every (w, h) pair, including the 240-wide and 160-high EDSR sizes. */
+TEST(spatial_sweep)
+{
+    int n = 0, fails = 0;
+    for (int k = 1; k <= 3; k += 2)
+        for (int wi = 0; wi < N(WS); wi++)
+            for (int hi = 0; hi < N(HS); hi++) {
+                shape s = {n % 2 ? 12 : 5, n % 3 ? 8 : 3, k, HS[hi], WS[wi]};
+                fails += !check_shape(s, normal_opts(n), pool2);
+                n++;
+            }
+    CHECK_EQ_INT(fails, 0);
+}
+
+/* The EDSR shapes: body block (64->64 relu, then residual), upsampler
+ * (64->256), head (3->64), tail (64->3), MeanShift (1x1 3->3). The sanitizer
+ * run uses fewer rows (same kernels, same column tiles). */
+TEST(edsr_shapes)
+{
+    int h = kiln_test_full() ? 160 : 12;
+    run_opts relu = normal_opts(1), resid = normal_opts(2 | 4);
+    CHECK(check_shape((shape){64, 64, 3, h, 240}, relu, pool2));
+    CHECK(check_shape((shape){64, 64, 3, h, 240}, resid, pool2));
+    CHECK(check_shape((shape){256, 64, 3, h / 2 + 1, 240}, normal_opts(0), pool2));
+    CHECK(check_shape((shape){64, 3, 3, h, 240}, normal_opts(0), pool2));
+    CHECK(check_shape((shape){3, 64, 3, h, 240}, normal_opts(0), pool2));
+    CHECK(check_shape((shape){3, 3, 1, h, 240}, normal_opts(0), pool2));
+}
+
+/* Power-of-two scales are exact, so the bound scales with the data
+ * (output magnitude ~ max(s*s, s): products and bias). At s = 2^-66 every
+ * product is subnormal (< 2^-126). */
+TEST(extreme_magnitudes)
+{
+    const int exps[] = {-66, -40, -20, 20, 40};
+    for (size_t i = 0; i < sizeof exps / sizeof exps[0]; i++) {
+        float s = ldexpf(1.0f, exps[i]);
+        run_opts o = {.relu = (int)i & 1, .residual = (int)(i >> 1) & 1, .res_scale = 0.5f, .lo = -s, .hi = s,
+                      .scale = fmax((double)s * s, s)};
+        CHECK(check_shape((shape){12, 67, 3, 5, 17}, o, pool2));
+        CHECK(check_shape((shape){9, 16, 1, 3, 9}, o, pool2));
+    }
+}
+
+/* inf and NaN in the input propagate to the same outputs in both paths. */
+TEST(nonfinite_inputs)
+{
+    for (int relu = 0; relu <= 1; relu++) {
+        shape s = {8, 5, 3, 6, 19};
+        float *w = rand_array((size_t)s.cout * s.cin * 9, -1, 1), *b = rand_array(8, -1, 1);
+        kiln_fmap in, o1, o2;
+        CHECK_OK(kiln_fmap_alloc(&in, s.cin, s.h, s.w));
+        CHECK_OK(kiln_fmap_alloc(&o1, s.cout, s.h, s.w));
+        CHECK_OK(kiln_fmap_alloc(&o2, s.cout, s.h, s.w));
+        fill_map(&in, -1, 1);
+        *kiln_fmap_at(&in, 0, 1, 3) = INFINITY;
+        *kiln_fmap_at(&in, 2, 4, 17) = -INFINITY;
+        *kiln_fmap_at(&in, 4, 2, 10) = NAN;
+        *kiln_fmap_at(&in, 1, 5, 18) = 3e38f; /* overflows when summed */
+        *kiln_fmap_at(&in, 3, 5, 18) = 3e38f;
+        kiln_conv *r = NULL, *v = NULL;
+        CHECK_OK(kiln_conv_create(s.cout, s.cin, 3, w, b, KILN_IMPL_REFERENCE, &r));
+        CHECK_OK(kiln_conv_create(s.cout, s.cin, 3, w, b, KILN_IMPL_AVX2, &v));
+        kiln_conv_epilogue ep = {.relu = relu};
+        CHECK_OK(kiln_conv_run(r, &in, &o1, &ep, NULL));
+        CHECK_OK(kiln_conv_run(v, &in, &o2, &ep, NULL));
+        cmp_result c = compare(&o1, &o2, 1.0);
+        CHECK_EQ_INT(c.nonfinite_mismatch, 0);
+        CHECK_EQ_INT(c.bad, 0);
+        CHECK_EQ_INT(border_dirt(&o2), 0);
+        int nonfinite = 0;
+        for (int co = 0; co < s.cout; co++)
+            for (int y = 0; y < s.h; y++)
+                for (int x = 0; x < s.w; x++) nonfinite += !isfinite(*kiln_fmap_at(&o1, co, y, x));
+        if (!relu) CHECK(nonfinite > 0); /* the test exercises what it claims */
+        kiln_conv_destroy(r);
+        kiln_conv_destroy(v);
+        kiln_fmap_free(&in);
+        kiln_fmap_free(&o1);
+        kiln_fmap_free(&o2);
+        free(w);
+        free(b);
+    }
+}
+
+/* Outputs are bit-identical for NULL pool and pools of 1, 2 and 3 threads. */
+TEST(thread_count_bit_identical)
+{
+    const shape shapes[] = {{64, 64, 3, 37, 61}, {67, 12, 3, 2, 240}, {256, 16, 1, 5, 33}, {3, 64, 3, 1, 9}};
+    kiln_pool *pools[4] = {NULL, NULL, NULL, NULL};
+    for (int t = 1; t <= 3; t++) CHECK_OK(kiln_pool_create(t, &pools[t]));
+    for (int impl = KILN_IMPL_REFERENCE; impl <= KILN_IMPL_AVX2; impl++)
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            shape s = shapes[si];
+            float *w = rand_array((size_t)s.cout * s.cin * s.k * s.k, -1, 1), *b = rand_array((size_t)s.cout, -1, 1);
+            kiln_fmap in, res, out[4];
+            CHECK_OK(kiln_fmap_alloc(&in, s.cin, s.h, s.w));
+            CHECK_OK(kiln_fmap_alloc(&res, s.cout, s.h, s.w));
+            fill_map(&in, -1, 1);
+            fill_map(&res, -1, 1);
+            kiln_conv *c = NULL;
+            CHECK_OK(kiln_conv_create(s.cout, s.cin, s.k, w, b, (kiln_impl)impl, &c));
+            kiln_conv_epilogue ep = {.relu = 1, .residual = &res, .res_scale = 0.5f};
+            for (int t = 0; t < 4; t++) {
+                CHECK_OK(kiln_fmap_alloc(&out[t], s.cout, s.h, s.w));
+                CHECK_OK(kiln_conv_run(c, &in, &out[t], &ep, pools[t]));
+            }
+            for (int t = 1; t < 4; t++)
+                CHECK_MSG(memcmp(out[0].data, out[t].data, kiln_fmap_total(&out[0]) * sizeof(float)) == 0,
+                          "%s shape %zu: %d threads differ from inline", kiln_impl_name((kiln_impl)impl), si, t);
+            for (int t = 0; t < 4; t++) kiln_fmap_free(&out[t]);
+            kiln_conv_destroy(c);
+            kiln_fmap_free(&in);
+            kiln_fmap_free(&res);
+            free(w);
+            free(b);
+        }
+    for (int t = 1; t <= 3; t++) kiln_pool_destroy(pools[t]);
+}
+
+/* Hand-computed values: a 3x3 box filter of ones on a 2x3 map of ones
+ * counts the in-bounds neighbours, which proves the zero padding. */
+TEST(known_values)
+{
+    for (int impl = KILN_IMPL_REFERENCE; impl <= KILN_IMPL_AVX2; impl++) {
+        float w[9], b = 0.5f;
+        for (int i = 0; i < 9; i++) w[i] = 1.0f;
+        kiln_fmap in, out, res;
+        CHECK_OK(kiln_fmap_alloc(&in, 1, 2, 3));
+        CHECK_OK(kiln_fmap_alloc(&out, 1, 2, 3));
+        CHECK_OK(kiln_fmap_alloc(&res, 1, 2, 3));
+        float ones[6] = {1, 1, 1, 1, 1, 1}, got[6];
+        kiln_fmap_from_chw(&in, ones);
+        kiln_fmap_from_chw(&res, (float[]){10, 20, 30, 40, 50, 60});
+        kiln_conv *c = NULL;
+        CHECK_OK(kiln_conv_create(1, 1, 3, w, &b, (kiln_impl)impl, &c));
+        CHECK_OK(kiln_conv_run(c, &in, &out, NULL, NULL));
+        kiln_fmap_to_chw(&out, got);
+        const float want[6] = {4.5f, 6.5f, 4.5f, 4.5f, 6.5f, 4.5f};
+        for (int i = 0; i < 6; i++) CHECK_NEAR(got[i], want[i], 0);
+        kiln_conv_epilogue ep = {.relu = 0, .residual = &res, .res_scale = 2.0f};
+        CHECK_OK(kiln_conv_run(c, &in, &out, &ep, NULL));
+        kiln_fmap_to_chw(&out, got);
+        for (int i = 0; i < 6; i++) CHECK_NEAR(got[i], want[i] * 2 + 10 * (i + 1), 0);
+        /* ReLU with a negative bias. */
+        kiln_conv_destroy(c);
+        b = -5.0f;
+        CHECK_OK(kiln_conv_create(1, 1, 3, w, &b, (kiln_impl)impl, &c));
+        ep = (kiln_conv_epilogue){.relu = 1};
+        CHECK_OK(kiln_conv_run(c, &in, &out, &ep, NULL));
+        kiln_fmap_to_chw(&out, got);
+        const float want2[6] = {0, 1, 0, 0, 1, 0};
+        for (int i = 0; i < 6; i++) CHECK_NEAR(got[i], want2[i], 0);
+        kiln_conv_destroy(c);
+        kiln_fmap_free(&in);
+        kiln_fmap_free(&out);
+        kiln_fmap_free(&res);
+    }
+}
+
+TEST(fmap_layout)
+{
+    kiln_fmap m;
+    CHECK_OK(kiln_fmap_alloc(&m, 3, 5, 7));
+    CHECK_EQ_INT(m.stride, 16);
+    CHECK_EQ_INT(m.plane, 7 * 16);
+    CHECK_EQ_INT((uintptr_t)m.data % 64, 0);
+    CHECK_EQ_INT(kiln_fmap_total(&m), 3 * 7 * 16);
+    CHECK(kiln_fmap_at(&m, 2, 4, 6) == m.data + 2 * m.plane + 5 * 16 + 7);
+    float chw[3 * 5 * 7], back[3 * 5 * 7];
+    for (int i = 0; i < 105; i++) chw[i] = (float)i + 0.25f;
+    kiln_fmap_from_chw(&m, chw);
+    CHECK_EQ_INT(border_dirt(&m), 0);
+    kiln_fmap_to_chw(&m, back);
+    CHECK(memcmp(chw, back, sizeof chw) == 0);
+    CHECK_NEAR(*kiln_fmap_at(&m, 1, 2, 3), 1 * 35 + 2 * 7 + 3 + 0.25, 0);
+    /* stride is round_up(w + 2, 8) */
+    const int ws[] = {1, 6, 7, 14, 240};
+    const int ss[] = {8, 8, 16, 16, 248};
+    for (int i = 0; i < 5; i++) {
+        kiln_fmap t;
+        CHECK_OK(kiln_fmap_alloc(&t, 1, 1, ws[i]));
+        CHECK_EQ_INT(t.stride, ss[i]);
+        kiln_fmap_free(&t);
+    }
+    /* reshape smaller reuses the buffer and zeroes it; larger reallocates */
+    float *old = m.data;
+    CHECK_OK(kiln_fmap_reshape(&m, 2, 4, 6));
+    CHECK(m.data == old);
+    CHECK_EQ_INT(m.c, 2);
+    CHECK_EQ_INT(m.stride, 8);
+    CHECK_EQ_INT(m.plane, 6 * 8);
+    size_t nz = 0;
+    for (size_t i = 0; i < kiln_fmap_total(&m); i++) nz += m.data[i] != 0;
+    CHECK_EQ_INT(nz, 0);
+    CHECK_OK(kiln_fmap_reshape(&m, 64, 100, 100));
+    CHECK_EQ_INT(m.c, 64);
+    CHECK_EQ_INT(border_dirt(&m), 0);
+    CHECK(m.capacity >= kiln_fmap_total(&m));
+    kiln_fmap_free(&m);
+    CHECK(m.data == NULL);
+    kiln_fmap_free(&m); /* double free is harmless after free zeroes it */
+
+    CHECK_EQ_INT(kiln_fmap_alloc(&m, 0, 5, 5), KILN_ERR_INVALID);
+    CHECK(strstr(kiln_errmsg(), "c=0") != NULL);
+    CHECK_EQ_INT(kiln_fmap_alloc(&m, 1, 5, -1), KILN_ERR_INVALID);
+    CHECK_EQ_INT(kiln_fmap_alloc(&m, 1 << 21, 5, 5), KILN_ERR_LIMIT);
+}
+
+TEST(api_errors_and_metadata)
+{
+    float w[64 * 9] = {0};
+    kiln_conv *c = (kiln_conv *)1;
+    CHECK_EQ_INT(kiln_conv_create(4, 4, 5, w, NULL, KILN_IMPL_AUTO, &c), KILN_ERR_UNSUPPORTED);
+    CHECK(c == NULL);
+    CHECK(strstr(kiln_errmsg(), "k=5") != NULL);
+    CHECK_EQ_INT(kiln_conv_create(0, 4, 3, w, NULL, KILN_IMPL_AUTO, &c), KILN_ERR_INVALID);
+    CHECK_EQ_INT(kiln_conv_create(4, 4, 3, NULL, NULL, KILN_IMPL_AUTO, &c), KILN_ERR_INVALID);
+    CHECK_EQ_INT(kiln_conv_create(4, 4, 3, w, NULL, (kiln_impl)99, &c), KILN_ERR_INVALID);
+
+    CHECK_OK(kiln_conv_create(4, 4, 3, w, NULL, KILN_IMPL_AUTO, &c));
+    CHECK_NEAR(kiln_conv_flops(c, 10, 20), 2.0 * 4 * 4 * 9 * 10 * 20, 0);
+    kiln_fmap in, out, bad;
+    CHECK_OK(kiln_fmap_alloc(&in, 4, 6, 6));
+    CHECK_OK(kiln_fmap_alloc(&out, 4, 6, 6));
+    CHECK_OK(kiln_fmap_alloc(&bad, 3, 6, 6));
+    CHECK_EQ_INT(kiln_conv_run(c, &bad, &out, NULL, NULL), KILN_ERR_INVALID);
+    CHECK(strstr(kiln_errmsg(), "cin=4") != NULL);
+    CHECK_EQ_INT(kiln_conv_run(c, &in, &bad, NULL, NULL), KILN_ERR_INVALID);
+    CHECK_EQ_INT(kiln_conv_run(c, &in, &in, NULL, NULL), KILN_ERR_INVALID);
+    CHECK(strstr(kiln_errmsg(), "alias") != NULL);
+    kiln_conv_epilogue ep = {.residual = &bad, .res_scale = 1};
+    CHECK_EQ_INT(kiln_conv_run(c, &in, &out, &ep, NULL), KILN_ERR_INVALID);
+    CHECK(strstr(kiln_errmsg(), "residual") != NULL);
+    ep.residual = &out;
+    CHECK_EQ_INT(kiln_conv_run(c, &in, &out, &ep, NULL), KILN_ERR_INVALID);
+    CHECK_OK(kiln_conv_run(c, &in, &out, NULL, NULL));
+    kiln_conv_destroy(c);
+    kiln_conv_destroy(NULL);
+    kiln_fmap_free(&in);
+    kiln_fmap_free(&out);
+    kiln_fmap_free(&bad);
+
+    CHECK_EQ_INT(kiln_impl_resolve(KILN_IMPL_REFERENCE), KILN_IMPL_REFERENCE);
+    int has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    CHECK_EQ_INT(kiln_impl_resolve(KILN_IMPL_AUTO), has ? KILN_IMPL_AVX2 : KILN_IMPL_REFERENCE);
+    CHECK_STR(kiln_impl_name(KILN_IMPL_AVX2), "avx2");
+    CHECK_STR(kiln_impl_name(KILN_IMPL_REFERENCE), "reference");
+}
+
+int main(void)
+{
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) {
+        fprintf(stderr, "test_conv: this CPU lacks AVX2+FMA; the SIMD paths cannot be tested\n");
+        return 1;
+    }
+    if (kiln_pool_create(2, &pool2) != KILN_OK) return 1;
+    RUN(fmap_layout);
+    RUN(known_values);
+    RUN(api_errors_and_metadata);
+    RUN(channels_sweep);
+    RUN(spatial_sweep);
+    RUN(edsr_shapes);
+    RUN(extreme_magnitudes);
+    RUN(nonfinite_inputs);
+    RUN(thread_count_bit_identical);
+    kiln_pool_destroy(pool2);
+    return check_summary();
+}
