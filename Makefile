@@ -73,7 +73,7 @@ $(BUILD)/kilnd: $(SERVER_OBJ) $(LIB)
 
 $(BUILD)/tests/%: tests/%.c $(TUTIL_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -Itests $< $(TUTIL_OBJ) $(LIB) -o $@ $(LDLIBS_ALL)
+	$(CC) $(CFLAGS_ALL) -Itests/util $< $(TUTIL_OBJ) $(LIB) -o $@ $(LDLIBS_ALL)
 
 $(BUILD)/bench/%: bench/%.c $(LIB)
 	@mkdir -p $(dir $@)

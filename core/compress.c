@@ -56,10 +56,164 @@ static kiln_status quantize_conv(const kiln_qspec *spec, kiln_art_conv *c, const
     return st;
 }
 
-static kiln_status palettize_conv(const kiln_pspec *spec, kiln_art_conv *c, const float *w)
+static kiln_status palettize_conv(const kiln_pspec *spec, kiln_art_conv *c, const float *w,
+                                  const float *importance)
 {
-    (void)spec; (void)w;
-    return kiln_fail(KILN_ERR_UNSUPPORTED, "%s: palettization is not wired yet", c->name);
+    int inner = c->cin * c->k * c->k;
+    size_t numel = (size_t)c->cout * inner;
+    int n_luts = kiln_palette_n_luts(spec, c->cout);
+    if (n_luts <= 0) return kiln_fail(KILN_ERR_CONFIG, "%s: invalid palettization spec", c->name);
+    size_t entries = (size_t)n_luts << spec->n_bits;
+    c->kind = KILN_WK_PALETTE;
+    c->n_bits = spec->n_bits;
+    c->n_luts = n_luts;
+    c->group_size = spec->granularity == KILN_PG_PER_TENSOR ? c->cout : spec->group_size;
+    c->indices = malloc(numel);
+    c->lut = malloc(entries * sizeof(float));
+    if (spec->lut_quantize) {
+        c->lut_q = malloc(entries);
+        c->lut_scales = malloc((size_t)n_luts * sizeof(float));
+    }
+    if (spec->per_channel_scale) c->channel_scales = malloc((size_t)c->cout * sizeof(float));
+    int32_t *zps = malloc((size_t)n_luts * sizeof(int32_t));
+    if (!c->indices || !c->lut || !zps || (spec->lut_quantize && (!c->lut_q || !c->lut_scales)) ||
+        (spec->per_channel_scale && !c->channel_scales)) {
+        free(zps);
+        return kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
+    }
+    kiln_palette_out po = {.lut = c->lut, .lut_q = c->lut_q, .lut_scales = c->lut_scales,
+                           .lut_zps = zps, .indices = c->indices,
+                           .channel_scales = c->channel_scales};
+    kiln_status st = kiln_palettize(spec, w, c->cout, inner, importance, &po);
+    if (st == KILN_OK && spec->lut_quantize) {
+        /* The artifact stores the LUT as its int8 codes and scale; its float
+         * view is the dequantized LUT the network runs with. */
+        for (int g = 0; g < n_luts && st == KILN_OK; g++) {
+            if (zps[g] != 0)
+                st = kiln_fail(KILN_ERR_UNSUPPORTED, "%s: LUT zero point %d: only symmetric LUT quantization can be stored",
+                               c->name, (int)zps[g]);
+            for (size_t e = 0; e < ((size_t)1 << spec->n_bits); e++) {
+                size_t i = ((size_t)g << spec->n_bits) + e;
+                c->lut[i] = (float)c->lut_q[i] * c->lut_scales[g];
+            }
+        }
+    }
+    free(zps);
+    if (st != KILN_OK) kiln_errmsg_prefix("%s.weight: ", c->name);
+    return st;
+}
+
+/* Activation-aware k-means weights (SPEC §7): for every conv input, the mean
+ * of x^2 per input channel over the calibration images, spread over the
+ * conv's k*k taps (the diagonal of X X^T per input column, up to borders). */
+typedef struct sq_stats {
+    size_t nsites;
+    int *channels;    /* [nsites] channels of the site's tensor (0: not needed) */
+    double **sumsq;   /* [nsites][channels]                                      */
+} sq_stats;
+
+static int sq_hook(void *ctx, size_t site, float *data, size_t n)
+{
+    sq_stats *s = ctx;
+    int c = s->channels[site];
+    if (!c) return 0;
+    size_t plane = n / (size_t)c;
+    for (int ch = 0; ch < c; ch++) {
+        const float *p = data + (size_t)ch * plane;
+        double acc = 0;
+        for (size_t i = 0; i < plane; i++) acc += (double)p[i] * p[i];
+        s->sumsq[site][ch] += acc;
+    }
+    return 0;
+}
+
+/* Site index whose tensor is the input of conv i. */
+static long conv_input_site(const kiln_model *m, size_t i)
+{
+    const char *name = kiln_model_conv_name(m, i);
+    int R = kiln_model_resblocks(m), b;
+    char want[64];
+    if (strcmp(name, "sub_mean") == 0) snprintf(want, sizeof want, "mul255");
+    else if (strcmp(name, "head.0") == 0) snprintf(want, sizeof want, "sub_mean");
+    else if (strcmp(name, "add_mean") == 0) snprintf(want, sizeof want, "tail_conv");
+    else if (sscanf(name, "body.%d.body.0", &b) == 1 && strstr(name, ".body.0")) {
+        if (b == 0) snprintf(want, sizeof want, "head");
+        else snprintf(want, sizeof want, "body.%d.add", b - 1);
+    } else if (sscanf(name, "body.%d.body.2", &b) == 1 && strstr(name, ".body.2")) {
+        snprintf(want, sizeof want, "body.%d.relu", b);
+    } else if (sscanf(name, "body.%d", &b) == 1 && b == R) {
+        if (R == 0) snprintf(want, sizeof want, "head");
+        else snprintf(want, sizeof want, "body.%d.add", R - 1);
+    } else if (strcmp(name, "tail.0.0") == 0) snprintf(want, sizeof want, "global_add");
+    else if (sscanf(name, "tail.0.%d", &b) == 1) snprintf(want, sizeof want, "pixel_shuffle.%d", b / 2 - 1);
+    else if (strcmp(name, "tail.1") == 0) {
+        size_t ns = kiln_model_site_count(m);
+        return (long)ns - 3; /* the last pixel_shuffle */
+    } else return -1;
+    for (size_t s = 0; s < kiln_model_site_count(m); s++)
+        if (strcmp(kiln_model_site_name(m, s), want) == 0) return (long)s;
+    return -1;
+}
+
+/* importance[i] (inner floats per conv) for the convs that want it. */
+static kiln_status activation_importance(kiln_model *m, const kiln_recipe *recipe,
+                                         const kiln_dataset *ds, size_t first, size_t count,
+                                         const kiln_compress_opts *opts, float **importance)
+{
+    size_t nconv = kiln_model_conv_count(m), nsites = kiln_model_site_count(m);
+    sq_stats st_ = {nsites, calloc(nsites, sizeof(int)), calloc(nsites, sizeof(double *))};
+    kiln_status st = KILN_OK;
+    int needed = 0;
+    if (!st_.channels || !st_.sumsq) st = kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
+    for (size_t i = 0; st == KILN_OK && i < nconv; i++) {
+        kiln_pspec ps;
+        if (!kiln_recipe_pspec(recipe, kiln_model_conv_name(m, i), "conv", &ps) ||
+            ps.weighting != KILN_KW_ACTIVATION)
+            continue;
+        long site = conv_input_site(m, i);
+        if (site < 0) {
+            st = kiln_fail(KILN_ERR_INTERNAL, "compress: no input site for %s", kiln_model_conv_name(m, i));
+            break;
+        }
+        int cin;
+        kiln_model_conv_shape(m, i, NULL, &cin, NULL);
+        st_.channels[site] = cin;
+        if (!st_.sumsq[site]) st_.sumsq[site] = calloc((size_t)cin, sizeof(double));
+        if (!st_.sumsq[site]) st = kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
+        needed = 1;
+    }
+    if (st == KILN_OK && needed) {
+        if (count == 0) st = kiln_fail(KILN_ERR_INVALID, "compress: activation-weighted k-means needs calibration images");
+        kiln_site_hook hook = {sq_hook, &st_};
+        kiln_eval_opts eo = {.hook = &hook, .cancel = opts ? opts->cancel : NULL};
+        for (size_t k = 0; st == KILN_OK && k < count; k++) {
+            kiln_eval_result r;
+            report(opts, "importance", (int)k, (int)count);
+            st = kiln_eval_run(m, ds, first + k, 1, opts ? opts->pool : NULL, &eo, &r);
+            if (st == KILN_OK) kiln_eval_result_free(&r);
+        }
+        for (size_t i = 0; st == KILN_OK && i < nconv; i++) {
+            kiln_pspec ps;
+            if (!kiln_recipe_pspec(recipe, kiln_model_conv_name(m, i), "conv", &ps) ||
+                ps.weighting != KILN_KW_ACTIVATION)
+                continue;
+            int cin, k;
+            kiln_model_conv_shape(m, i, NULL, &cin, &k);
+            long site = conv_input_site(m, i);
+            importance[i] = malloc((size_t)cin * k * k * sizeof(float));
+            if (!importance[i]) {
+                st = kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
+                break;
+            }
+            for (int c = 0; c < cin; c++)
+                for (int t = 0; t < k * k; t++)
+                    importance[i][c * k * k + t] = (float)(st_.sumsq[site][c] / (double)count);
+        }
+    }
+    for (size_t s = 0; st_.sumsq && s < nsites; s++) free(st_.sumsq[s]);
+    free(st_.sumsq);
+    free(st_.channels);
+    return st;
 }
 
 kiln_status kiln_compress(const kiln_model *fp32, const kiln_recipe *recipe, const kiln_dataset *ds,
@@ -82,6 +236,7 @@ kiln_status kiln_compress(const kiln_model *fp32, const kiln_recipe *recipe, con
     kiln_actquant *aq = NULL;
     kiln_qspec *site_specs = NULL;
     const kiln_qspec **site_ptrs = NULL;
+    float **importance = NULL;
     kiln_status st = kiln_artifact_create(nconv, nsites, &a);
     if (st != KILN_OK) return st;
     a->resblocks = R;
@@ -102,6 +257,13 @@ kiln_status kiln_compress(const kiln_model *fp32, const kiln_recipe *recipe, con
 
     /* 1-2. Weights. */
     double t0 = kiln_now();
+    importance = calloc(nconv, sizeof *importance);
+    if (!importance) {
+        st = kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
+        goto done;
+    }
+    st = activation_importance(work, recipe, ds, calib_first, calib_count, opts, importance);
+    if (st != KILN_OK) goto done;
     report(opts, "weights", 0, (int)nconv);
     for (size_t i = 0; i < nconv && st == KILN_OK; i++) {
         kiln_art_conv *c = &a->convs[i];
@@ -115,7 +277,7 @@ kiln_status kiln_compress(const kiln_model *fp32, const kiln_recipe *recipe, con
         kiln_pspec ps;
         kiln_qspec qs;
         if (kiln_recipe_pspec(recipe, name, "conv", &ps)) {
-            st = palettize_conv(&ps, c, w);
+            st = palettize_conv(&ps, c, w, importance ? importance[i] : NULL);
             if (st == KILN_OK) {
                 float *deq = malloc(numel * sizeof(float));
                 if (!deq) st = kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
@@ -192,6 +354,8 @@ kiln_status kiln_compress(const kiln_model *fp32, const kiln_recipe *recipe, con
         local.calibrate_s = kiln_now() - t0;
     }
 done:
+    for (size_t i = 0; importance && i < nconv; i++) free(importance[i]);
+    free(importance);
     kiln_actquant_destroy(aq);
     free(site_specs);
     free(site_ptrs);

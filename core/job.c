@@ -61,7 +61,7 @@ static json_t *layers_json(const kiln_artifact *a)
         }
         json_object_set_new(e, "weight_bytes", json_integer((json_int_t)kiln_art_conv_weight_bytes(c)));
         json_object_set_new(e, "fp32_bytes",
-                            json_integer((json_int_t)4 * c->cout * c->cin * c->k * c->k));
+                            json_integer((json_int_t)4 * c->cout * (c->cin * c->k * c->k + 1)));
         json_array_append_new(arr, e);
     }
     return arr;
@@ -159,7 +159,7 @@ kiln_status kiln_job_run(const kiln_job_spec *spec, kiln_progress_fn progress, v
 
     size_t wbytes = kiln_artifact_weight_bytes(art), fp32_bytes = 0;
     for (size_t i = 0; i < art->n_convs; i++)
-        fp32_bytes += (size_t)4 * art->convs[i].cout * art->convs[i].cin * art->convs[i].k * art->convs[i].k;
+        fp32_bytes += (size_t)4 * art->convs[i].cout * ((size_t)art->convs[i].cin * art->convs[i].k * art->convs[i].k + 1);
 
     out = json_object();
     json_object_set_new(out, "recipe", json_string(kiln_recipe_name(recipe)));

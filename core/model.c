@@ -489,6 +489,7 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
             TRY(site(hook, s++, nxt));           /* body.i.add */
         } else {
             TRY(run_conv(m, ci_body2(i), &b[B_T], nxt, 0, cur, m->res_scale, pool));
+            s += 3; /* conv2, mul, add: fused */
         }
         kiln_fmap *t = cur == &b[B_H0] ? &b[B_Y] : cur;
         cur = nxt;
@@ -502,6 +503,7 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
         TRY(site(hook, s++, nxt));               /* global_add */
     } else {
         TRY(run_conv(m, ci_bodyconv(m), cur, nxt, 0, &b[B_H0], 1.0f, pool));
+        s += 2; /* body_conv, global_add: fused */
     }
     cur = nxt;
     for (int j = 0; j < m->n_up; j++) {
