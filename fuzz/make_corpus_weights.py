@@ -123,7 +123,7 @@ def pt_legacy(tensors, wrapped):
     magic = P()
     magic.op(b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little"))
     out += magic.done()
-    out += P().i(1001).done() if False else P().op(b"M" + struct.pack("<H", 1001)).done()
+    out += P().op(b"M" + struct.pack("<H", 1001)).done()
     si = P().op(b"}").put().op(b"(")
     si.s("protocol_version").op(b"M" + struct.pack("<H", 1001))
     si.s("little_endian").op(b"\x88")
