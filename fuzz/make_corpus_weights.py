@@ -110,11 +110,15 @@ def pt_zip(folder, tensors, compress):
     bio = io.BytesIO()
     with zipfile.ZipFile(bio, "w", compress) as z:
         z.comment = GEN.encode()
-        z.writestr(folder + "/data.pkl", p.done())
-        z.writestr(folder + "/byteorder", b"little")
+
+        def put(name, blob):  # fixed timestamps keep the seeds reproducible
+            z.writestr(zipfile.ZipInfo(folder + "/" + name, (2020, 1, 1, 0, 0, 0)), blob, compress)
+
+        put("data.pkl", p.done())
+        put("byteorder", b"little")
         for key, (raw, _) in storages(tensors).items():
-            z.writestr(folder + "/data/" + key, raw)
-        z.writestr(folder + "/version", b"3\n")
+            put("data/" + key, raw)
+        put("version", b"3\n")
     return bio.getvalue()
 
 
