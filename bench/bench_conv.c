@@ -5,7 +5,8 @@
  * 160x240 map, with 1 and 2 threads, reference vs every SIMD implementation;
  * also the other EDSR-baseline x2 layer shapes (head 3->64, upsampler
  * 64->256, tail 64->3, MeanShift 1x1 3->3) with the default implementation.
- * Each figure is the median of RUNS timed runs after one warm-up run.
+ * Each figure is the median of RUNS timed runs after one warm-up run (the
+ * best run is shown too: on a shared machine it is the steadier figure).
  *
  * usage: bench_conv [runs]        (KILN_BENCH_QUICK=1: only the main case)
  */
@@ -74,8 +75,9 @@ static double bench_case(const char *label, int cout, int cin, int k, int h, int
     qsort(t, (size_t)runs, sizeof *t, cmp_double);
     double med = t[runs / 2];
     double gf = kiln_conv_flops(conv, h, w) / med * 1e-9;
-    printf("conv %-10s %dx%d %3d->%-3d %dx%d  %-9s threads=%d  %8.3f ms  %7.1f GFLOP/s\n", label, k, k,
-           cin, cout, h, w, kiln_impl_name(kiln_impl_resolve(impl)), threads, med * 1e3, gf);
+    double best = kiln_conv_flops(conv, h, w) / t[0] * 1e-9;
+    printf("conv %-10s %dx%d %3d->%-3d %dx%d  %-9s threads=%d  median %8.3f ms %7.1f GFLOP/s  (best %7.1f)\n",
+           label, k, k, cin, cout, h, w, kiln_impl_name(kiln_impl_resolve(impl)), threads, med * 1e3, gf, best);
     fflush(stdout);
     free(t);
     kiln_pool_destroy(pool);
