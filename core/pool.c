@@ -39,8 +39,15 @@ struct kiln_pool {
     atomic_int next;    /* next unclaimed item of the current generation */
     atomic_int pending; /* workers not yet done with the current generation */
     int n;
-    void (*fn)(void *ctx, int i);
+    void (*fn)(void *ctx, int i);              /* one of fn / fn_tid is set */
+    void (*fn_tid)(void *ctx, int i, int tid);
     void *ctx;
+    struct kiln__pool_worker *workers; /* nthreads - 1 start arguments */
+};
+
+struct kiln__pool_worker {
+    kiln_pool *pool;
+    int tid;
 };
 
 static inline void cpu_relax(void)
@@ -58,19 +65,23 @@ int kiln_cpu_count(void)
     return (int)n;
 }
 
-static void drain(kiln_pool *p)
+static void drain(kiln_pool *p, int tid)
 {
     int n = p->n;
     for (;;) {
         int i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
         if (i >= n) break;
-        p->fn(p->ctx, i);
+        if (p->fn_tid)
+            p->fn_tid(p->ctx, i, tid);
+        else
+            p->fn(p->ctx, i);
     }
 }
 
 static void *worker_main(void *arg)
 {
-    kiln_pool *p = arg;
+    const struct kiln__pool_worker *me = arg;
+    kiln_pool *p = me->pool;
     /* Not a load of gen: a thread that starts late must still see the first
      * generation as new. Workers are created before any run, at gen 0. */
     unsigned seen = 0;
@@ -91,7 +102,7 @@ static void *worker_main(void *arg)
             if (g == seen) return NULL; /* stop, no new work */
         }
         seen = g;
-        drain(p);
+        drain(p, me->tid);
         if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
             pthread_mutex_lock(&p->mu);
             pthread_cond_signal(&p->done_cv);
@@ -122,12 +133,15 @@ kiln_status kiln_pool_create(int nthreads, kiln_pool **out)
     pthread_cond_init(&p->done_cv, NULL);
     if (nthreads > 1) {
         p->threads = calloc((size_t)nthreads - 1, sizeof *p->threads);
-        if (!p->threads) {
+        p->workers = calloc((size_t)nthreads - 1, sizeof *p->workers);
+        if (!p->threads || !p->workers) {
+            p->nthreads = 1; /* no thread to join */
             kiln_pool_destroy(p);
             return kiln_fail(KILN_ERR_NOMEM, "pool: out of memory for %d threads", nthreads);
         }
         for (int t = 0; t < nthreads - 1; t++) {
-            if (pthread_create(&p->threads[t], NULL, worker_main, p) != 0) {
+            p->workers[t] = (struct kiln__pool_worker){p, t + 1};
+            if (pthread_create(&p->threads[t], NULL, worker_main, &p->workers[t]) != 0) {
                 p->nthreads = t + 1; /* destroy joins only the started ones */
                 kiln_pool_destroy(p);
                 return kiln_fail(KILN_ERR_INTERNAL, "pool: pthread_create failed for thread %d of %d",
@@ -148,8 +162,9 @@ void kiln_pool_destroy(kiln_pool *p)
         pthread_cond_broadcast(&p->work_cv);
         pthread_mutex_unlock(&p->mu);
         for (int t = 0; t < p->nthreads - 1; t++) pthread_join(p->threads[t], NULL);
-        free(p->threads);
     }
+    free(p->threads);
+    free(p->workers);
     pthread_cond_destroy(&p->work_cv);
     pthread_cond_destroy(&p->done_cv);
     pthread_mutex_destroy(&p->mu);
@@ -158,15 +173,22 @@ void kiln_pool_destroy(kiln_pool *p)
 
 int kiln_pool_threads(const kiln_pool *pool) { return pool ? pool->nthreads : 1; }
 
-void kiln_pool_run(kiln_pool *p, int n, void (*fn)(void *ctx, int i), void *ctx)
+static void run(kiln_pool *p, int n, void (*fn)(void *ctx, int i),
+                void (*fn_tid)(void *ctx, int i, int tid), void *ctx)
 {
     if (n <= 0) return;
     /* Inline when there is nothing to share: no pool, one thread, one item. */
     if (!p || p->nthreads == 1 || n == 1) {
-        for (int i = 0; i < n; i++) fn(ctx, i);
+        for (int i = 0; i < n; i++) {
+            if (fn_tid)
+                fn_tid(ctx, i, 0);
+            else
+                fn(ctx, i);
+        }
         return;
     }
     p->fn = fn;
+    p->fn_tid = fn_tid;
     p->ctx = ctx;
     p->n = n;
     atomic_store_explicit(&p->next, 0, memory_order_relaxed);
@@ -178,7 +200,7 @@ void kiln_pool_run(kiln_pool *p, int n, void (*fn)(void *ctx, int i), void *ctx)
     pthread_cond_broadcast(&p->work_cv);
     pthread_mutex_unlock(&p->mu);
 
-    drain(p);
+    drain(p, 0);
 
     for (int spins = 0; spins < KILN_POOL_SPIN; spins++) {
         if (atomic_load_explicit(&p->pending, memory_order_acquire) == 0) return;
@@ -188,4 +210,14 @@ void kiln_pool_run(kiln_pool *p, int n, void (*fn)(void *ctx, int i), void *ctx)
     while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0)
         pthread_cond_wait(&p->done_cv, &p->mu);
     pthread_mutex_unlock(&p->mu);
+}
+
+void kiln_pool_run(kiln_pool *p, int n, void (*fn)(void *ctx, int i), void *ctx)
+{
+    run(p, n, fn, NULL, ctx);
+}
+
+void kiln_pool_run_tid(kiln_pool *p, int n, void (*fn)(void *ctx, int i, int tid), void *ctx)
+{
+    run(p, n, NULL, fn, ctx);
 }

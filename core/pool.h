@@ -20,6 +20,10 @@ kiln_status kiln_pool_create(int nthreads, kiln_pool **out);
 void kiln_pool_destroy(kiln_pool *pool);
 int kiln_pool_threads(const kiln_pool *pool);
 void kiln_pool_run(kiln_pool *pool, int n, void (*fn)(void *ctx, int i), void *ctx);
+/* Like kiln_pool_run, but fn also receives the index of the thread running
+ * it, tid in [0, kiln_pool_threads(pool)) (the caller is 0), so kernels can
+ * use per-thread scratch buffers. pool may be NULL (tid is then 0). */
+void kiln_pool_run_tid(kiln_pool *pool, int n, void (*fn)(void *ctx, int i, int tid), void *ctx);
 
 /* Number of online CPUs (>= 1). */
 int kiln_cpu_count(void);

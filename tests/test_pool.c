@@ -155,6 +155,48 @@ TEST(default_size_and_limits)
     CHECK(strstr(kiln_errmsg(), "nthreads") != NULL);
 }
 
+typedef struct tid_ctx {
+    int nthreads;
+    atomic_int bad_tid, calls;
+    atomic_int busy[8]; /* a tid must never run two items at once */
+} tid_ctx;
+
+static void tid_fn(void *vctx, int i, int tid)
+{
+    tid_ctx *c = vctx;
+    (void)i;
+    if (tid < 0 || tid >= c->nthreads) {
+        atomic_fetch_add(&c->bad_tid, 1);
+        return;
+    }
+    if (atomic_fetch_add(&c->busy[tid], 1) != 0) atomic_fetch_add(&c->bad_tid, 1);
+    for (volatile int k = 0; k < 200; k++) {
+    }
+    atomic_fetch_sub(&c->busy[tid], 1);
+    atomic_fetch_add(&c->calls, 1);
+}
+
+/* Thread indices are in range and exclusive: per-thread scratch is safe. */
+TEST(run_tid_indices)
+{
+    for (int threads = 1; threads <= 4; threads++) {
+        kiln_pool *p = NULL;
+        CHECK_OK(kiln_pool_create(threads, &p));
+        if (!p) return;
+        for (int r = 0; r < 200; r++) {
+            tid_ctx c = {.nthreads = threads};
+            kiln_pool_run_tid(p, 1 + r % 37, tid_fn, &c);
+            CHECK_EQ_INT(atomic_load(&c.bad_tid), 0);
+            CHECK_EQ_INT(atomic_load(&c.calls), 1 + r % 37);
+        }
+        kiln_pool_destroy(p);
+    }
+    tid_ctx c = {.nthreads = 1};
+    kiln_pool_run_tid(NULL, 5, tid_fn, &c);
+    CHECK_EQ_INT(atomic_load(&c.calls), 5);
+    CHECK_EQ_INT(atomic_load(&c.bad_tid), 0);
+}
+
 int main(void)
 {
     RUN(every_index_exactly_once);
@@ -164,5 +206,6 @@ int main(void)
     RUN(single_thread_and_null_pool_run_inline);
     RUN(create_destroy_without_work);
     RUN(default_size_and_limits);
+    RUN(run_tid_indices);
     return check_summary();
 }
