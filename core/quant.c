@@ -154,14 +154,17 @@ __attribute__((target("avx2,fma"))) void kiln__fake_quant_avx2(float *x, size_t 
 
 int kiln__cpu_avx2(void)
 {
-    static int cached = -1; /* benign race: every thread computes the same value */
-    if (cached < 0) {
+    /* Every thread computes the same value; atomics keep the race defined. */
+    static int cached = -1;
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
         const char *off = getenv("KILN_NO_AVX2");
         __builtin_cpu_init();
-        cached = !(off && strcmp(off, "1") == 0) && __builtin_cpu_supports("avx2") &&
-                 __builtin_cpu_supports("fma");
+        v = !(off && strcmp(off, "1") == 0) && __builtin_cpu_supports("avx2") &&
+            __builtin_cpu_supports("fma");
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
-    return cached;
+    return v;
 }
 
 void kiln_fake_quant(float *x, size_t n, float scale, int32_t zp, int qmin, int qmax,

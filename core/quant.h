@@ -99,7 +99,7 @@ int32_t kiln_quant_code(float x, float scale, int32_t zp, int qmin, int qmax);
  *                            holding elements [b*block_size, (b+1)*block_size).
  * Other axes are KILN_ERR_UNSUPPORTED. The range of each block is its min/max
  * (calc is ignored: weights are always "static").
- * Outputs (any may be NULL except scales/zps when n_scales is wanted):
+ * Outputs (each may be NULL):
  *   codes   [cout*inner] integer codes (int16 holds every dtype),
  *   scales, zps  [kiln_quant_weight_nscales()] ,
  *   dequant [cout*inner] (q - zp) * scale, the fake-quantized weight.
