@@ -77,7 +77,7 @@ static double bench_case(const char *label, int cout, int cin, int k, int h, int
     double gf = kiln_conv_flops(conv, h, w) / med * 1e-9;
     double best = kiln_conv_flops(conv, h, w) / t[0] * 1e-9;
     printf("conv %-10s %dx%d %3d->%-3d %dx%d  %-9s threads=%d  median %8.3f ms %7.1f GFLOP/s  (best %7.1f)\n",
-           label, k, k, cin, cout, h, w, kiln_impl_name(kiln_impl_resolve(impl)), threads, med * 1e3, gf, best);
+           label, k, k, cin, cout, h, w, kiln_impl_name(kiln_conv_impl(conv)), threads, med * 1e3, gf, best);
     fflush(stdout);
     free(t);
     kiln_pool_destroy(pool);
@@ -95,7 +95,7 @@ int main(int argc, char **argv)
     if (runs < 1) runs = 1;
     const char *q = getenv("KILN_BENCH_QUICK");
     int quick = q && strcmp(q, "1") == 0;
-    const kiln_impl simd[] = {KILN_IMPL_AVX2};
+    const kiln_impl simd[] = {KILN_IMPL_AVX2, KILN_IMPL_WINOGRAD};
     for (int threads = 1; threads <= 2; threads++) {
         bench_case("body", 64, 64, 3, 160, 240, KILN_IMPL_REFERENCE, threads, quick ? 1 : 3, 1);
         for (size_t i = 0; i < sizeof simd / sizeof simd[0]; i++)

@@ -9,7 +9,8 @@
  *
  * A kiln_conv owns copies of the weights: the OIHW original (used by the
  * reference path) and, for AVX2, the kernel's packed layout, built once at
- * create time. kiln_conv_run never allocates.
+ * create time. kiln_conv_run allocates only the Winograd path's per-thread
+ * scratch (freed before it returns).
  *
  * Reference: plain C, per output element the sum over ci, ky, kx in that
  * order, accumulated in float, then + bias, ReLU, * res_scale + residual, each
@@ -154,6 +155,7 @@ const char *kiln_impl_name(kiln_impl impl)
     case KILN_IMPL_AUTO: return "auto";
     case KILN_IMPL_REFERENCE: return "reference";
     case KILN_IMPL_AVX2: return "avx2";
+    case KILN_IMPL_WINOGRAD: return "winograd";
     }
     return "unknown";
 }
@@ -173,10 +175,12 @@ kiln_status kiln_conv_create(int cout, int cin, int k, const float *weights, con
         return kiln_fail(KILN_ERR_UNSUPPORTED, "conv: kernel size k=%d (only 1 and 3)", k);
     if (!weights) return kiln_fail(KILN_ERR_INVALID, "conv: weights is NULL");
     kiln_impl r = kiln_impl_resolve(impl);
-    if (r != KILN_IMPL_REFERENCE && r != KILN_IMPL_AVX2)
+    if (r != KILN_IMPL_REFERENCE && r != KILN_IMPL_AVX2 && r != KILN_IMPL_WINOGRAD)
         return kiln_fail(KILN_ERR_INVALID, "conv: unknown implementation %d", (int)impl);
-    if (r == KILN_IMPL_AVX2 && !cpu_has_avx2_fma())
-        return kiln_fail(KILN_ERR_UNSUPPORTED, "conv: implementation avx2 needs AVX2+FMA, which this CPU lacks");
+    if (r != KILN_IMPL_REFERENCE && !cpu_has_avx2_fma())
+        return kiln_fail(KILN_ERR_UNSUPPORTED, "conv: implementation %s needs AVX2+FMA, which this CPU lacks",
+                         kiln_impl_name(r));
+    if (r == KILN_IMPL_WINOGRAD && k != 3) r = KILN_IMPL_AVX2; /* Winograd is 3x3 only */
 
     kiln_conv *c = calloc(1, sizeof *c);
     if (!c) return kiln_fail(KILN_ERR_NOMEM, "conv: out of memory");
@@ -196,6 +200,11 @@ kiln_status kiln_conv_create(int cout, int cin, int k, const float *weights, con
         c->packed = aligned_alloc(64, (np * sizeof(float) + 63) / 64 * 64);
         if (!c->packed) goto nomem;
         kiln__conv_avx2_pack(cout, cin, k, c->w, c->packed);
+    } else if (r == KILN_IMPL_WINOGRAD) {
+        size_t np = kiln__wino_packed_floats(cout, cin);
+        c->packed = aligned_alloc(64, (np * sizeof(float) + 63) / 64 * 64);
+        if (!c->packed) goto nomem;
+        kiln__wino_pack(cout, cin, c->w, c->packed);
     }
     *out = c;
     return KILN_OK;
@@ -217,6 +226,8 @@ double kiln_conv_flops(const kiln_conv *c, int h, int w)
 {
     return 2.0 * c->cout * c->cin * c->k * c->k * (double)h * (double)w;
 }
+
+kiln_impl kiln_conv_impl(const kiln_conv *c) { return c->impl; }
 
 /* ---- reference ---------------------------------------------------------- */
 
@@ -289,6 +300,21 @@ static void avx2_item(void *vctx, int i)
     kiln__conv_avx2_rows(&a->job, y, b0, b1);
 }
 
+/* ---- Winograd ----------------------------------------------------------- */
+
+typedef struct wino_ctx {
+    kiln__conv_job job;
+    int chunks;         /* tile chunks per band */
+    float *scratch;     /* nthreads slices */
+    size_t slice;       /* floats per slice, multiple of 16 */
+} wino_ctx;
+
+static void wino_item(void *vctx, int i, int tid)
+{
+    const wino_ctx *a = vctx;
+    kiln__wino_item(&a->job, i / a->chunks, i % a->chunks, a->scratch + (size_t)tid * a->slice);
+}
+
 /* ---- run ---------------------------------------------------------------- */
 
 static kiln_status check_map(const kiln_fmap *m, const char *name)
@@ -329,12 +355,28 @@ kiln_status kiln_conv_run(const kiln_conv *c, const kiln_fmap *in, kiln_fmap *ou
         return KILN_OK;
     }
 
-    avx2_ctx a;
-    a.job = (kiln__conv_job){
+    const kiln__conv_job job = {
         .packed = c->packed, .bias = c->bias, .in = in, .out = out, .res = res,
         .cin = c->cin, .cout = c->cout, .k = c->k, .nblocks = c->nblocks,
         .relu = ep ? ep->relu : 0, .res_scale = res ? ep->res_scale : 1.0f,
     };
+    if (c->impl == KILN_IMPL_WINOGRAD) {
+        /* Scratch per thread and per run: the conv stays immutable and
+         * shareable; the allocation is small next to the convolution. */
+        wino_ctx a = {.job = job, .chunks = kiln__wino_chunks(in->w)};
+        a.slice = (kiln__wino_scratch_floats(c->cin) + 15) / 16 * 16;
+        int nt = kiln_pool_threads(pool);
+        a.scratch = aligned_alloc(64, (size_t)nt * a.slice * sizeof(float));
+        if (!a.scratch)
+            return kiln_fail(KILN_ERR_NOMEM, "conv: out of memory for Winograd scratch (%d threads x %zu floats)",
+                             nt, a.slice);
+        kiln_pool_run_tid(pool, (in->h + 3) / 4 * a.chunks, wino_item, &a);
+        free(a.scratch);
+        return KILN_OK;
+    }
+
+    avx2_ctx a;
+    a.job = job;
     /* Whole rows per item keep a row's input hot in cache across all output
      * blocks; short maps are also split by channel blocks so both threads
      * get work. Depends on the shape only. */

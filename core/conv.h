@@ -57,6 +57,7 @@ typedef enum kiln_impl {
     KILN_IMPL_AUTO = 0,
     KILN_IMPL_REFERENCE,
     KILN_IMPL_AVX2,
+    KILN_IMPL_WINOGRAD, /* F(4x4,3x3) on AVX2+FMA for k = 3; k = 1 runs AVX2 */
 } kiln_impl;
 
 /* Which implementation AUTO resolves to on this CPU. */
@@ -84,5 +85,9 @@ kiln_status kiln_conv_run(const kiln_conv *conv, const kiln_fmap *in, kiln_fmap 
 
 /* Floating-point operations of one run on an h x w map (2 per MAC). */
 double kiln_conv_flops(const kiln_conv *conv, int h, int w);
+
+/* The implementation a conv actually runs (AUTO and WINOGRAD-for-1x1
+ * resolved at create time). */
+kiln_impl kiln_conv_impl(const kiln_conv *conv);
 
 #endif

@@ -7,6 +7,9 @@
  * bound scales with the data: 1e-4 * max(2^(a+b), |ref|), since scaling by a
  * power of two is exact in both paths. Non-finite outputs must match in class
  * (NaN / +inf / -inf).
+ * Winograd (KILN_IMPL_WINOGRAD) gets the same 1e-4 relative bound, but its
+ * magnitude also floors at the RMS of the reference output map:
+ * |wino - ref| <= 1e-4 * max(1, |ref|, rms(ref)) (measured worst: ~4.4e-5).
  */
 #include <stdint.h>
 
@@ -14,6 +17,15 @@
 #include "util/check.h"
 
 static unsigned rng = 20240601u;
+
+/* The implementation under test and its relative bound (see top). */
+static kiln_impl simd_impl = KILN_IMPL_AVX2;
+static double tol_rel = 1e-4;
+static double worst_seen; /* worst |a-b| / (scale-aware magnitude) */
+/* Winograd only: the magnitude also floors at the RMS of the reference
+ * output (its transforms spread each input over a whole tile, so the error
+ * follows the map's typical magnitude, not each output's own). */
+static int rms_floor;
 
 typedef struct shape {
     int cout, cin, k, h, w;
@@ -68,6 +80,17 @@ typedef struct cmp_result {
 static cmp_result compare(const kiln_fmap *ref, const kiln_fmap *got, double scale)
 {
     cmp_result r = {0, 0, 0, -1, -1, -1};
+    if (rms_floor) {
+        double ss = 0;
+        size_t n = 0;
+        for (int c = 0; c < ref->c; c++)
+            for (int y = 0; y < ref->h; y++)
+                for (int x = 0; x < ref->w; x++) {
+                    double a = *kiln_fmap_at(ref, c, y, x);
+                    if (isfinite(a)) ss += a * a, n++;
+                }
+        if (n) scale = fmax(scale, sqrt(ss / (double)n));
+    }
     for (int c = 0; c < ref->c; c++)
         for (int y = 0; y < ref->h; y++)
             for (int x = 0; x < ref->w; x++) {
@@ -77,8 +100,9 @@ static cmp_result compare(const kiln_fmap *ref, const kiln_fmap *got, double sca
                     if (!same) r.nonfinite_mismatch++;
                     continue;
                 }
-                double tol = 1e-4 * fmax(scale, fabs(a));
-                double q = fabs(a - b) / tol;
+                double mag = fmax(scale, fabs(a));
+                double q = fabs(a - b) / (tol_rel * mag);
+                if (fabs(a - b) / mag > worst_seen) worst_seen = fabs(a - b) / mag;
                 if (q > 1) r.bad++;
                 if (q > r.worst) r.worst = q, r.wc = c, r.wy = y, r.wx = x;
             }
@@ -109,7 +133,7 @@ static int check_shape(shape s, run_opts o, kiln_pool *pool)
     poison_interior(&out_simd);
     kiln_conv *ref = NULL, *simd = NULL;
     CHECK_OK(kiln_conv_create(s.cout, s.cin, s.k, w, b, KILN_IMPL_REFERENCE, &ref));
-    CHECK_OK(kiln_conv_create(s.cout, s.cin, s.k, w, b, KILN_IMPL_AVX2, &simd));
+    CHECK_OK(kiln_conv_create(s.cout, s.cin, s.k, w, b, simd_impl, &simd));
     kiln_conv_epilogue ep = {.relu = o.relu, .residual = o.residual ? &res : NULL, .res_scale = o.res_scale};
     CHECK_OK(kiln_conv_run(ref, &in, &out_ref, &ep, pool));
     CHECK_OK(kiln_conv_run(simd, &in, &out_simd, &ep, pool));
@@ -226,7 +250,7 @@ TEST(nonfinite_inputs)
         *kiln_fmap_at(&in, 3, 5, 18) = 3e38f;
         kiln_conv *r = NULL, *v = NULL;
         CHECK_OK(kiln_conv_create(s.cout, s.cin, 3, w, b, KILN_IMPL_REFERENCE, &r));
-        CHECK_OK(kiln_conv_create(s.cout, s.cin, 3, w, b, KILN_IMPL_AVX2, &v));
+        CHECK_OK(kiln_conv_create(s.cout, s.cin, 3, w, b, simd_impl, &v));
         kiln_conv_epilogue ep = {.relu = relu};
         CHECK_OK(kiln_conv_run(r, &in, &o1, &ep, NULL));
         CHECK_OK(kiln_conv_run(v, &in, &o2, &ep, NULL));
@@ -255,7 +279,7 @@ TEST(thread_count_bit_identical)
     const shape shapes[] = {{64, 64, 3, 37, 61}, {67, 12, 3, 2, 240}, {256, 16, 1, 5, 33}, {3, 64, 3, 1, 9}};
     kiln_pool *pools[4] = {NULL, NULL, NULL, NULL};
     for (int t = 1; t <= 3; t++) CHECK_OK(kiln_pool_create(t, &pools[t]));
-    for (int impl = KILN_IMPL_REFERENCE; impl <= KILN_IMPL_AVX2; impl++)
+    for (int impl = KILN_IMPL_REFERENCE; impl <= KILN_IMPL_WINOGRAD; impl++)
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
             shape s = shapes[si];
             float *w = rand_array((size_t)s.cout * s.cin * s.k * s.k, -1, 1), *b = rand_array((size_t)s.cout, -1, 1);
@@ -288,7 +312,9 @@ TEST(thread_count_bit_identical)
  * counts the in-bounds neighbours, which proves the zero padding. */
 TEST(known_values)
 {
-    for (int impl = KILN_IMPL_REFERENCE; impl <= KILN_IMPL_AVX2; impl++) {
+    for (int impl = KILN_IMPL_REFERENCE; impl <= KILN_IMPL_WINOGRAD; impl++) {
+        /* Winograd's transforms (1/6, 1/24 ...) are not exact in binary. */
+        const double tol = impl == KILN_IMPL_WINOGRAD ? 1e-5 : 0;
         float w[9], b = 0.5f;
         for (int i = 0; i < 9; i++) w[i] = 1.0f;
         kiln_fmap in, out, res;
@@ -303,11 +329,11 @@ TEST(known_values)
         CHECK_OK(kiln_conv_run(c, &in, &out, NULL, NULL));
         kiln_fmap_to_chw(&out, got);
         const float want[6] = {4.5f, 6.5f, 4.5f, 4.5f, 6.5f, 4.5f};
-        for (int i = 0; i < 6; i++) CHECK_NEAR(got[i], want[i], 0);
+        for (int i = 0; i < 6; i++) CHECK_NEAR(got[i], want[i], tol);
         kiln_conv_epilogue ep = {.relu = 0, .residual = &res, .res_scale = 2.0f};
         CHECK_OK(kiln_conv_run(c, &in, &out, &ep, NULL));
         kiln_fmap_to_chw(&out, got);
-        for (int i = 0; i < 6; i++) CHECK_NEAR(got[i], want[i] * 2 + 10 * (i + 1), 0);
+        for (int i = 0; i < 6; i++) CHECK_NEAR(got[i], want[i] * 2 + 10 * (i + 1), tol * 100);
         /* ReLU with a negative bias. */
         kiln_conv_destroy(c);
         b = -5.0f;
@@ -316,7 +342,7 @@ TEST(known_values)
         CHECK_OK(kiln_conv_run(c, &in, &out, &ep, NULL));
         kiln_fmap_to_chw(&out, got);
         const float want2[6] = {0, 1, 0, 0, 1, 0};
-        for (int i = 0; i < 6; i++) CHECK_NEAR(got[i], want2[i], 0);
+        for (int i = 0; i < 6; i++) CHECK_NEAR(got[i], want2[i], tol);
         kiln_conv_destroy(c);
         kiln_fmap_free(&in);
         kiln_fmap_free(&out);
@@ -414,6 +440,70 @@ TEST(api_errors_and_metadata)
     CHECK_STR(kiln_impl_name(KILN_IMPL_REFERENCE), "reference");
 }
 
+/* Winograd mixes a tile's inputs, so an inf/NaN input may turn more
+ * outputs of its tile non-finite than the direct method does — but a
+ * non-finite reference output is never finite in the Winograd output. */
+TEST(winograd_nonfinite_never_hidden)
+{
+    shape s = {8, 5, 3, 9, 21};
+    float *w = rand_array((size_t)s.cout * s.cin * 9, -1, 1), *b = rand_array(8, -1, 1);
+    kiln_fmap in, o1, o2;
+    CHECK_OK(kiln_fmap_alloc(&in, s.cin, s.h, s.w));
+    CHECK_OK(kiln_fmap_alloc(&o1, s.cout, s.h, s.w));
+    CHECK_OK(kiln_fmap_alloc(&o2, s.cout, s.h, s.w));
+    fill_map(&in, -1, 1);
+    *kiln_fmap_at(&in, 0, 1, 3) = INFINITY;
+    *kiln_fmap_at(&in, 2, 8, 20) = -INFINITY;
+    *kiln_fmap_at(&in, 4, 4, 10) = NAN;
+    kiln_conv *r = NULL, *v = NULL;
+    CHECK_OK(kiln_conv_create(s.cout, s.cin, 3, w, b, KILN_IMPL_REFERENCE, &r));
+    CHECK_OK(kiln_conv_create(s.cout, s.cin, 3, w, b, KILN_IMPL_WINOGRAD, &v));
+    CHECK_OK(kiln_conv_run(r, &in, &o1, NULL, pool2));
+    CHECK_OK(kiln_conv_run(v, &in, &o2, NULL, pool2));
+    int ref_nf = 0, hidden = 0;
+    for (int co = 0; co < s.cout; co++)
+        for (int y = 0; y < s.h; y++)
+            for (int x = 0; x < s.w; x++)
+                if (!isfinite(*kiln_fmap_at(&o1, co, y, x))) {
+                    ref_nf++;
+                    hidden += isfinite(*kiln_fmap_at(&o2, co, y, x)) != 0;
+                }
+    CHECK(ref_nf >= 8 * 9);
+    CHECK_EQ_INT(hidden, 0);
+    CHECK_EQ_INT(border_dirt(&o2), 0);
+    kiln_conv_destroy(r);
+    kiln_conv_destroy(v);
+    kiln_fmap_free(&in);
+    kiln_fmap_free(&o1);
+    kiln_fmap_free(&o2);
+    free(w);
+    free(b);
+}
+
+static void report_worst(const char *what)
+{
+    fprintf(stderr, "[%s: worst |simd-ref|/max(scale,|ref|) = %.3g] ", what, worst_seen);
+    worst_seen = 0;
+}
+
+TEST(winograd_sweeps)
+{
+    simd_impl = KILN_IMPL_WINOGRAD;
+    rms_floor = 1;
+    tol_rel = 1e-4;
+    test_channels_sweep();
+    report_worst("channels");
+    test_spatial_sweep();
+    report_worst("spatial");
+    test_edsr_shapes();
+    report_worst("edsr");
+    test_extreme_magnitudes();
+    report_worst("extreme");
+    simd_impl = KILN_IMPL_AVX2;
+    rms_floor = 0;
+    tol_rel = 1e-4;
+}
+
 int main(void)
 {
     if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) {
@@ -430,6 +520,9 @@ int main(void)
     RUN(extreme_magnitudes);
     RUN(nonfinite_inputs);
     RUN(thread_count_bit_identical);
+    report_worst("avx2 all");
+    RUN(winograd_sweeps);
+    RUN(winograd_nonfinite_never_hidden);
     kiln_pool_destroy(pool2);
     return check_summary();
 }

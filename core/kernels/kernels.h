@@ -37,4 +37,16 @@ void kiln__conv_avx2_pack(int cout, int cin, int k, const float *oihw, float *pa
 /* Output row y (0-based interior row), output-channel blocks [b0, b1). */
 void kiln__conv_avx2_rows(const kiln__conv_job *job, int y, int b0, int b1);
 
+/* Winograd F(4x4, 3x3), AVX2+FMA (k = 3 only).
+ * Packed layout: [xi < 36][block b][ci][o < OB], the transformed weights
+ * U = G g G^T. Work items are (band of 4 rows, chunk of XT 4-pixel tiles);
+ * each needs kiln__wino_scratch_floats(cin) floats of 64-byte aligned,
+ * per-thread scratch. */
+#define KILN__WINO_XT 48
+size_t kiln__wino_packed_floats(int cout, int cin);
+void kiln__wino_pack(int cout, int cin, const float *oihw, float *packed);
+size_t kiln__wino_scratch_floats(int cin);
+int kiln__wino_chunks(int w);
+void kiln__wino_item(const kiln__conv_job *job, int ty, int chunk, float *scratch);
+
 #endif
