@@ -1,0 +1,106 @@
+/*
+ * tile.c — tiled EDSR inference (design and exactness argument in tile.h).
+ *
+ * Layout of the work: the LR image is split into nx x ny tiles of nearly
+ * equal size (boundaries at i*W/nx, so no sliver of a last tile); each tile's
+ * input is its valid rectangle grown by the halo and clipped to the image.
+ * Tiles run one after another through kiln_model_forward (the pool
+ * parallelises inside each conv, as for a whole image), so peak memory is one
+ * tile's working maps + one tile's SR output + the caller's SR image.
+ *
+ * Invariants: valid rectangles partition the LR image, so every SR pixel is
+ * written exactly once; an SR pixel is copied only from a tile whose input
+ * covers its whole receptive field or reaches the real image border on that
+ * side.
+ *
+ * Memory: the LR crop and the tile's SR buffer are allocated once per call at
+ * the largest tile's size and freed before returning; nothing is retained.
+ */
+#include "tile.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int kiln_tile_halo(const kiln_model *m)
+{
+    /* Convs after a pixel shuffle run at >= LR resolution, where one pixel of
+     * context is at most one LR pixel: counting every 3x3 conv as 1 LR pixel
+     * is exact for x2/x3 and an upper bound for the x4 second stage. */
+    int halo = 0;
+    for (size_t i = 0; i < kiln_model_conv_count(m); i++) {
+        int cout, cin, k;
+        kiln_model_conv_shape(m, i, &cout, &cin, &k);
+        halo += k / 2;
+    }
+    return halo;
+}
+
+static int imin(int a, int b) { return a < b ? a : b; }
+static int imax(int a, int b) { return a > b ? a : b; }
+
+kiln_status kiln_forward_tiled(kiln_model *m, const kiln_image *lr, float *sr, kiln_pool *pool,
+                               const kiln_site_hook *hook, int tile)
+{
+    if (!m || !lr || !sr) return kiln_fail(KILN_ERR_INVALID, "tile: NULL model, image or output");
+    if (lr->w < 1 || lr->h < 1 || !lr->rgb)
+        return kiln_fail(KILN_ERR_INVALID, "tile: empty input image %dx%d", lr->w, lr->h);
+    if (tile <= 0) tile = KILN_TILE_DEFAULT;
+    const int W = lr->w, H = lr->h, s = kiln_model_scale(m), halo = kiln_tile_halo(m);
+    const int nx = (W + tile - 1) / tile, ny = (H + tile - 1) / tile;
+    if (nx == 1 && ny == 1) return kiln_model_forward(m, lr, sr, pool, hook);
+
+    /* Largest valid tile: ceil(W/nx) <= tile; its input adds the halo twice. */
+    const int mw = imin(W, (W + nx - 1) / nx + 2 * halo), mh = imin(H, (H + ny - 1) / ny + 2 * halo);
+    kiln_image crop = {0};
+    kiln_status st = kiln_image_alloc(&crop, mw, mh);
+    if (st != KILN_OK) return st;
+    const size_t tsr_n = (size_t)3 * mw * s * mh * s;
+    float *tsr = malloc(tsr_n * sizeof(float));
+    if (!tsr) {
+        kiln_image_free(&crop);
+        return kiln_fail(KILN_ERR_NOMEM, "tile: cannot allocate a %dx%d tile output", mw * s, mh * s);
+    }
+    const size_t SW = (size_t)W * s, SH = (size_t)H * s;
+    for (int ty = 0; st == KILN_OK && ty < ny; ty++) {
+        const int vy0 = (int)((long long)ty * H / ny), vy1 = (int)((long long)(ty + 1) * H / ny);
+        const int iy0 = imax(0, vy0 - halo), iy1 = imin(H, vy1 + halo);
+        for (int tx = 0; st == KILN_OK && tx < nx; tx++) {
+            const int vx0 = (int)((long long)tx * W / nx), vx1 = (int)((long long)(tx + 1) * W / nx);
+            const int ix0 = imax(0, vx0 - halo), ix1 = imin(W, vx1 + halo);
+            /* The crop buffer holds mw*mh pixels; this tile uses a prefix. */
+            crop.w = ix1 - ix0;
+            crop.h = iy1 - iy0;
+            for (int y = 0; y < crop.h; y++)
+                memcpy(crop.rgb + (size_t)y * crop.w * 3,
+                       lr->rgb + ((size_t)(iy0 + y) * W + ix0) * 3, (size_t)crop.w * 3);
+            st = kiln_model_forward(m, &crop, tsr, pool, hook);
+            if (st != KILN_OK) {
+                kiln_errmsg_prefix("tile (%d,%d) of %dx%d: ", tx, ty, nx, ny);
+                break;
+            }
+            const size_t tw = (size_t)crop.w * s, th = (size_t)crop.h * s;
+            const size_t ox = (size_t)(vx0 - ix0) * s, oy = (size_t)(vy0 - iy0) * s;
+            const size_t cw = (size_t)(vx1 - vx0) * s, chh = (size_t)(vy1 - vy0) * s;
+            for (int c = 0; c < 3; c++)
+                for (size_t y = 0; y < chh; y++)
+                    memcpy(sr + ((size_t)c * SH + (size_t)vy0 * s + y) * SW + (size_t)vx0 * s,
+                           tsr + ((size_t)c * th + oy + y) * tw + ox, cw * sizeof(float));
+        }
+    }
+    /* Restore the allocation's real shape so kiln_image_free sees what it made. */
+    crop.w = mw;
+    crop.h = mh;
+    kiln_image_free(&crop);
+    free(tsr);
+    return st;
+}
+
+kiln_status kiln_forward_auto(kiln_model *m, const kiln_image *lr, float *sr, kiln_pool *pool,
+                              const kiln_site_hook *hook)
+{
+    if (!m || !lr || !sr) return kiln_fail(KILN_ERR_INVALID, "forward: NULL model, image or output");
+    if ((size_t)lr->w * (size_t)lr->h > KILN_TILE_AUTO_PIXELS)
+        return kiln_forward_tiled(m, lr, sr, pool, hook, KILN_TILE_DEFAULT);
+    return kiln_model_forward(m, lr, sr, pool, hook);
+}

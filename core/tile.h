@@ -1,0 +1,69 @@
+/*
+ * tile.h — tiled inference: run EDSR on images of any size in bounded memory.
+ *
+ * An untiled forward pass keeps about ten feature maps of the whole image
+ * (for EDSR-baseline x2 roughly 3 GB per LR megapixel: four 64-channel maps
+ * at LR size, the 256-channel upsampler output, the 64-channel pixel-shuffle
+ * output at SR size). kiln_forward_tiled cuts the LR image into tiles of at
+ * most `tile` x `tile` pixels, runs each tile with a halo of
+ * kiln_tile_halo(m) LR pixels of context on every side (cropped where the
+ * tile meets the image border), and copies the valid interior of each tile's
+ * SR output into the full SR image. Memory then grows with the tile, not the
+ * image.
+ *
+ * Exactness: every 3x3 conv at LR resolution makes an output pixel depend on
+ * 1 more LR pixel on each side; a 3x3 conv after a pixel shuffle depends on 1
+ * more pixel at that (higher) resolution, i.e. at most 1 LR pixel. So the
+ * halo is the number of 3x3 convs (36 for EDSR-baseline x2), and inside it
+ * the tile's artificial zero padding never reaches a valid pixel. At a real
+ * image border the tile's padding *is* the image's padding. Hence:
+ *   - with a direct convolution (KILN_IMPL_REFERENCE, KILN_IMPL_AVX2), which
+ *     computes each output pixel with the same instructions whatever its
+ *     position, the tiled output is bit-identical to the untiled one;
+ *   - with KILN_IMPL_WINOGRAD the 4x4 output tiles of the transform sit at
+ *     positions relative to the tile origin, so rounding differs slightly
+ *     (tests/test_tile.c bounds it).
+ *
+ * Hooks: the hook is called once per site per *tile*, on the tile's tensor.
+ * That is valid for elementwise hooks with fixed parameters — the
+ * fake-quantization hook of a finalized artifact (frozen qparams) — but NOT
+ * for calibration observers, whose min/max/histograms would see each tile
+ * separately (and the halo twice): calibrate untiled.
+ *
+ * Memory: the caller owns lr and sr (3 x h*s x w*s floats, CHW, as
+ * kiln_model_forward); tile buffers are allocated and freed per call. The
+ * model keeps its working maps at the largest input it has seen, so a model
+ * that already ran a huge untiled image keeps that memory.
+ */
+#ifndef KILN_TILE_H
+#define KILN_TILE_H
+
+#include "image.h"
+#include "model.h"
+#include "pool.h"
+#include "status.h"
+
+/* Default valid tile side (LR pixels) when tile <= 0. With the 36-pixel halo
+ * a 256 tile computes (256+72)^2/256^2 = 1.64x the pixels of the interior in
+ * the worst case and needs about 0.35 GB of working maps. */
+#define KILN_TILE_DEFAULT 256
+/* kiln_forward_auto runs tiled above this many LR pixels (0.25 Mpx, about
+ * 0.8 GB of working maps untiled for EDSR-baseline). */
+#define KILN_TILE_AUTO_PIXELS ((size_t)250000)
+
+/* LR pixels of context one SR pixel needs on each side: the number of 3x3
+ * convolutions of the model (each adds at most one LR pixel). */
+int kiln_tile_halo(const kiln_model *m);
+
+/* Forward pass in tiles of at most tile x tile LR pixels (tile <= 0:
+ * KILN_TILE_DEFAULT). sr receives 3 x (h*s) x (w*s) floats, CHW, unclamped.
+ * hook: see above (elementwise hooks only). pool may be NULL. */
+kiln_status kiln_forward_tiled(kiln_model *m, const kiln_image *lr, float *sr, kiln_pool *pool,
+                               const kiln_site_hook *hook, int tile);
+
+/* kiln_model_forward for inputs of at most KILN_TILE_AUTO_PIXELS pixels,
+ * kiln_forward_tiled with the default tile above. What `kiln upscale` calls. */
+kiln_status kiln_forward_auto(kiln_model *m, const kiln_image *lr, float *sr, kiln_pool *pool,
+                              const kiln_site_hook *hook);
+
+#endif
