@@ -61,7 +61,7 @@ int cmd_info(int argc, char **argv)
         printf("%-18s %-16s %10zu %10zu  %s%s\n", kiln_model_conv_name(m, i), shape, params, bytes,
                kiln_runner_conv_kind(r, i), kiln_model_conv_is_meanshift(m, i) ? " (MeanShift)" : "");
     }
-    printf("%-18s %-16s %10s %10zu  (weights + scales/LUTs, biases excluded)\n", "total", "", "",
+    printf("%-18s %-16s %10s %10zu  (weights, scales/LUTs and float32 biases: SPEC §5 weight storage)\n", "total", "", "",
            total_bytes);
     kiln_runner_close(r);
     return 0;
