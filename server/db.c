@@ -852,7 +852,7 @@ kiln_status kiln_db_job_retry(kiln_db *db, int64_t team_seq, const char *id, con
         sqlite3_finalize(s);
     }
     if (!st && (!strcmp(status, "queued") || !strcmp(status, "running") || deleted)) {
-        *conflict = 1;
+        *conflict = deleted ? 2 : 1;
         kiln_fail(KILN_ERR_INVALID, deleted ? "job \"%s\": its model was deleted"
                                             : "job \"%s\" is still %s", id, status);
         free(config);

@@ -193,8 +193,9 @@ enum { KILN_DB_CANCELED = 0, KILN_DB_CANCEL_REQUESTED = 1, KILN_DB_ALREADY_FINIS
 kiln_status kiln_db_job_cancel(kiln_db *db, int64_t team_seq, const char *id, int *outcome,
                                int64_t *job_seq);
 /* Queue a copy of a finished job (same model, dataset, recipe, config,
- * calibration) under new_id, linked by retry_of. *conflict = 1 (nothing
- * inserted) when the job is still queued or running, or its model was deleted. */
+ * calibration) under new_id, linked by retry_of. Nothing is inserted when
+ * *conflict is set: 1 = the job is still queued or running, 2 = its model
+ * was deleted. */
 kiln_status kiln_db_job_retry(kiln_db *db, int64_t team_seq, const char *id, const char *new_id,
                               kiln_db_job *out, int *conflict);
 

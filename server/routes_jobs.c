@@ -332,7 +332,8 @@ void kiln_route_job_retry(kiln_req *r)
     if (!st) st = kiln_db_job_retry(ctx->db, kiln_req_who(r)->team_seq, kiln_req_param(r), id, &j, &conflict);
     if (st == KILN_ERR_NOT_FOUND) kiln_reply_error(r, 404, "not_found", "id", "job \"%s\" not found", kiln_req_param(r));
     else if (st) kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
-    else if (conflict) kiln_reply_error(r, 409, "job_not_finished", "id", "%s", kiln_errmsg());
+    else if (conflict) kiln_reply_error(r, 409, conflict == 2 ? "model_deleted" : "job_not_finished", "id", "%s",
+                                        kiln_errmsg());
     else {
         kiln_workers_notify(ctx->workers);
         kiln_reply_json(r, 201, kiln_job_json(&j));
