@@ -1,0 +1,128 @@
+/*
+ * int8.h — the integer engine: runs a finalized .kiln artifact (artifact.h)
+ * with 8-bit activation codes, int8 weights and int32 accumulation (issue 6).
+ *
+ * Semantics: the same network the SIMULATE engine (runner.h) computes, i.e.
+ * EDSR (SPEC §1) with every activation site fake-quantized with its frozen
+ * qparams (SPEC §3.3). Every tensor between ops is held as the site's codes;
+ * a conv computes acc = sum(w_code * (x_code - x_zp)) exactly in int32 and
+ * requantizes in float32: code = clamp(rint(acc * M[o] + B[o]) + zp_out),
+ * M[o] = w_scale[o] * x_scale / out_scale, B[o] = bias[o] / out_scale (with
+ * ReLU applied before rounding for body.*.body.0). The ops between sites
+ * (255·x, ·res_scale, residual and global adds, pixel shuffle, /255) are
+ * evaluated on dequantized codes with the very float32 operations and
+ * fake-quant formula the simulation uses, so given the same conv output codes
+ * they produce the same codes bit for bit. The engine differs from the
+ * simulation only where the simulation's float accumulation order rounds a
+ * conv output to the other side of a rounding boundary (about one code in
+ * 10^3..10^4, by one step); PSNR agrees within 0.02 dB (tests/test_int8.c).
+ *
+ * Supported artifacts (kiln_int8_supported): every conv is int8 signed with
+ * zero point 0, per-channel or per-tensor scales, or a palette whose LUT is
+ * int8 (weight code = lut_q[idx], weight scale = the LUT's scale, times the
+ * channel scale when there is one); every activation site is enabled with an
+ * 8-bit code range (within [-128, 127] or [0, 255]).
+ *
+ * Threads: rows of each conv are split over the pool; each output element is
+ * computed by the same instruction sequence whatever thread runs it, so the
+ * output is bit-identical for any thread count. An engine holds working
+ * buffers: one forward pass at a time per engine.
+ */
+#ifndef KILN_INT8_H
+#define KILN_INT8_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "artifact.h"
+#include "image.h"
+#include "pool.h"
+#include "status.h"
+
+typedef struct kiln_int8 kiln_int8;
+
+typedef enum kiln_int8_impl {
+    KILN_INT8_AUTO = 0,  /* AVX2 kernels when the CPU has AVX2       */
+    KILN_INT8_REFERENCE, /* scalar kernels (the oracle of the tests) */
+    KILN_INT8_AVX2,
+} kiln_int8_impl;
+
+/* KILN_OK when the artifact can run on the integer engine; otherwise
+ * KILN_ERR_UNSUPPORTED naming the first conv or site that prevents it. */
+kiln_status kiln_int8_supported(const kiln_artifact *a);
+/* Build an engine (weights packed; the artifact is not kept). */
+kiln_status kiln_int8_create(const kiln_artifact *a, kiln_int8_impl impl, kiln_int8 **out);
+void kiln_int8_destroy(kiln_int8 *e);
+/* The kernels a created engine really runs (AUTO resolved). */
+kiln_int8_impl kiln_int8_impl_of(const kiln_int8 *e);
+const char *kiln_int8_impl_name(kiln_int8_impl impl);
+int kiln_int8_scale(const kiln_int8 *e);
+
+/* Same contract as kiln_model_forward: sr gets 3 x (h*s) x (w*s) floats,
+ * CHW, not clamped. pool may be NULL. */
+kiln_status kiln_int8_forward(kiln_int8 *e, const kiln_image *lr, float *sr, kiln_pool *pool);
+kiln_status kiln_int8_forward_chw(kiln_int8 *e, const float *in, int w, int h, float *sr,
+                                  kiln_pool *pool);
+/* Multiply-accumulates of one pass on an h x w input. */
+double kiln_int8_macs(const kiln_int8 *e, int h, int w);
+
+/* ---- internal: the integer conv kernels (core/kernels/conv_[su]8*.c) ----
+ *
+ * Activation map ("qmap"): NHWC codes, one byte each (int8 sites store the
+ * two's complement byte). (h + 2) rows of `rowpix` pixels of `cpad` bytes;
+ * pixel (y, x) of the interior is at data[((y+1)*rowpix + x+1)*cpad]. The
+ * 1-pixel border holds the zero-point code (real value 0: "same" padding);
+ * rowpix >= w + 2 + KILN__Q8_PX so a kernel may run a whole pixel tile past
+ * the right edge (those results are dropped); channels past c are 0. */
+#define KILN__Q8_PX 8   /* pixel-tile overrun allowed past the row end     */
+#define KILN__Q8_OB 16  /* output channels per packed block (AVX2 kernels) */
+
+typedef struct kiln_qmap {
+    int c, h, w, cpad, rowpix;
+    uint8_t *data; /* 64-byte aligned, (h+2) * rowpix * cpad bytes, owned */
+    size_t cap;
+} kiln_qmap;
+
+kiln_status kiln__qmap_reshape(kiln_qmap *m, int c, int h, int w);
+void kiln__qmap_free(kiln_qmap *m);
+static inline uint8_t *kiln__qmap_px(const kiln_qmap *m, int y, int x)
+{
+    return m->data + ((size_t)(y + 1) * (size_t)m->rowpix + (size_t)(x + 1)) * (size_t)m->cpad;
+}
+
+/* A conv's weights in every kernel's layout.
+ *   w      [cout][k*k][cinp] int8, the reference layout (zeros past cin);
+ *   w16    [cout/OB blocks][k*k][cinp/2][OB][2] int16 (pmaddwd kernel);
+ *   w8     [cout/OB blocks][k*k][cinp/4][OB][4] int8  (pmaddubsw kernel).
+ * cinp = cin rounded up to 4, coutp = cout rounded up to OB. */
+typedef struct kiln__q8w {
+    int cin, cout, k, cinp, coutp;
+    int8_t *w;
+    int16_t *w16;
+    int8_t *w8;
+    int wmin, wmax; /* extreme weight codes (for the pmaddubsw proof) */
+} kiln__q8w;
+
+kiln_status kiln__q8w_pack(kiln__q8w *p, int cout, int cin, int k, const int8_t *oihw);
+void kiln__q8w_free(kiln__q8w *p);
+
+/* Every kernel: acc[x * coutp + o] = sum over taps and ci of
+ * w[o][tap][ci] * code(in at tap) for output row y, pixels x in [0, npx),
+ * o < coutp (o >= cout gives 0), npx = in->w rounded up to KILN__Q8_PX
+ * (pixels past w are garbage to ignore). code() reads a byte as int8
+ * (is_signed) or uint8. The zero-point correction is the caller's.
+ * scratch: kiln__q8_scratch_bytes(in) bytes, 32-byte aligned, per thread. */
+size_t kiln__q8_scratch_bytes(const kiln_qmap *in);
+void kiln__conv_s8_ref(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);
+void kiln__conv_u8_ref(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);
+/* k = 3 only. Exact for every code (int16 products, vpmaddwd): */
+void kiln__conv_s8_avx2(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc,
+                        void *scratch);
+void kiln__conv_u8_avx2(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc,
+                        void *scratch);
+/* k = 3 only, vpmaddubsw: exact only when every input code is in [0, 127]
+ * (see kiln__conv_u7_safe and the proof in conv_u8_avx2.c). */
+void kiln__conv_u7_avx2(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);
+int kiln__conv_u7_safe(const kiln__q8w *p, int code_lo, int code_hi);
+
+#endif
