@@ -1,0 +1,215 @@
+/*
+ * test_server_jobs.c — whole compression jobs through kilnd, checked against
+ * the CLI: upload the shared EDSR checkpoint and a small tar dataset (4 B100
+ * images cropped to 96x96, HR only, built with libarchive), run w8a8 and
+ * p4a8 with 2 calibration images, and check that the service's PSNRs equal
+ * `kiln compress` on the same inputs; download the artifact whole and by
+ * ranges (ETag = sha256, 206/416/304), and run it with `kiln eval` for the
+ * same PSNR.
+ */
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "hash.h"
+#include "util/check.h"
+#include "util/http_client.h"
+
+static http_daemon D;
+static char TOK[64];
+static char TMP[600], MINI[700];
+static char MODEL_ID[40];
+
+static const char *kiln_bin(void)
+{
+    const char *b = getenv("KILN_BIN");
+    return b && *b ? b : "build/kiln";
+}
+
+static json_t *run_cli_json(const char *args, const char *json_out)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s %s --json %s > %s.stdout 2>&1", kiln_bin(), args, json_out, json_out);
+    int rc = system(cmd);
+    CHECK_MSG(rc == 0, "%s -> %d", cmd, rc);
+    json_error_t e;
+    return json_load_file(json_out, 0, &e);
+}
+
+static const char *jstr(json_t *o, const char *k) { return json_string_value(json_object_get(o, k)); }
+
+TEST(upload_model_and_dataset)
+{
+    size_t n;
+    char *pt = kiln_test_read_file(kiln_test_data("models/edsr_r16f64_x2.pt"), &n);
+    CHECK(pt != NULL);
+    http_resp r;
+    http_request(&D, "POST", "/v1/models?name=edsr-baseline-x2", TOK, "application/octet-stream", pt, n, NULL, &r);
+    CHECK_EQ_INT(r.status, 201);
+    json_t *m = http_json(&r);
+    http_resp_free(&r);
+    CHECK_EQ_INT(json_integer_value(json_object_get(m, "params")), 1369859);
+    json_t *arch = json_object_get(m, "arch");
+    CHECK_EQ_INT(json_integer_value(json_object_get(arch, "resblocks")), 16);
+    CHECK_EQ_INT(json_integer_value(json_object_get(arch, "features")), 64);
+    snprintf(MODEL_ID, sizeof MODEL_ID, "%s", jstr(m, "id") ? jstr(m, "id") : "");
+    json_decref(m);
+    free(pt);
+
+    size_t tl = 0;
+    void *tar = http_tar_dir(MINI, &tl);
+    CHECK(tar != NULL);
+    http_request(&D, "POST", "/v1/datasets?name=mini", TOK, "application/x-tar", tar, tl, NULL, &r);
+    CHECK_EQ_INT(r.status, 201);
+    json_t *d = http_json(&r);
+    CHECK_EQ_INT(json_integer_value(json_object_get(d, "images")), 4);
+    json_decref(d);
+    http_resp_free(&r);
+    free(tar);
+}
+
+static void check_recipe(const char *recipe, const char *job_id)
+{
+    /* The service's result. */
+    json_t *job = http_wait_job(&D, TOK, job_id, kiln_test_full() ? 600 : 1800);
+    CHECK_MSG(job != NULL, "job %s did not finish", job_id);
+    if (!job) return;
+    CHECK_STR(jstr(job, "status"), "succeeded");
+    json_t *res = json_object_get(job, "result");
+    double psnr = json_real_value(json_object_get(res, "psnr_db"));
+    double fp32 = json_real_value(json_object_get(res, "fp32_psnr_db"));
+    CHECK_NEAR(json_real_value(json_object_get(res, "delta_db")), psnr - fp32, 1e-9);
+    CHECK_EQ_INT(json_array_size(json_object_get(res, "per_image")), 2);
+    CHECK_STR(jstr(res, "kiln_version"), "0.1.0");
+    CHECK(jstr(res, "config_hash") && strlen(jstr(res, "config_hash")) == 64);
+    CHECK_STR(jstr(res, "config_hash"), jstr(job, "config_hash"));
+    CHECK(json_integer_value(json_object_get(res, "weight_bytes")) > 0);
+    CHECK(json_is_object(json_object_get(res, "timings")));
+
+    /* The CLI on the same checkpoint, folder and calibration count. */
+    char args[2048], out[800], art[800];
+    snprintf(art, sizeof art, "%s/cli-%s.kiln", TMP, recipe);
+    snprintf(out, sizeof out, "%s/cli-%s.json", TMP, recipe);
+    snprintf(args, sizeof args, "compress --model %s --data %s --recipe %s --calib 2 --threads 1 --out %s",
+             kiln_test_data("models/edsr_r16f64_x2.pt"), MINI, recipe, art);
+    json_t *cli = run_cli_json(args, out);
+    CHECK(cli != NULL);
+    double cli_psnr = json_real_value(json_object_get(cli, "psnr_db"));
+    fprintf(stderr, "\n    %s: kilnd %.6f dB (fp32 %.6f), kiln compress %.6f dB", recipe, psnr, fp32, cli_psnr);
+    CHECK_NEAR(psnr, cli_psnr, 0);
+    CHECK_NEAR(fp32, json_real_value(json_object_get(cli, "fp32_psnr_db")), 0);
+    CHECK_EQ_INT(json_integer_value(json_object_get(res, "weight_bytes")),
+                 json_integer_value(json_object_get(cli, "weight_bytes")));
+    json_decref(cli);
+
+    /* The artifact: whole, by ranges, conditional. */
+    const char *sha = jstr(json_object_get(job, "artifact"), "sha256");
+    CHECK(sha != NULL);
+    CHECK_STR(sha, jstr(res, "artifact_sha256"));
+    char path[160];
+    snprintf(path, sizeof path, "/v1/jobs/%s/artifact", job_id);
+    http_resp full;
+    http_request(&D, "GET", path, TOK, NULL, NULL, 0, NULL, &full);
+    CHECK_EQ_INT(full.status, 200);
+    CHECK_EQ_INT(full.len, json_integer_value(json_object_get(res, "artifact_bytes")));
+    char hex[65], h[256], want[80];
+    kiln_sha256_hex(full.body, full.len, hex);
+    CHECK_STR(hex, sha ? sha : "");
+    snprintf(want, sizeof want, "\"%s\"", hex);
+    CHECK_STR(http_header(&full, "ETag", h, sizeof h), want);
+    CHECK(http_header(&full, "Content-Disposition", h, sizeof h) && strstr(h, "attachment") && strstr(h, ".kiln"));
+    CHECK_STR(http_header(&full, "Accept-Ranges", h, sizeof h), "bytes");
+
+    const char *rg[] = {"Range: bytes=100-1099", NULL};
+    http_resp part;
+    http_request(&D, "GET", path, TOK, NULL, NULL, 0, rg, &part);
+    CHECK_EQ_INT(part.status, 206);
+    CHECK_EQ_INT(part.len, 1000);
+    CHECK(full.len > 1100 && memcmp(part.body, full.body + 100, 1000) == 0);
+    char cr[96];
+    snprintf(cr, sizeof cr, "bytes 100-1099/%zu", full.len);
+    CHECK_STR(http_header(&part, "Content-Range", h, sizeof h), cr);
+    http_resp_free(&part);
+    const char *suffix[] = {"Range: bytes=-10", NULL};
+    http_request(&D, "GET", path, TOK, NULL, NULL, 0, suffix, &part);
+    CHECK_EQ_INT(part.status, 206);
+    CHECK(part.len == 10 && memcmp(part.body, full.body + full.len - 10, 10) == 0);
+    http_resp_free(&part);
+    char beyond[64];
+    snprintf(beyond, sizeof beyond, "Range: bytes=%zu-", full.len);
+    const char *bad[] = {beyond, NULL};
+    http_request(&D, "GET", path, TOK, NULL, NULL, 0, bad, &part);
+    CHECK_EQ_INT(part.status, 416);
+    http_resp_free(&part);
+    char inm[120];
+    snprintf(inm, sizeof inm, "If-None-Match: %s", want);
+    const char *cond[] = {inm, NULL};
+    http_request(&D, "GET", path, TOK, NULL, NULL, 0, cond, &part);
+    CHECK_EQ_INT(part.status, 304);
+    http_resp_free(&part);
+
+    /* Run the downloaded artifact with the CLI. */
+    char dl[800];
+    snprintf(dl, sizeof dl, "%s/kilnd-%s.kiln", TMP, recipe);
+    FILE *f = fopen(dl, "wb");
+    CHECK(f && fwrite(full.body, 1, full.len, f) == full.len);
+    if (f) fclose(f);
+    http_resp_free(&full);
+    snprintf(out, sizeof out, "%s/eval-%s.json", TMP, recipe);
+    snprintf(args, sizeof args, "eval --model %s --data %s --calib 2 --threads 1", dl, MINI);
+    json_t *ev = run_cli_json(args, out);
+    CHECK(ev != NULL);
+    double ev_psnr = json_real_value(json_object_get(ev, "psnr_db"));
+    fprintf(stderr, ", kiln eval of the download %.6f dB\n    ", ev_psnr);
+    CHECK_NEAR(ev_psnr, psnr, 1e-9);
+    json_decref(ev);
+    json_decref(job);
+}
+
+TEST(w8a8_and_p4a8_match_cli)
+{
+    char body[512];
+    const char *recipes[] = {"w8a8", "p4a8"};
+    char ids[2][40];
+    for (int i = 0; i < 2; i++) {
+        snprintf(body, sizeof body, "{\"model\":\"%s\",\"dataset\":\"mini\",\"recipe\":\"%s\",\"calibration_images\":2}",
+                 MODEL_ID, recipes[i]);
+        long st;
+        json_t *j = http_post_json(&D, "/v1/jobs", TOK, body, &st);
+        CHECK_EQ_INT(st, 201);
+        snprintf(ids[i], sizeof ids[i], "%s", jstr(j, "id") ? jstr(j, "id") : "");
+        json_decref(j);
+    }
+    for (int i = 0; i < 2; i++) check_recipe(recipes[i], ids[i]);
+}
+
+int main(void)
+{
+    if (!kiln_test_have_data()) {
+        fprintf(stderr, "test data missing\n");
+        return 1;
+    }
+    snprintf(TMP, sizeof TMP, "%s", kiln_test_tmpdir());
+    snprintf(MINI, sizeof MINI, "%s/mini", TMP);
+    if (http_make_mini_dataset(MINI, 4, 96) != 0) {
+        fprintf(stderr, "could not build the mini dataset\n");
+        return 1;
+    }
+    char state[700];
+    snprintf(state, sizeof state, "%s/state", TMP);
+    if (http_token_create(state, "lab", 0, TOK) != 0) return 1;
+    const char *extra[] = {"--workers", "2", NULL};
+    if (http_daemon_start(&D, state, extra) != 0) {
+        fprintf(stderr, "kilnd did not start\n");
+        return 1;
+    }
+    RUN(upload_model_and_dataset);
+    RUN(w8a8_and_p4a8_match_cli);
+    int stop = http_daemon_stop(&D, SIGTERM);
+    if (stop != 0) fprintf(stderr, "kilnd did not stop cleanly (%d)\n", stop);
+    return check_summary() || stop != 0;
+}
