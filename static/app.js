@@ -108,12 +108,13 @@
       if (s < 3600) return Math.floor(s / 60) + ' min ' + Math.round(s % 60) + ' s';
       return Math.floor(s / 3600) + ' h ' + Math.round((s % 3600) / 60) + ' min';
     },
-    when(iso) {
+    when(iso, short) {
       if (!iso) return '';
       const d = new Date(iso);
       if (isNaN(d)) return iso;
       const p = (n) => String(n).padStart(2, '0');
-      return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
+      const day = short && d.getFullYear() === new Date().getFullYear() ? '' : d.getFullYear() + '-';
+      return `${day}${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
     },
   };
 
@@ -348,7 +349,7 @@
       el('td', { class: 'num', text: fmt.bytes(r.weight_bytes) }),
       el('td', { class: 'num', text: fmt.ratio(r.ratio) }),
       el('td', {}, status),
-      el('td', { title: j.created_at, text: fmt.when(j.created_at) + (secs !== null ? ' · ' + fmt.secs(secs) : '') }),
+      el('td', { title: j.created_at, text: fmt.when(j.created_at, true) + (secs !== null ? ' · ' + fmt.secs(secs) : '') }),
       el('td', { class: 'noprint' }, baseline ? null : actionButtons(j)));
     tr.querySelector('.swatch').style.background = modelColour(j.model);
     const open = () => { location.hash = '#/jobs/' + j.id; };
@@ -423,14 +424,13 @@
       kids.push(svg('line', { class: 'grid', x1: L, x2: W - R, y1: sy(v), y2: sy(v) }));
       kids.push(svg('text', { x: L - 6, y: sy(v) + 4, 'text-anchor': 'end' }, v.toFixed(ys < 0.1 ? 2 : ys < 1 ? 1 : 0)));
     }
-    // x ticks at 1-2-5 multiples of powers of ten bytes (log scale)
-    for (let e = Math.floor(x0); e <= Math.ceil(x1); e++) {
-      for (const m of [1, 2, 5]) {
-        const v = Math.log10(m) + e;
-        if (v < x0 || v > x1) continue;
-        kids.push(svg('line', { class: 'grid', x1: sx(v), x2: sx(v), y1: T, y2: H - B }));
-        kids.push(svg('text', { x: sx(v), y: H - B + 15, 'text-anchor': 'middle' }, fmt.bytes(Math.pow(10, v)).replace('.00', '')));
-      }
+    // x ticks at powers of two bytes (log scale), every other one when crowded
+    const e0 = Math.ceil(x0 / Math.log10(2)), e1 = Math.floor(x1 / Math.log10(2));
+    const estep = e1 - e0 > 7 ? 2 : 1;
+    for (let e = e0; e <= e1; e += estep) {
+      const v = e * Math.log10(2);
+      kids.push(svg('line', { class: 'grid', x1: sx(v), x2: sx(v), y1: T, y2: H - B }));
+      kids.push(svg('text', { x: sx(v), y: H - B + 15, 'text-anchor': 'middle' }, fmt.bytes(Math.pow(2, e)).replace(/\.0+ /, ' ')));
     }
     kids.push(svg('line', { class: 'axis', x1: L, x2: W - R, y1: H - B, y2: H - B }));
     kids.push(svg('line', { class: 'axis', x1: L, x2: L, y1: T, y2: H - B }));
@@ -617,6 +617,8 @@
 
   function renderJob(j, full) {
     const r = j.result || {};
+    $('view-job').dataset.job = j.id;
+    $('view-job').dataset.status = j.status;
     $('jd-title').textContent = `${j.recipe} · ${modelName(j.model)} · ${j.dataset}`;
     $('jd-progress').replaceChildren(isActive(j) ? progressCell(j)
       : el('span', { class: 'st st-' + j.status, id: 'jd-status', text: j.status }));
@@ -663,43 +665,50 @@
     } catch (e) { toast('Download failed: ' + e.message); }
   }
 
+  // Per-image PSNR as a dot plot (bars from an arbitrary floor would
+  // exaggerate small differences): grey = FP32, blue = compressed, joined.
   function renderChart(per) {
     const chart = $('jd-chart');
-    const W = 720, H = 240, L = 50, R = 10, T = 10, B = 56;
+    const W = Math.max(360, Math.round(chart.getBoundingClientRect().width) || 720), H = 240;
+    const L = 50, R = 12, T = 22, B = 58;
+    chart.setAttribute('viewBox', `0 0 ${W} ${H}`);
     if (!per.length) {
       chart.replaceChildren(svg('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle' }, 'No per-image results (yet).'));
       return;
     }
     const vals = per.flatMap((p) => [p.psnr_db, p.fp32_psnr_db]).filter((v) => typeof v === 'number' && isFinite(v));
     let y0 = Math.min(...vals), y1 = Math.max(...vals);
-    if (y1 - y0 < 0.5) { y0 -= 0.25; y1 += 0.25; }
-    y0 -= (y1 - y0) * 0.05; y1 += (y1 - y0) * 0.05;
-    const n = per.length, slot = (W - L - R) / n, bw = Math.max(1, Math.min(14, slot * 0.4));
+    if (y1 - y0 < 0.5) { const c = (y0 + y1) / 2; y0 = c - 0.25; y1 = c + 0.25; }
+    const pad = (y1 - y0) * 0.08;
+    y0 -= pad; y1 += pad;
+    const n = per.length, slot = (W - L - R) / n;
     const sy = (v) => H - B - ((v - y0) / (y1 - y0)) * (H - T - B);
     const kids = [];
     const ys = niceStep(y1 - y0, 5);
     for (let v = Math.ceil(y0 / ys) * ys; v <= y1; v += ys) {
       kids.push(svg('line', { class: 'grid', x1: L, x2: W - R, y1: sy(v), y2: sy(v) }));
-      kids.push(svg('text', { x: L - 6, y: sy(v) + 4, 'text-anchor': 'end' }, v.toFixed(ys < 1 ? 1 : 0)));
+      kids.push(svg('text', { x: L - 6, y: sy(v) + 4, 'text-anchor': 'end' }, v.toFixed(ys < 0.1 ? 2 : ys < 1 ? 1 : 0)));
     }
+    kids.push(svg('line', { class: 'axis', x1: L, x2: W - R, y1: H - B, y2: H - B }));
+    const every = Math.ceil(n / Math.max(1, Math.floor((W - L - R) / 16)));
     per.forEach((p, i) => {
       const cx = L + slot * (i + 0.5);
-      if (typeof p.fp32_psnr_db === 'number') {
-        const b = svg('rect', { x: cx - bw, y: sy(p.fp32_psnr_db), width: bw, height: H - B - sy(p.fp32_psnr_db), fill: '#b9c0cc' });
-        b.append(svg('title', {}, `${p.name}: FP32 ${fmt.db(p.fp32_psnr_db)} dB`));
-        kids.push(b);
+      const hasFp = typeof p.fp32_psnr_db === 'number' && isFinite(p.fp32_psnr_db);
+      if (hasFp) {
+        kids.push(svg('line', { x1: cx, x2: cx, y1: sy(p.fp32_psnr_db), y2: sy(p.psnr_db), stroke: '#9aa3b2', 'stroke-width': 1.5 }));
+        const f = svg('circle', { cx, cy: sy(p.fp32_psnr_db), r: 4, fill: '#9aa3b2', class: 'img-fp32' });
+        f.append(svg('title', {}, `${p.name}: FP32 ${fmt.db(p.fp32_psnr_db)} dB`));
+        kids.push(f);
       }
-      const c = svg('rect', { x: cx, y: sy(p.psnr_db), width: bw, height: H - B - sy(p.psnr_db), fill: '#2f5fd0', class: 'img-bar' });
-      c.append(svg('title', {}, `${p.name}: ${fmt.db(p.psnr_db)} dB` +
-                               (typeof p.fp32_psnr_db === 'number' ? ` (Δ ${fmt.delta(p.psnr_db - p.fp32_psnr_db)})` : '')));
+      const c = svg('circle', { cx, cy: sy(p.psnr_db), r: 4.5, fill: '#2f5fd0', class: 'img-pt' });
+      c.append(svg('title', {}, `${p.name}: ${fmt.db(p.psnr_db)} dB` + (hasFp ? ` (Δ ${fmt.delta(p.psnr_db - p.fp32_psnr_db)})` : '')));
       kids.push(c);
-      if (n <= 40) {
+      if (i % every === 0) {
         kids.push(svg('text', { x: cx, y: H - B + 12, 'text-anchor': 'end', transform: `rotate(-40 ${cx} ${H - B + 12})` },
                       String(p.name).replace(/\.png$/, '')));
       }
     });
-    kids.push(svg('line', { class: 'axis', x1: L, x2: W - R, y1: H - B, y2: H - B }));
-    kids.push(svg('text', { x: W - R, y: T + 10, 'text-anchor': 'end' }, 'grey: FP32 · blue: compressed (dB)'));
+    kids.push(svg('text', { x: W - R, y: 12, 'text-anchor': 'end' }, 'dB per image · grey: FP32 · blue: compressed'));
     chart.replaceChildren(...kids);
   }
 

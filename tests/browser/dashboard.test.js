@@ -1,0 +1,349 @@
+// dashboard.test.js — kiln's dashboard in headless Chromium (Debian's
+// /usr/bin/chromium driven by playwright-core), against a real kilnd.
+// tests/test_browser.sh starts kilnd and sets the environment:
+//   BASE_URL     where the dashboard is served (kilnd, or serve.js in front of it)
+//   API_URL      kilnd itself (setup requests)
+//   KILN_TOKEN   an admin token of a fresh team
+//   KILND_DB     kilnd's SQLite database (the 10,000-job test seeds it)
+//   DATASET_TAR  a tar of a few B100 HR images (uploaded as dataset "b4")
+//   KILN_DATA    the shared data folder (tiny model fixtures)
+//   SHOTS        screenshot folder
+//   MODE         "test" (default: both tests) or "bench" (load time only)
+// Prints one line per check and "N passed, N failed"; exits non-zero on any
+// failure, including any console error or uncaught exception in the page.
+'use strict';
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+const { execFileSync } = require('child_process');
+const { chromium } = require('playwright-core');
+
+const env = (k, d) => process.env[k] || d;
+const BASE = env('BASE_URL'), API = env('API_URL', env('BASE_URL')), TOKEN = env('KILN_TOKEN');
+const DB = env('KILND_DB'), TAR = env('DATASET_TAR'), DATA = env('KILN_DATA', '../shared/data');
+const SHOTS = env('SHOTS', 'build/test-logs/screenshots'), MODE = env('MODE', 'test');
+const SEED_JOBS = 10000;
+const JOB_TIMEOUT_MS = Number(env('JOB_TIMEOUT_MS', '240000'));
+
+let passed = 0, failed = 0;
+function check(cond, what, detail) {
+  if (cond) { passed++; console.log('ok   ' + what); }
+  else { failed++; console.log('FAIL ' + what + (detail !== undefined ? ': ' + detail : '')); }
+  return !!cond;
+}
+
+// ---- API setup (node's fetch, straight to kilnd) ----------------------------
+async function api(method, p, body, type) {
+  const headers = { Authorization: 'Bearer ' + TOKEN };
+  let payload;
+  if (body instanceof Buffer) { headers['Content-Type'] = type; payload = body; }
+  else if (body !== undefined) { headers['Content-Type'] = 'application/json'; payload = JSON.stringify(body); }
+  const res = await fetch(API + p, { method, headers, body: payload });
+  const text = await res.text();
+  let data = null;
+  try { data = JSON.parse(text); } catch (e) { data = text; }
+  if (!res.ok) throw new Error(`${method} ${p}: HTTP ${res.status}: ${text.slice(0, 300)}`);
+  return data;
+}
+
+async function waitJob(id) {
+  const t0 = Date.now();
+  for (;;) {
+    const j = await api('GET', '/v1/jobs/' + id);
+    if (!['queued', 'running'].includes(j.status)) return j;
+    if (Date.now() - t0 > JOB_TIMEOUT_MS) throw new Error(`job ${id} still ${j.status} after ${JOB_TIMEOUT_MS} ms`);
+    await new Promise((r) => setTimeout(r, 300));
+  }
+}
+
+async function setup() {
+  const ds = await api('POST', '/v1/datasets?name=b4', fs.readFileSync(TAR), 'application/x-tar');
+  const a = await api('POST', '/v1/models?name=tiny-r2f8', fs.readFileSync(path.join(DATA, 'models/fixtures/r2f8_x2_zip.pt')), 'application/octet-stream');
+  const b = await api('POST', '/v1/models?name=tiny-r1f12', fs.readFileSync(path.join(DATA, 'models/fixtures/r1f12_x2_resscale0.1_zip.pt')), 'application/octet-stream');
+  const jobs = [];
+  for (const [m, recipe] of [[a, 'fp32'], [b, 'fp32'], [a, 'p4'], [b, 'w8a8']])
+    jobs.push(await api('POST', '/v1/jobs', { model: m.id, dataset: 'b4', recipe, calibration_images: 1 }));
+  for (const j of jobs) {
+    const done = await waitJob(j.id);
+    if (done.status !== 'succeeded') throw new Error(`setup job ${j.id} (${j.recipe}) ended ${done.status}: ${JSON.stringify(done.error)}`);
+  }
+  const doc = await (await fetch(API + '/v1/openapi.json')).json();
+  return { ds, a, b, hasPreview: !!doc.paths['/v1/jobs/{id}/preview'] };
+}
+
+// ---- browser -------------------------------------------------------------------
+async function launch() {
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-chromium-'));
+  const ctx = await chromium.launchPersistentContext(profile, {
+    executablePath: env('CHROMIUM', '/usr/bin/chromium'),
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+           '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    viewport: { width: 1440, height: 900 },
+    acceptDownloads: true,
+  });
+  ctx.profile = profile;
+  return ctx;
+}
+
+// Console errors and page exceptions fail the test; `allow` lists expected
+// resource errors (a 422 from live config validation is the API's answer).
+function watch(page, allow) {
+  const errors = [];
+  page.on('console', (m) => {
+    if (m.type() !== 'error') return;
+    const url = (m.location() && m.location().url) || '';
+    if (allow.some((a) => a.test(m.text() + ' ' + url))) return;
+    errors.push(m.text() + (url ? ' @ ' + url : ''));
+  });
+  page.on('pageerror', (e) => errors.push('uncaught: ' + e.message));
+  return errors;
+}
+
+async function signIn(page) {
+  await page.goto(BASE + '/');
+  await page.waitForSelector('#signin:not([hidden])');
+  await page.fill('#token', TOKEN);
+  await page.click('#signin-form button[type=submit]');
+  await page.waitForSelector('#view-results:not([hidden])');
+}
+
+async function mainTest(ctx, s) {
+  const page = await ctx.newPage();
+  const errors = watch(page, [/status of 422.*\/v1\/configs:validate/]);
+  await signIn(page);
+  check(!page.url().includes(TOKEN), 'the token is not in the URL', page.url());
+  const stored = await page.evaluate(() => [sessionStorage.getItem('kiln.token'), localStorage.length]);
+  check(stored[0] === TOKEN && stored[1] === 0, 'the token is in sessionStorage only');
+  check((await page.textContent('#who')).includes('browser'), 'signed in as the test team', await page.textContent('#who'));
+  await page.waitForSelector('#rows tr[data-job]');
+  check(await page.locator('#baseline-rows tr').count() === 2, 'one pinned FP32 baseline per model',
+        await page.locator('#baseline-rows tr').count());
+
+  // Live validation: local JSON errors, a server-side 422, then a valid config.
+  await page.click('nav a[data-nav=new]');
+  await page.waitForSelector('#view-new:not([hidden])');
+  await page.selectOption('#j-model', s.a.id);
+  await page.selectOption('#j-dataset', 'b4');
+  await page.fill('#j-calib', '2');
+  await page.selectOption('#j-preset', 'w8a8');
+  await page.check('input[name=mode][value=config]');
+  await page.waitForSelector('#validation.ok', { timeout: 10000 });
+  check(/Valid/.test(await page.textContent('#validation')), 'preset config validates through the API',
+        await page.textContent('#validation'));
+  const good = await page.inputValue('#j-config');
+  await page.fill('#j-config', '{"quantization": ');
+  await page.waitForFunction(() => /Not valid JSON/.test(document.getElementById('validation').textContent));
+  check(true, 'malformed JSON is reported before any request');
+  const bad = JSON.parse(good);
+  if (bad.quantization && bad.quantization.global && bad.quantization.global.weight) bad.quantization.global.weight.dtype = 'int7';
+  else bad.quantization = { global: { weight: { dtype: 'int7' } } };
+  await page.fill('#j-config', JSON.stringify(bad));
+  await page.waitForFunction(() => document.getElementById('validation').classList.contains('bad') &&
+                                   /dtype/.test(document.getElementById('validation').textContent), null, { timeout: 10000 });
+  check(true, 'an invalid dtype is reported with its JSON path', await page.textContent('#validation'));
+  await page.fill('#j-config', good);
+  await page.waitForSelector('#validation.ok', { timeout: 10000 });
+  await page.click('#j-submit');
+  await page.waitForSelector('#view-results:not([hidden])');
+  const toastText = await page.textContent('#toast');
+  const m = /(job_[A-Za-z0-9]+)/.exec(toastText || '');
+  check(m, 'the form submitted a job', toastText);
+  if (!m) return errors;
+  const id = m[1];
+
+  // Its row goes from queued/running to succeeded by the page's own polling.
+  const row = `#rows tr[data-job="${id}"]`;
+  await page.waitForSelector(row, { timeout: 10000 });
+  await page.waitForSelector(`${row}[data-status=succeeded]`, { timeout: JOB_TIMEOUT_MS });
+  const psnr = await page.textContent(`${row} td.psnr`);
+  check(/^\d+\.\d\d$/.test(psnr.trim()), 'the new row shows its PSNR', psnr);
+  const apiJob = await api('GET', '/v1/jobs/' + id);
+  check(Math.abs(Number(psnr) - apiJob.result.psnr_db) < 0.006, 'row PSNR equals the API result', `${psnr} vs ${apiJob.result.psnr_db}`);
+  check(await page.locator(`#plot circle[data-job="${id}"]`).count() === 1, 'the new job has a point on the plot');
+  check(await page.locator('#plot path.frontier').getAttribute('d').then((d) => /^M[\d.]+,[\d.]+/.test(d || '')),
+        'the Pareto frontier is drawn');
+  check(await page.locator('#legend li').count() >= 3, 'the legend lists both models');
+  const fills = await page.$$eval('#plot circle.pt', (cs) => [...new Set(cs.map((c) => c.getAttribute('fill')))]);
+  check(fills.length === 2, 'one colour per model on the plot', fills.join(' '));
+
+  // Sorting within the page.
+  await page.click('#results th[data-sort=psnr]');
+  const vals = await page.$$eval('#rows td.psnr', (tds) => tds.map((t) => t.textContent));
+  const nums = vals.filter((v) => v !== '—').map(Number);
+  check(nums.every((v, i) => i === 0 || nums[i - 1] <= v), 'sorting by PSNR orders the page', vals.join(' '));
+
+  // Exports.
+  const [csv] = await Promise.all([page.waitForEvent('download'), page.click('#export-csv')]);
+  const csvText = fs.readFileSync(await csv.path(), 'utf8');
+  check(csvText.startsWith('id,baseline,model_id,model,dataset,recipe,status,psnr_db') && csvText.includes(id),
+        'CSV export has the header and the new job');
+  const [js] = await Promise.all([page.waitForEvent('download'), page.click('#export-json')]);
+  const arr = JSON.parse(fs.readFileSync(await js.path(), 'utf8'));
+  check(Array.isArray(arr) && arr.some((j) => j.id === id) && arr.filter((j) => j.baseline).length === 2,
+        'JSON export has the jobs and the baselines');
+
+  await page.screenshot({ path: path.join(SHOTS, 'results.png'), fullPage: true });
+  await page.locator('#plot').screenshot({ path: path.join(SHOTS, 'plot.png') });
+
+  // Click its point -> detail.
+  await page.click(`#plot circle[data-job="${id}"]`);
+  await page.waitForSelector('#view-job:not([hidden])');
+  check(page.url().endsWith('#/jobs/' + id), 'clicking the point opens the job', page.url());
+  await page.waitForSelector('#jd-chart circle.img-pt');
+  check(await page.locator('#jd-chart circle.img-pt').count() === apiJob.result.per_image.length,
+        'per-image PSNR chart has one point per evaluated image');
+  check((await page.textContent('#jd-config')).includes('"quantization"'), 'the job config is shown');
+  check(await page.isVisible('#jd-download'), 'artifact download is offered');
+  const [art] = await Promise.all([page.waitForEvent('download'), page.click('#jd-download')]);
+  const artBytes = fs.statSync(await art.path()).size;
+  check(artBytes === apiJob.artifact.bytes, 'the downloaded artifact has the advertised size', `${artBytes} vs ${apiJob.artifact.bytes}`);
+  if (s.hasPreview) {
+    await page.waitForSelector('#crop-msg[data-state=loaded], #crop-msg[data-state=error]', { timeout: 60000 });
+    const w = await page.$eval('#crops', (img) => img.naturalWidth);
+    check(w > 0, 'the crops image loads (naturalWidth > 0)', `${w}; ${await page.textContent('#crop-msg')}`);
+  } else {
+    await page.waitForSelector('#crop-msg[data-state=unavailable]');
+    check(false, 'the crops image loads: kilnd has no GET /v1/jobs/{id}/preview route yet (server/openapi.json)');
+  }
+  await page.screenshot({ path: path.join(SHOTS, 'detail.png'), fullPage: true });
+
+  // Print: controls hidden, content kept.
+  await page.emulateMedia({ media: 'print' });
+  check(!(await page.isVisible('header.top')) && (await page.isVisible('#jd-facts')), 'print style hides the controls, keeps the facts');
+  await page.screenshot({ path: path.join(SHOTS, 'detail-print.png'), fullPage: true });
+  await page.emulateMedia({ media: 'screen' });
+
+  // Retry from the detail page queues a linked job that runs to the end.
+  await page.click('#jd-retry');
+  await page.waitForFunction((old) => /#\/jobs\/job_/.test(location.hash) && !location.hash.endsWith(old), id);
+  const rid = page.url().split('#/jobs/')[1];
+  await page.waitForSelector(`#view-job[data-job="${rid}"][data-status=succeeded] #jd-status.st-succeeded`,
+                             { timeout: JOB_TIMEOUT_MS });
+  const retried = await api('GET', '/v1/jobs/' + rid);
+  check(retried.retry_of === id && retried.status === 'succeeded', 'retry queues a linked job that succeeds', JSON.stringify([retried.retry_of, retried.status]));
+
+  await page.close();
+  return errors;
+}
+
+// ---- 10,000 jobs ------------------------------------------------------------------
+function seed(n) {
+  const sql = `PRAGMA busy_timeout = 20000;
+WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ${n}),
+     t AS (SELECT team_seq, model_seq, dataset_seq FROM jobs ORDER BY seq LIMIT 1)
+INSERT INTO jobs (id, team_seq, model_seq, dataset_seq, recipe, calib, status, attempt, stage, done, total,
+                  result_json, created_at, started_at, finished_at)
+SELECT printf('job_seed%08d', i), t.team_seq, t.model_seq, t.dataset_seq,
+       CASE i % 4 WHEN 0 THEN 'fp32' WHEN 1 THEN 'w8a8' WHEN 2 THEN 'p4' ELSE 'w8' END,
+       1, 'succeeded', 1, 'done', 3, 3,
+       json_object('psnr_db', 30.0 - (i % 4) * 0.25 - (i % 97) / 1000.0, 'fp32_psnr_db', 30.0,
+                   'delta_db', -(i % 4) * 0.25 - (i % 97) / 1000.0,
+                   'weight_bytes', CASE i % 4 WHEN 0 THEN 22796 WHEN 2 THEN 3200 ELSE 5800 END,
+                   'fp32_weight_bytes', 22796,
+                   'ratio', 22796.0 / CASE i % 4 WHEN 0 THEN 22796 WHEN 2 THEN 3200 ELSE 5800 END,
+                   'per_image', json_array()),
+       1700000000 + i, 1700000000 + i, 1700000001 + i
+FROM k, t;
+SELECT count(*) FROM jobs;`;
+  return Number(execFileSync('sqlite3', [DB], { input: sql, encoding: 'utf8' }).trim().split('\n').pop());
+}
+
+function listRequests(reqs) {
+  return reqs.filter((u) => u.pathname === '/v1/jobs');
+}
+
+async function loadTimed(ctx) {
+  const page = await ctx.newPage();
+  const errors = watch(page, []);
+  const reqs = [], bodies = [];
+  page.on('request', (r) => { const u = new URL(r.url()); if (u.pathname === '/v1/jobs') reqs.push(u); });
+  page.on('response', async (r) => {
+    const u = new URL(r.url());
+    if (u.pathname === '/v1/jobs') { try { bodies.push(await r.json()); } catch (e) { /* body gone */ } }
+  });
+  // The token goes in before the page's script runs, so the timing covers
+  // exactly: HTML, CSS, JS, /v1/me, models, datasets, presets, one page of jobs.
+  await page.goto(BASE + '/#/', { waitUntil: 'commit' });
+  await page.evaluate((t) => sessionStorage.setItem('kiln.token', t), TOKEN);
+  const t0 = Date.now();
+  await page.reload({ waitUntil: 'commit' });
+  await page.waitForFunction(() => document.querySelectorAll('#rows tr[data-job]').length >= 50);
+  const ms = Date.now() - t0;
+  await page.waitForLoadState('networkidle');
+  return { page, errors, reqs, bodies, ms };
+}
+
+async function manyJobsTest(ctx) {
+  const total = seed(SEED_JOBS);
+  check(total >= SEED_JOBS, `seeded ${SEED_JOBS} jobs with sqlite3`, total);
+  const { page, errors, reqs, bodies, ms } = await loadTimed(ctx);
+  console.log(`info dashboard load with ${total} jobs: ${ms} ms to the first 50 rows`);
+  const main = () => listRequests(reqs).filter((u) => u.searchParams.get('recipe') !== 'fp32');
+  check(main().length === 1, 'the page asks for one page of jobs', main().map(String).join(' '));
+  check(main()[0] && main()[0].searchParams.get('limit') === '50' && !main()[0].searchParams.has('cursor'),
+        'the first request is limit=50 without a cursor', main()[0] && main()[0].search);
+  check(listRequests(reqs).every((u) => Number(u.searchParams.get('limit')) >= 1 && Number(u.searchParams.get('limit')) <= 200),
+        'every job list request is limited (<= 200)');
+  const received = () => bodies.reduce((n, b) => n + ((b && b.jobs) ? b.jobs.length : 0), 0);
+  check(received() <= 50 + 2, 'at most one page (+ baselines) of jobs crossed the network', received());
+  check(await page.locator('#rows tr[data-job]').count() === 50, '50 rows rendered');
+  const first = await page.getAttribute('#rows tr[data-job]', 'data-job');
+  await page.screenshot({ path: path.join(SHOTS, 'results-10k.png') });
+
+  await page.click('#next');
+  await page.waitForFunction((f) => document.querySelector('#rows tr[data-job]').dataset.job !== f, first);
+  await page.waitForLoadState('networkidle');
+  check(main().length === 2 && main()[1].searchParams.has('cursor'), 'Older asks for the next page with the cursor',
+        main().map((u) => u.search).join(' '));
+  check(await page.locator('#rows tr[data-job]').count() === 50, 'still 50 rows on page 2');
+  check((await page.textContent('#page-info')).startsWith('page 2'), 'page indicator says page 2');
+
+  await page.selectOption('#f-limit', '100');
+  await page.waitForFunction(() => document.querySelectorAll('#rows tr[data-job]').length === 100);
+  check(main().length === 3 && main()[2].searchParams.get('limit') === '100', 'changing the page size refetches one page');
+  await page.selectOption('#f-recipe', 'p4');
+  await page.waitForFunction(() => [...document.querySelectorAll('#rows tr[data-job] td:nth-child(3)')].every((t) => t.textContent === 'p4'));
+  check(main().length === 4 && main()[3].searchParams.get('recipe') === 'p4', 'the recipe filter is applied by the server');
+  check(received() <= 50 + 50 + 100 + 100 + 4 * 2, 'jobs received stay within the pages asked for', received());
+  await page.close();
+  return errors;
+}
+
+async function bench(ctx) {
+  const n = Number(env('BENCH_RUNS', '5'));
+  const times = [];
+  let total = 0;
+  try { total = seed(SEED_JOBS); } catch (e) { throw new Error('seeding failed: ' + e.message); }
+  for (let i = 0; i < n; i++) {
+    const { page, ms, errors } = await loadTimed(ctx);
+    if (errors.length) throw new Error('console errors: ' + errors.join('; '));
+    times.push(ms);
+    await page.close();
+  }
+  times.sort((x, y) => x - y);
+  console.log(`dashboard_load_ms median=${times[n >> 1]} min=${times[0]} max=${times[n - 1]} runs=${n} jobs_in_db=${total} page=50`);
+}
+
+(async () => {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  let ctx;
+  try {
+    const s = await setup();
+    ctx = await launch();
+    if (MODE === 'bench') { await bench(ctx); return; }
+    const e1 = await mainTest(ctx, s);
+    check(e1.length === 0, 'no console errors (submit, detail, retry)', e1.join(' | '));
+    const e2 = await manyJobsTest(ctx);
+    check(e2.length === 0, 'no console errors (10,000 jobs)', e2.join(' | '));
+  } catch (e) {
+    check(false, 'browser test ran to the end', e.stack || String(e));
+  } finally {
+    if (ctx) {
+      await ctx.close().catch(() => {});
+      fs.rmSync(ctx.profile, { recursive: true, force: true });
+    }
+  }
+  if (MODE !== 'bench') console.log(`browser: ${passed} passed, ${failed} failed`);
+  process.exitCode = failed ? 1 : 0;
+})();
