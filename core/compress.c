@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "eval.h"
+#include "improve.h"
 #include "palette.h"
 #include "quant.h"
 
@@ -225,10 +226,6 @@ kiln_status kiln_compress(const kiln_model *fp32, const kiln_recipe *recipe, con
     kiln_compress_stats local = {0};
     kiln_recipe_options ro;
     kiln_recipe_get_options(recipe, &ro);
-    if (ro.bias_correction || ro.equalization)
-        return kiln_fail(KILN_ERR_UNSUPPORTED,
-                         "options.%s: not available in this version of kiln",
-                         ro.bias_correction ? "bias_correction" : "equalization");
     int R = kiln_model_resblocks(fp32);
     size_t nconv = kiln_model_conv_count(fp32), nsites = kiln_model_site_count(fp32);
     kiln_artifact *a = NULL;
@@ -237,6 +234,9 @@ kiln_status kiln_compress(const kiln_model *fp32, const kiln_recipe *recipe, con
     kiln_qspec *site_specs = NULL;
     const kiln_qspec **site_ptrs = NULL;
     float **importance = NULL;
+    /* ---- improve (core/improve.h): declarations ---- */
+    kiln_model *equalized = NULL; /* options.equalization: the rescaled FP32 source */
+    /* ---- end improve ---- */
     kiln_status st = kiln_artifact_create(nconv, nsites, &a);
     if (st != KILN_OK) return st;
     a->resblocks = R;
@@ -252,6 +252,16 @@ kiln_status kiln_compress(const kiln_model *fp32, const kiln_recipe *recipe, con
         st = kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
         goto done;
     }
+    /* ---- improve (core/improve.h): cross-layer equalization ----
+     * The equalized network computes the same function; from here on it is
+     * the source every later step reads (weights, biases, calibration). */
+    if (ro.equalization) {
+        st = kiln_model_clone(fp32, &equalized);
+        if (st == KILN_OK) st = kiln_improve_equalize(equalized, NULL);
+        if (st != KILN_OK) goto done;
+        fp32 = equalized;
+    }
+    /* ---- end improve ---- */
     st = kiln_model_clone(fp32, &work);
     if (st != KILN_OK) goto done;
 
@@ -293,6 +303,10 @@ kiln_status kiln_compress(const kiln_model *fp32, const kiln_recipe *recipe, con
         }
         report(opts, "weights", (int)i + 1, (int)nconv);
     }
+    /* ---- improve (core/improve.h): bias correction ---- */
+    if (st == KILN_OK && ro.bias_correction)
+        st = kiln_improve_correct_biases(work, fp32, a, ds, calib_first, calib_count, opts);
+    /* ---- end improve ---- */
     local.weights_s = kiln_now() - t0;
     if (st != KILN_OK) goto done;
 
@@ -360,6 +374,7 @@ done:
     free(site_specs);
     free(site_ptrs);
     kiln_model_destroy(work);
+    kiln_model_destroy(equalized); /* improve */
     if (st != KILN_OK) {
         kiln_artifact_free(a);
         return st;
