@@ -183,6 +183,18 @@ async function mainTest(ctx, s) {
   check(Array.isArray(arr) && arr.some((j) => j.id === id) && arr.filter((j) => j.baseline).length === 2,
         'JSON export has the jobs and the baselines');
 
+  // The frontier marks exactly the points no other point beats on size and PSNR.
+  const pts = await page.$$eval('#plot circle.pt', (cs) => cs.map((c) => ({ id: c.dataset.job, pareto: c.classList.contains('pareto') })));
+  const byId = {};
+  for (const j of (await api('GET', '/v1/jobs?limit=50')).jobs) byId[j.id] = j;
+  const res = (pid) => byId[pid] && byId[pid].result;
+  const plotted = pts.filter((p) => res(p.id));
+  const dominated = (p) => plotted.some((q) => q.id !== p.id &&
+      res(q.id).weight_bytes <= res(p.id).weight_bytes && res(q.id).psnr_db >= res(p.id).psnr_db &&
+      (res(q.id).weight_bytes < res(p.id).weight_bytes || res(q.id).psnr_db > res(p.id).psnr_db));
+  check(plotted.length >= 5 && plotted.every((p) => p.pareto === !dominated(p)), 'Pareto points are exactly the non-dominated ones',
+        JSON.stringify(plotted.map((p) => [p.id.slice(-4), p.pareto, !dominated(p)])));
+
   await page.screenshot({ path: path.join(SHOTS, 'results.png'), fullPage: true });
   await page.locator('#plot').screenshot({ path: path.join(SHOTS, 'plot.png') });
 
@@ -223,8 +235,38 @@ async function mainTest(ctx, s) {
   const retried = await api('GET', '/v1/jobs/' + rid);
   check(retried.retry_of === id && retried.status === 'succeeded', 'retry queues a linked job that succeeds', JSON.stringify([retried.retry_of, retried.status]));
 
+  await progressAndCancel(page);
   await page.close();
   return errors;
+}
+
+// A running job (a row whose lease is held far into the future by a worker
+// that does not exist, so nothing finishes it): its progress bar, stage,
+// images done and ETA, and the cancel button, which asks kilnd to stop it.
+async function progressAndCancel(page) {
+  const now = Date.now() / 1000;
+  execFileSync('sqlite3', [DB], { input: `PRAGMA busy_timeout = 20000;
+INSERT INTO jobs (id, team_seq, model_seq, dataset_seq, recipe, calib, status, attempt, lease_owner, lease_expires,
+                  heartbeat_at, stage, done, total, eta_s, created_at, started_at)
+SELECT 'job_fakerunning01', team_seq, model_seq, dataset_seq, 'p4', 1, 'running', 1, 'browser-test', ${now + 3600},
+       ${now}, 'calibrate', 3, 10, 12.4, ${now}, ${now} FROM jobs ORDER BY seq LIMIT 1;` });
+  await page.goto(BASE + '/#/');
+  await page.reload();
+  const row = '#rows tr[data-job="job_fakerunning01"]';
+  await page.waitForSelector(row + '[data-status=running]');
+  const text = await page.textContent(row + ' .progress-text');
+  check(/calibrate/.test(text) && /3\/10 images/.test(text) && /ETA 12 s/.test(text), 'a running job shows stage, images done and ETA', text);
+  const width = await page.$eval(row + ' .bar > span', (e) => e.style.width);
+  check(Math.abs(parseFloat(width) - 30) < 0.01, 'its progress bar is 3/10 full', width);
+  await page.screenshot({ path: path.join(SHOTS, 'progress.png') });
+  await page.click(row + ' button[data-action=cancel]');
+  await page.waitForFunction((sel) => /cancelling/.test(document.querySelector(sel + ' .progress-text').textContent), row);
+  const j = await api('GET', '/v1/jobs/job_fakerunning01');
+  check(j.cancel_requested === true, 'Cancel asks kilnd to stop the running job', JSON.stringify(j.cancel_requested));
+  check(await page.locator(row + ' button[data-action=cancel]').count() === 0, 'the cancel button goes once cancel is requested');
+  // Finish it by hand (no worker holds it), so later pages have nothing to poll.
+  execFileSync('sqlite3', [DB], { input: `PRAGMA busy_timeout = 20000;
+UPDATE jobs SET status = 'canceled', finished_at = ${now + 1}, lease_owner = NULL WHERE id = 'job_fakerunning01';` });
 }
 
 // ---- 10,000 jobs ------------------------------------------------------------------
