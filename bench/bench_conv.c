@@ -102,9 +102,13 @@ int main(int argc, char **argv)
             bench_case("body", 64, 64, 3, 160, 240, simd[i], threads, runs, 1);
     }
     if (quick) return 0;
-    bench_case("head", 64, 3, 3, 160, 240, KILN_IMPL_AUTO, 2, runs, 0);
-    bench_case("upsampler", 256, 64, 3, 160, 240, KILN_IMPL_AUTO, 2, runs, 0);
-    bench_case("tail", 3, 64, 3, 320, 480, KILN_IMPL_AUTO, 2, runs, 0);
-    bench_case("meanshift", 3, 3, 1, 160, 240, KILN_IMPL_AUTO, 2, runs, 0);
+    /* The other EDSR-baseline x2 layers, each implementation, 2 threads. */
+    const kiln_impl impls[] = {KILN_IMPL_AVX2, KILN_IMPL_WINOGRAD, KILN_IMPL_AUTO};
+    for (size_t i = 0; i < sizeof impls / sizeof impls[0]; i++) {
+        bench_case("head", 64, 3, 3, 160, 240, impls[i], 2, runs, 0);
+        bench_case("upsampler", 256, 64, 3, 160, 240, impls[i], 2, runs, 0);
+        bench_case("tail", 3, 64, 3, 320, 480, impls[i], 2, runs, 0);
+        bench_case("meanshift", 3, 3, 1, 160, 240, impls[i], 2, runs, 0);
+    }
     return 0;
 }

@@ -437,6 +437,21 @@ TEST(api_errors_and_metadata)
     int has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     CHECK_EQ_INT(kiln_impl_resolve(KILN_IMPL_AUTO), has ? KILN_IMPL_AVX2 : KILN_IMPL_REFERENCE);
     CHECK_STR(kiln_impl_name(KILN_IMPL_AVX2), "avx2");
+    CHECK_STR(kiln_impl_name(KILN_IMPL_WINOGRAD), "winograd");
+    /* AUTO's per-shape choice, and Winograd's 1x1 fallback */
+    static float big[256 * 64 * 9];
+    const struct { int cout, cin, k; kiln_impl req, want; } pick[] = {
+        {64, 64, 3, KILN_IMPL_AUTO, KILN_IMPL_WINOGRAD}, {256, 64, 3, KILN_IMPL_AUTO, KILN_IMPL_WINOGRAD},
+        {64, 3, 3, KILN_IMPL_AUTO, KILN_IMPL_AVX2},      {3, 64, 3, KILN_IMPL_AUTO, KILN_IMPL_AVX2},
+        {64, 64, 1, KILN_IMPL_AUTO, KILN_IMPL_AVX2},     {3, 3, 1, KILN_IMPL_WINOGRAD, KILN_IMPL_AVX2},
+        {64, 64, 3, KILN_IMPL_AVX2, KILN_IMPL_AVX2},     {64, 64, 3, KILN_IMPL_REFERENCE, KILN_IMPL_REFERENCE},
+    };
+    for (size_t i = 0; i < sizeof pick / sizeof pick[0]; i++) {
+        kiln_conv *pc = NULL;
+        CHECK_OK(kiln_conv_create(pick[i].cout, pick[i].cin, pick[i].k, big, NULL, pick[i].req, &pc));
+        if (pc) CHECK_MSG(kiln_conv_impl(pc) == pick[i].want, "case %zu: got %s", i, kiln_impl_name(kiln_conv_impl(pc)));
+        kiln_conv_destroy(pc);
+    }
     CHECK_STR(kiln_impl_name(KILN_IMPL_REFERENCE), "reference");
 }
 
