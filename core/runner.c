@@ -1,11 +1,19 @@
 /*
  * runner.c — open a checkpoint or an artifact and run it.
  *
- * An artifact becomes a kiln_model whose conv weights are the artifact's
- * dequantized weights (bit-identical to what the compression pipeline
- * simulated), plus a site hook that fake-quantizes each enabled site with
- * its frozen scale/zero point. So `kiln eval A.kiln` reproduces the PSNR
- * `kiln compress` reported.
+ * An artifact always becomes a kiln_model whose conv weights are the
+ * artifact's dequantized weights (bit-identical to what the compression
+ * pipeline simulated), plus a site hook that fake-quantizes each enabled
+ * site with its frozen scale/zero point: the SIMULATE engine, so
+ * `kiln eval --engine simulate A.kiln` reproduces the PSNR `kiln compress`
+ * reported. The INT8 engine (int8.h) additionally builds a kiln_int8 from
+ * the artifact; kiln_runner_forward/eval then run that. The model and the
+ * hook stay available with INT8 too, so code that drives the model itself
+ * still gets the simulated semantics, never plain FP32.
+ *
+ * AUTO: INT8 when kiln_int8_supported() accepts the artifact (every conv
+ * int8 or int8-LUT palette, every site enabled and 8-bit), else SIMULATE.
+ * Memory: the runner owns the model, the artifact copy and the engine.
  */
 #include "runner.h"
 
@@ -13,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "int8.h"
 #include "quant.h"
 
 struct kiln_runner {
@@ -21,6 +30,7 @@ struct kiln_runner {
     kiln_runner_engine engine;
     kiln_site_hook hook;
     int has_hook;
+    kiln_int8 *int8; /* INT8 engine, or NULL */
     char describe[128];
 };
 
@@ -74,12 +84,25 @@ static kiln_status from_artifact_owned(kiln_artifact *a, const kiln_model_opts *
         any |= a->sites[i].enabled;
     }
     r->art = a;
-    /* The integer engine is not built yet: AUTO and INT8 both simulate. */
-    if (engine == KILN_ENGINE_INT8)
-        return kiln_fail(KILN_ERR_UNSUPPORTED, "artifact: the int8 engine is not available in this build; use --engine simulate");
     r->engine = KILN_ENGINE_SIMULATE;
     r->hook = (kiln_site_hook){fq_hook, a};
     r->has_hook = any;
+    if (engine == KILN_ENGINE_INT8 || engine == KILN_ENGINE_AUTO) {
+        st = kiln_int8_supported(a);
+        if (st != KILN_OK && engine == KILN_ENGINE_INT8) {
+            kiln_errmsg_prefix("--engine int8: ");
+            return st;
+        }
+        if (st == KILN_OK) {
+            st = kiln_int8_create(a, KILN_INT8_AUTO, &r->int8);
+            if (st != KILN_OK) return st;
+            r->engine = KILN_ENGINE_INT8;
+            snprintf(r->describe, sizeof r->describe, "artifact %s, int8 (%s kernels)",
+                     a->recipe ? a->recipe : "custom", kiln_int8_impl_name(kiln_int8_impl_of(r->int8)));
+            return KILN_OK;
+        }
+        kiln_errmsg_clear(); /* AUTO falls back to SIMULATE: not a failure */
+    }
     snprintf(r->describe, sizeof r->describe, "artifact %s, simulate", a->recipe ? a->recipe : "custom");
     return KILN_OK;
 }
@@ -158,6 +181,7 @@ void kiln_runner_close(kiln_runner *r)
 {
     if (!r) return;
     kiln_model_destroy(r->model);
+    kiln_int8_destroy(r->int8);
     kiln_artifact_free(r->art);
     free(r);
 }
@@ -166,6 +190,7 @@ kiln_model *kiln_runner_model(kiln_runner *r) { return r->model; }
 const kiln_site_hook *kiln_runner_hook(kiln_runner *r) { return r->has_hook ? &r->hook : NULL; }
 const kiln_artifact *kiln_runner_artifact(const kiln_runner *r) { return r->art; }
 const char *kiln_runner_describe(const kiln_runner *r) { return r->describe; }
+kiln_runner_engine kiln_runner_engine_of(const kiln_runner *r) { return r->engine; }
 
 size_t kiln_runner_conv_bytes(const kiln_runner *r, size_t i)
 {
@@ -189,7 +214,77 @@ const char *kiln_runner_conv_kind(const kiln_runner *r, size_t i)
 
 kiln_status kiln_runner_forward(kiln_runner *r, const kiln_image *lr, float *sr, kiln_pool *pool)
 {
+    if (r->int8) return kiln_int8_forward(r->int8, lr, sr, pool);
     return kiln_model_forward(r->model, lr, sr, pool, kiln_runner_hook(r));
+}
+
+/* kiln_eval_run's loop (eval.c) around the INT8 engine: same image order,
+ * scoring, progress and cancellation. */
+static kiln_status eval_int8(kiln_runner *r, const kiln_dataset *ds, size_t first, size_t count,
+                             kiln_pool *pool, const kiln_eval_opts *opts, kiln_eval_result *res)
+{
+    memset(res, 0, sizeof *res);
+    int s = kiln_int8_scale(r->int8);
+    if (first + count > kiln_dataset_count(ds))
+        return kiln_fail(KILN_ERR_INVALID, "eval: images %zu..%zu out of range (dataset has %zu)",
+                         first, first + count, kiln_dataset_count(ds));
+    if (kiln_dataset_scale(ds) != s)
+        return kiln_fail(KILN_ERR_INVALID, "eval: model is x%d but the dataset was opened for x%d", s,
+                         kiln_dataset_scale(ds));
+    res->names = calloc(count ? count : 1, sizeof *res->names);
+    res->scores = calloc(count ? count : 1, sizeof *res->scores);
+    if (!res->names || !res->scores) {
+        kiln_eval_result_free(res);
+        return kiln_fail(KILN_ERR_NOMEM, "eval: out of memory");
+    }
+    double t0 = kiln_now(), sum = 0;
+    float *sr = NULL;
+    size_t sr_cap = 0;
+    kiln_status st = KILN_OK;
+    for (size_t k = 0; k < count; k++) {
+        if (opts->cancel && atomic_load(opts->cancel)) {
+            st = kiln_fail(KILN_ERR_CANCELED, "eval: canceled after %zu of %zu images", k, count);
+            break;
+        }
+        size_t i = first + k;
+        kiln_image lr = {0}, hr = {0};
+        st = kiln_dataset_load(ds, i, &lr, &hr);
+        if (st != KILN_OK) break;
+        size_t need = (size_t)3 * lr.w * s * lr.h * s;
+        if (need > sr_cap) {
+            float *p = realloc(sr, need * sizeof(float));
+            if (!p) {
+                kiln_image_free(&lr);
+                kiln_image_free(&hr);
+                st = kiln_fail(KILN_ERR_NOMEM, "eval: out of memory");
+                break;
+            }
+            sr = p;
+            sr_cap = need;
+        }
+        st = kiln_int8_forward(r->int8, &lr, sr, pool);
+        double score = 0;
+        if (st == KILN_OK) st = kiln_metric_score(&opts->metric, sr, lr.w * s, lr.h * s, &hr, &score);
+        kiln_image_free(&lr);
+        kiln_image_free(&hr);
+        if (st != KILN_OK) {
+            kiln_errmsg_prefix("%s: ", kiln_dataset_name(ds, i));
+            break;
+        }
+        snprintf(res->names[k], sizeof res->names[k], "%s", kiln_dataset_name(ds, i));
+        res->scores[k] = score;
+        sum += score;
+        res->n = k + 1;
+        if (opts->progress) opts->progress(opts->progress_ctx, k + 1, count, res->names[k], score);
+    }
+    free(sr);
+    if (st != KILN_OK) {
+        kiln_eval_result_free(res);
+        return st;
+    }
+    res->mean = count ? sum / (double)count : 0;
+    res->seconds = kiln_now() - t0;
+    return KILN_OK;
 }
 
 kiln_status kiln_runner_eval(kiln_runner *r, const kiln_dataset *ds, size_t first, size_t count,
@@ -197,5 +292,6 @@ kiln_status kiln_runner_eval(kiln_runner *r, const kiln_dataset *ds, size_t firs
 {
     kiln_eval_opts o = opts ? *opts : (kiln_eval_opts){0};
     o.hook = kiln_runner_hook(r);
+    if (r->int8) return eval_int8(r, ds, first, count, pool, &o, res);
     return kiln_eval_run(r->model, ds, first, count, pool, &o, res);
 }

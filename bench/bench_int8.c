@@ -1,0 +1,143 @@
+/*
+ * bench_int8.c — EDSR-baseline x2 forward pass: the INT8 engine (int8.h)
+ * against kiln's FP32 forward, on the first B100 LR image (101085x2.png,
+ * 240x160 -> 480x320).
+ *
+ * The artifact is made here (preset w8a8, calibrated on 1 image: speed does
+ * not depend on the calibration; the PSNR printed is only a sanity check).
+ * Each figure is the median of RUNS timed runs after one warm-up (best run
+ * shown too). GOP/s counts 2 ops per multiply-accumulate. Also times the
+ * INT8 engine with the scalar reference kernels once, unless
+ * KILN_BENCH_QUICK=1.
+ *
+ * usage: bench_int8 [runs]     (threads: KILN_THREADS, default 2;
+ *                               data: KILN_DATA, default ../shared/data)
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compress.h"
+#include "dataset.h"
+#include "eval.h"
+#include "int8.h"
+#include "metrics.h"
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int fail(const char *what, kiln_status st)
+{
+    fprintf(stderr, "bench_int8: %s: %s: %s\n", what, kiln_status_str(st), kiln_errmsg());
+    return 1;
+}
+
+typedef struct timing {
+    double median, best;
+} timing;
+
+static timing time_runs(int runs, kiln_status (*fn)(void *), void *ctx, kiln_status *st)
+{
+    double *t = calloc((size_t)runs, sizeof *t);
+    timing r = {0, 0};
+    *st = fn(ctx); /* warm-up: buffers, caches */
+    for (int i = 0; *st == KILN_OK && i < runs; i++) {
+        double t0 = kiln_now();
+        *st = fn(ctx);
+        t[i] = kiln_now() - t0;
+    }
+    if (*st == KILN_OK) {
+        qsort(t, (size_t)runs, sizeof *t, cmp_d);
+        r.median = t[runs / 2];
+        r.best = t[0];
+    }
+    free(t);
+    return r;
+}
+
+typedef struct ctx {
+    kiln_model *m;
+    kiln_int8 *e;
+    const kiln_image *lr;
+    float *sr;
+    kiln_pool *pool;
+} ctx;
+
+static kiln_status run_fp32(void *p)
+{
+    ctx *c = p;
+    return kiln_model_forward(c->m, c->lr, c->sr, c->pool, NULL);
+}
+
+static kiln_status run_int8(void *p)
+{
+    ctx *c = p;
+    return kiln_int8_forward(c->e, c->lr, c->sr, c->pool);
+}
+
+int main(int argc, char **argv)
+{
+    int runs = argc > 1 ? atoi(argv[1]) : 5;
+    if (runs < 1) runs = 5;
+    const char *env = getenv("KILN_THREADS");
+    int threads = env ? atoi(env) : 2;
+    const char *data = getenv("KILN_DATA") ? getenv("KILN_DATA") : "../shared/data";
+    int quick = getenv("KILN_BENCH_QUICK") && strcmp(getenv("KILN_BENCH_QUICK"), "1") == 0;
+    char path[1024];
+    kiln_status st;
+    kiln_pool *pool;
+    kiln_model *m;
+    kiln_dataset *ds;
+    kiln_recipe *rec;
+    kiln_artifact *a;
+    if ((st = kiln_pool_create(threads, &pool)) != KILN_OK) return fail("pool", st);
+    snprintf(path, sizeof path, "%s/models/edsr_r16f64_x2.pt", data);
+    if ((st = kiln_model_load(path, NULL, &m)) != KILN_OK) return fail("model", st);
+    snprintf(path, sizeof path, "%s/B100", data);
+    if ((st = kiln_dataset_open(path, 2, &ds)) != KILN_OK) return fail("dataset", st);
+    if ((st = kiln_recipe_preset("w8a8", &rec)) != KILN_OK) return fail("recipe", st);
+    kiln_compress_opts co = {.pool = pool};
+    if ((st = kiln_compress(m, rec, ds, 0, 1, NULL, &co, &a, NULL)) != KILN_OK) return fail("compress", st);
+    kiln_image lr = {0}, hr = {0};
+    if ((st = kiln_dataset_load(ds, 0, &lr, &hr)) != KILN_OK) return fail("image", st);
+    float *sr = malloc((size_t)3 * lr.w * 2 * lr.h * 2 * sizeof *sr);
+    ctx c = {m, NULL, &lr, sr, pool};
+    double macs = 0;
+    kiln_metric_opts mo = {0};
+    double psnr = 0;
+
+    timing tf = time_runs(runs, run_fp32, &c, &st);
+    if (st != KILN_OK) return fail("fp32 forward", st);
+    kiln_metric_score(&mo, sr, lr.w * 2, lr.h * 2, &hr, &psnr);
+    double flops = kiln_model_flops(m, lr.h, lr.w);
+    printf("edsr x2 %dx%d fp32 (%s)  threads=%d  median %7.3f s  %6.1f GFLOP/s  %5.2f images/s  (best %.3f s)  PSNR %.4f dB\n",
+           lr.w, lr.h, kiln_impl_name(kiln_impl_resolve(KILN_IMPL_AUTO)), kiln_pool_threads(pool), tf.median,
+           flops / tf.median * 1e-9, 1.0 / tf.median, tf.best, psnr);
+
+    for (int impl = KILN_INT8_AUTO; impl <= KILN_INT8_REFERENCE; impl++) {
+        if (impl == KILN_INT8_REFERENCE && quick) break;
+        if ((st = kiln_int8_create(a, (kiln_int8_impl)impl, &c.e)) != KILN_OK) return fail("int8 engine", st);
+        macs = kiln_int8_macs(c.e, lr.h, lr.w);
+        int r = impl == KILN_INT8_REFERENCE ? 1 : runs;
+        timing ti = time_runs(r, run_int8, &c, &st);
+        if (st != KILN_OK) return fail("int8 forward", st);
+        kiln_metric_score(&mo, sr, lr.w * 2, lr.h * 2, &hr, &psnr);
+        printf("edsr x2 %dx%d int8 (%-9s) threads=%d  median %7.3f s  %6.1f GOP/s    %5.2f images/s  (best %.3f s)  PSNR %.4f dB  speedup vs fp32 %.2fx\n",
+               lr.w, lr.h, kiln_int8_impl_name(kiln_int8_impl_of(c.e)), kiln_pool_threads(pool), ti.median,
+               2 * macs / ti.median * 1e-9, 1.0 / ti.median, ti.best, psnr, tf.median / ti.median);
+        kiln_int8_destroy(c.e);
+        c.e = NULL;
+    }
+    free(sr);
+    kiln_image_free(&lr);
+    kiln_image_free(&hr);
+    kiln_artifact_free(a);
+    kiln_recipe_destroy(rec);
+    kiln_dataset_close(ds);
+    kiln_model_destroy(m);
+    kiln_pool_destroy(pool);
+    return 0;
+}
