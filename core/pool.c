@@ -2,19 +2,20 @@
  * pool.c — persistent worker threads for data-parallel kernels.
  *
  * Design: a pool of N threads is the caller plus N-1 pthreads created once.
- * kiln_pool_run publishes one "generation" (fn, ctx, n items) and bumps a
- * generation counter; every worker wakes, claims items with an atomic
- * fetch-add until none are left, then decrements `pending`. The caller claims
- * items too and returns only when `pending` is 0, i.e. when every worker has
- * finished this generation. That gives the invariants the rest relies on:
- *   - runs never overlap (documented contract of pool.h), so the shared
- *     fn/ctx/n fields are written only while no worker reads them;
+ * kiln_pool_run publishes one "generation" (fn, ctx, n items) under the
+ * mutex and wakes the workers; everyone, the caller included, claims items
+ * with an atomic fetch-add until none are left; each worker then checks in
+ * (pending--, under the mutex) and the caller returns when pending is 0.
+ * Invariants:
+ *   - runs never overlap (documented contract of pool.h), so fn/ctx/n are
+ *     written only while no worker reads them;
  *   - each worker sees each generation exactly once (pending counts workers,
- *     not items, so a worker that finds no item still checks in).
- * Idle workers spin briefly (kernels are called back to back, layer after
- * layer, and a futex wake costs tens of microseconds) and then sleep on a
- * condition variable, so an idle pool burns no CPU.
- * Memory: the pool owns its thread array; nothing else is allocated per run.
+ *     not items, so a worker that finds no item still checks in);
+ *   - gen, pending and stop are only read and written under the mutex, so
+ *     no wake-up can be lost. (An earlier version kept them in atomics
+ *     outside the mutex with a spin phase; it hung about once per million
+ *     runs. The mutex costs microseconds per run; a run is one conv layer.)
+ * Memory: the pool owns its thread array; nothing is allocated per run.
  */
 #include "pool.h"
 
@@ -24,20 +25,17 @@
 #include <unistd.h>
 
 #define KILN_POOL_MAX_THREADS 256
-/* Pause-loop iterations (a few to ~100 us depending on the CPU) before a
- * worker or the caller goes to sleep on a condition variable. */
-#define KILN_POOL_SPIN 4000
 
 struct kiln_pool {
     int nthreads;
     pthread_t *threads; /* nthreads - 1 workers */
     pthread_mutex_t mu;
-    pthread_cond_t work_cv; /* generation bumped or stop requested */
+    pthread_cond_t work_cv; /* gen bumped or stop requested */
     pthread_cond_t done_cv; /* pending reached 0 */
-    atomic_uint gen;
-    atomic_int stop;
-    atomic_int next;    /* next unclaimed item of the current generation */
-    atomic_int pending; /* workers not yet done with the current generation */
+    unsigned gen;           /* under mu */
+    int stop;               /* under mu */
+    int pending;            /* under mu: workers not yet done with gen */
+    atomic_int next;        /* next unclaimed item of the current generation */
     int n;
     void (*fn)(void *ctx, int i);              /* one of fn / fn_tid is set */
     void (*fn_tid)(void *ctx, int i, int tid);
@@ -49,13 +47,6 @@ struct kiln__pool_worker {
     kiln_pool *pool;
     int tid;
 };
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
 
 int kiln_cpu_count(void)
 {
@@ -82,33 +73,19 @@ static void *worker_main(void *arg)
 {
     const struct kiln__pool_worker *me = arg;
     kiln_pool *p = me->pool;
-    /* Not a load of gen: a thread that starts late must still see the first
-     * generation as new. Workers are created before any run, at gen 0. */
-    unsigned seen = 0;
+    unsigned seen = 0; /* workers are created before any run, at gen 0 */
+    pthread_mutex_lock(&p->mu);
     for (;;) {
-        unsigned g;
-        int spins = 0;
-        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
-               !atomic_load_explicit(&p->stop, memory_order_acquire) && spins < KILN_POOL_SPIN) {
-            cpu_relax();
-            spins++;
-        }
-        if (g == seen) {
-            pthread_mutex_lock(&p->mu);
-            while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
-                   !atomic_load_explicit(&p->stop, memory_order_acquire))
-                pthread_cond_wait(&p->work_cv, &p->mu);
-            pthread_mutex_unlock(&p->mu);
-            if (g == seen) return NULL; /* stop, no new work */
-        }
-        seen = g;
+        while (p->gen == seen && !p->stop) pthread_cond_wait(&p->work_cv, &p->mu);
+        if (p->stop) break;
+        seen = p->gen;
+        pthread_mutex_unlock(&p->mu);
         drain(p, me->tid);
-        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&p->mu);
-            pthread_cond_signal(&p->done_cv);
-            pthread_mutex_unlock(&p->mu);
-        }
+        pthread_mutex_lock(&p->mu);
+        if (--p->pending == 0) pthread_cond_broadcast(&p->done_cv);
     }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
 }
 
 kiln_status kiln_pool_create(int nthreads, kiln_pool **out)
@@ -121,10 +98,7 @@ kiln_status kiln_pool_create(int nthreads, kiln_pool **out)
     kiln_pool *p = calloc(1, sizeof *p);
     if (!p) return kiln_fail(KILN_ERR_NOMEM, "pool: out of memory for the pool");
     p->nthreads = nthreads;
-    atomic_init(&p->gen, 0);
-    atomic_init(&p->stop, 0);
     atomic_init(&p->next, 0);
-    atomic_init(&p->pending, 0);
     if (pthread_mutex_init(&p->mu, NULL) != 0) {
         free(p);
         return kiln_fail(KILN_ERR_INTERNAL, "pool: pthread_mutex_init failed");
@@ -158,7 +132,7 @@ void kiln_pool_destroy(kiln_pool *p)
     if (!p) return;
     if (p->threads) {
         pthread_mutex_lock(&p->mu);
-        atomic_store_explicit(&p->stop, 1, memory_order_release);
+        p->stop = 1;
         pthread_cond_broadcast(&p->work_cv);
         pthread_mutex_unlock(&p->mu);
         for (int t = 0; t < p->nthreads - 1; t++) pthread_join(p->threads[t], NULL);
@@ -187,28 +161,21 @@ static void run(kiln_pool *p, int n, void (*fn)(void *ctx, int i),
         }
         return;
     }
+    pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->fn_tid = fn_tid;
     p->ctx = ctx;
     p->n = n;
     atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->pending, p->nthreads - 1, memory_order_relaxed);
-    pthread_mutex_lock(&p->mu);
-    /* The release store publishes fn/ctx/n/next/pending to workers that
-     * acquire-load gen (spinning) or take the mutex (sleeping). */
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    p->pending = p->nthreads - 1;
+    p->gen++;
     pthread_cond_broadcast(&p->work_cv);
     pthread_mutex_unlock(&p->mu);
 
     drain(p, 0);
 
-    for (int spins = 0; spins < KILN_POOL_SPIN; spins++) {
-        if (atomic_load_explicit(&p->pending, memory_order_acquire) == 0) return;
-        cpu_relax();
-    }
     pthread_mutex_lock(&p->mu);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0)
-        pthread_cond_wait(&p->done_cv, &p->mu);
+    while (p->pending != 0) pthread_cond_wait(&p->done_cv, &p->mu);
     pthread_mutex_unlock(&p->mu);
 }
 
