@@ -745,7 +745,12 @@
       const blob = await apiBlob(`/v1/jobs/${encodeURIComponent(j.id)}/preview${q}`);
       if (state.cropUrl) URL.revokeObjectURL(state.cropUrl);
       state.cropUrl = URL.createObjectURL(blob);
-      img.onload = () => { msg.textContent = `${img.naturalWidth}×${img.naturalHeight} px`; msg.dataset.state = 'loaded'; };
+      img.onload = () => {
+        // Shown at 2x (pixelated) so single-pixel artefacts are visible; click toggles full width.
+        img.style.width = (img.naturalWidth * 2) + 'px';
+        msg.textContent = `${img.naturalWidth}×${img.naturalHeight} px, shown at 2×`;
+        msg.dataset.state = 'loaded';
+      };
       img.src = state.cropUrl;
       img.hidden = false;
     } catch (e) {
