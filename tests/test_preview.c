@@ -133,7 +133,7 @@ static void check_render(size_t idx, const char *name, int x, int y, int size, i
 {
     void *png = NULL;
     size_t len = 0;
-    CHECK_OK(kiln_preview_render(ckpt, art_path, ds_dir, name, x, y, size, 1, &png, &len));
+    CHECK_OK(kiln_preview_render(ckpt, art_path, ds_dir, name, x, y, size, 2, &png, &len));
     if (!png) return;
     kiln_image out = {0}, fa = {0}, fb = {0}, hr = {0}, hr2 = {0};
     CHECK_OK(kiln_png_read_mem(png, len, &out, NULL));
