@@ -6,7 +6,8 @@
  * also the other EDSR-baseline x2 layer shapes (head 3->64, upsampler
  * 64->256, tail 64->3, MeanShift 1x1 3->3) with the default implementation.
  * Each figure is the median of RUNS timed runs after one warm-up run (the
- * best run is shown too: on a shared machine it is the steadier figure).
+ * best run is shown too: on a shared machine it is the steadier figure; with
+ * one thread, so is the median over the thread's CPU time).
  *
  * usage: bench_conv [runs]        (KILN_BENCH_QUICK=1: only the main case)
  */
@@ -30,6 +31,15 @@ static double now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* CPU time of the calling thread: with one thread this is robust to other
+ * processes sharing the machine (time spent descheduled is not counted). */
+static double thread_cpu(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
@@ -65,21 +75,27 @@ static double bench_case(const char *label, int cout, int cin, int k, int h, int
     kiln_pool *pool;
     if ((st = kiln_pool_create(threads, &pool))) die("pool_create", st);
     kiln_conv_epilogue ep = {.relu = relu};
-    double *t = malloc((size_t)runs * sizeof *t);
+    double *t = malloc((size_t)runs * sizeof *t), *tc = malloc((size_t)runs * sizeof *tc);
     if ((st = kiln_conv_run(conv, &in, &out, &ep, pool))) die("conv_run", st); /* warm-up */
     for (int r = 0; r < runs; r++) {
-        double t0 = now();
+        double t0 = now(), c0 = thread_cpu();
         kiln_conv_run(conv, &in, &out, &ep, pool);
         t[r] = now() - t0;
+        tc[r] = thread_cpu() - c0;
     }
     qsort(t, (size_t)runs, sizeof *t, cmp_double);
+    qsort(tc, (size_t)runs, sizeof *tc, cmp_double);
     double med = t[runs / 2];
     double gf = kiln_conv_flops(conv, h, w) / med * 1e-9;
     double best = kiln_conv_flops(conv, h, w) / t[0] * 1e-9;
-    printf("conv %-10s %dx%d %3d->%-3d %dx%d  %-9s threads=%d  median %8.3f ms %7.1f GFLOP/s  (best %7.1f)\n",
+    printf("conv %-10s %dx%d %3d->%-3d %dx%d  %-9s threads=%d  median %8.3f ms %7.1f GFLOP/s  (best %7.1f)",
            label, k, k, cin, cout, h, w, kiln_impl_name(kiln_conv_impl(conv)), threads, med * 1e3, gf, best);
+    if (threads == 1)
+        printf("  cpu-time %7.1f GFLOP/s", kiln_conv_flops(conv, h, w) / tc[runs / 2] * 1e-9);
+    printf("\n");
     fflush(stdout);
     free(t);
+    free(tc);
     kiln_pool_destroy(pool);
     kiln_conv_destroy(conv);
     kiln_fmap_free(&in);

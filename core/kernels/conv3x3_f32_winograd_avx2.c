@@ -32,7 +32,7 @@
 #include "kernels/kernels.h"
 
 #define OB KILN__AVX2_OB
-#define XT KILN__WINO_XT /* tiles per chunk, a multiple of 24 */
+#define XT KILN__WINO_XT /* tiles per chunk, a multiple of 8 */
 #define NX 36            /* 6x6 transform positions */
 
 size_t kiln__wino_packed_floats(int cout, int cin)

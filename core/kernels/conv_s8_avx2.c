@@ -15,7 +15,10 @@
  * bit with every extreme code.
  *
  * Tile: 4 pixels x 16 output channels = 8 accumulators; per (tap, channel
- * pair) 2 weight loads and 4 broadcasts feed 8 vpmaddwd + 8 vpaddd.
+ * pair) 2 weight loads and 4 broadcasts feed 8 vpmaddwd + 8 vpaddd. A conv
+ * with cout <= 8 (EDSR's last conv, 64->3 at HR) uses 8 pixels x 8 channels
+ * instead, so it does not spend half its work on the empty channels 8..15
+ * (which are then stored as 0, as the reference does).
  * Pixels past w up to npx are computed on the row's spare pixels
  * (qmap rowpix >= w + 2 + KILN__Q8_PX) and dropped by the caller.
  * Memory: reads the map and weights, writes acc and the caller's scratch.
@@ -98,13 +101,41 @@ __attribute__((target("avx2"))) static void core16(const kiln__q8w *p, const int
     }
 }
 
+/* cout <= 8: only the first 8 channels of each 16-channel block. */
+__attribute__((target("avx2"))) static void core8(const kiln__q8w *p, const int16_t *rows,
+                                                  size_t rowlen, int npx, int cpad, int32_t *acc)
+{
+    const int ncp = p->cinp / 2;
+    const size_t cp = (size_t)cpad, st = (size_t)p->coutp;
+    const __m256i zero = _mm256_setzero_si256();
+    for (int x0 = 0; x0 < npx; x0 += 8) {
+        __m256i c[8];
+        for (int i = 0; i < 8; i++) c[i] = zero;
+        const int16_t *wt = p->w16;
+        for (int t = 0; t < 9; t++) {
+            const int16_t *a = rows + (size_t)(t / 3) * rowlen + (size_t)(x0 + t % 3) * cp;
+            for (int j = 0; j < ncp; j++, wt += 2 * OB, a += 2) {
+                const __m256i w0 = _mm256_load_si256((const __m256i *)wt);
+                for (int i = 0; i < 8; i++)
+                    c[i] = _mm256_add_epi32(c[i], _mm256_madd_epi16(bcast32(a + (size_t)i * cp), w0));
+            }
+        }
+        int32_t *o = acc + (size_t)x0 * st;
+        for (int i = 0; i < 8; i++) {
+            _mm256_storeu_si256((__m256i *)(o + (size_t)i * st), c[i]);
+            _mm256_storeu_si256((__m256i *)(o + (size_t)i * st + 8), zero);
+        }
+    }
+}
+
 static void run(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc, void *scratch,
                 int is_signed)
 {
     int16_t *rows = scratch;
     const int npx = (in->w + KILN__Q8_PX - 1) / KILN__Q8_PX * KILN__Q8_PX;
     widen(in, y, is_signed, rows);
-    core16(p, rows, (size_t)in->rowpix * (size_t)in->cpad, npx, in->cpad, acc);
+    if (p->cout <= 8) core8(p, rows, (size_t)in->rowpix * (size_t)in->cpad, npx, in->cpad, acc);
+    else core16(p, rows, (size_t)in->rowpix * (size_t)in->cpad, npx, in->cpad, acc);
 }
 
 void kiln__conv_s8_avx2(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc, void *scratch)
