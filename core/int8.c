@@ -496,12 +496,14 @@ __attribute__((target("avx2"))) static inline __m256 vfq(__m256 t, const vsite *
     return vclamp(t, s);
 }
 
-/* 8 int32 codes -> 8 bytes (values already clamped to [-128, 255]). */
-__attribute__((target("avx2"))) static inline void store8(uint8_t *dst, __m256i q)
+/* 8 int32 codes -> 8 bytes. The codes are already clamped to the site's
+ * range, so the saturating packs never saturate: signed sites pack with
+ * signed saturation (two's complement bytes), unsigned ones with unsigned. */
+__attribute__((target("avx2"))) static inline void store8(uint8_t *dst, __m256i q, int is_signed)
 {
-    int32_t tmp[8];
-    _mm256_storeu_si256((__m256i *)tmp, q);
-    for (int i = 0; i < 8; i++) dst[i] = (uint8_t)tmp[i];
+    __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    __m128i b = is_signed ? _mm_packs_epi16(w, w) : _mm_packus_epi16(w, w);
+    _mm_storel_epi64((__m128i *)dst, b);
 }
 
 __attribute__((target("avx2"))) static inline __m256 load_res8(const uint8_t *p, int is_signed)
@@ -526,6 +528,8 @@ __attribute__((target("avx2"))) static void epi_row_avx2(const q8epi *ep, const 
     if (ep->sr) vr = vsite_of(ep->sr);
     const __m256 vmul = _mm256_set1_ps(ep->mulf), zero = _mm256_setzero_ps();
     const int rsigned = ep->sr && ep->sr->qmin < 0;
+    const q8site *fin = ep->s3 ? ep->s3 : ep->s2 ? ep->s2 : ep->s1;
+    const int osigned = fin->qmin < 0;
     for (int x = 0; x < w; x++) {
         const int32_t *a = acc + (size_t)x * coutp;
         for (int o = 0; o < c8; o += 8) {
@@ -547,7 +551,7 @@ __attribute__((target("avx2"))) static void epi_row_avx2(const q8epi *ep, const 
                 __m256 r = _mm256_mul_ps(_mm256_sub_ps(load_res8(res + (size_t)x * rstride + o, rsigned), vr.z), vr.s);
                 q = vfq(_mm256_add_ps(t, r), &v3);
             }
-            store8(dst + (size_t)x * dstride + o, _mm256_cvtps_epi32(q));
+            store8(dst + (size_t)x * dstride + o, _mm256_cvtps_epi32(q), osigned);
         }
         if (c8 < cout)
             epi_row_scalar(ep, a, 1, res ? res + (size_t)x * rstride : NULL, rstride, dst + (size_t)x * dstride,

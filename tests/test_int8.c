@@ -106,13 +106,19 @@ TEST(supported_and_refusals)
  * 0.02 dB, mean within 0.02 dB, and per-value agreement statistics. */
 static void engine_vs_simulate(int k, size_t n)
 {
-    kiln_runner *r = NULL;
+    kiln_runner *r = NULL, *r2 = NULL;
     kiln_int8 *e = NULL;
+    /* r2: the same simulation on the other FP32 kernel family, to measure
+     * how much the simulation disagrees with itself */
+    kiln_impl other = kiln_impl_resolve(KILN_IMPL_AUTO) == KILN_IMPL_WINOGRAD ? KILN_IMPL_AVX2 : KILN_IMPL_WINOGRAD;
+    kiln_model_opts mo2 = {.impl = other};
     CHECK_OK(kiln_runner_from_artifact(g_art[k], NULL, KILN_ENGINE_SIMULATE, &r));
+    CHECK_OK(kiln_runner_from_artifact(g_art[k], &mo2, KILN_ENGINE_SIMULATE, &r2));
     CHECK_OK(kiln_int8_create(g_art[k], KILN_INT8_AUTO, &e));
-    if (!r || !e) goto done;
+    if (!r || !r2 || !e) goto done;
+    size_t same_sim = 0;
     double sum_sim = 0, sum_int = 0, worst = 0, max_abs = 0, sum_abs = 0, sum_signed = 0;
-    size_t values = 0, same = 0;
+    size_t values = 0, same = 0, values_sim = 0;
     /* one code of the last site (add_mean), in output units (/255) */
     const kiln_art_site *last = &g_art[k]->sites[g_art[k]->n_sites - 1];
     const double step = last->scale / 255.0;
@@ -120,9 +126,15 @@ static void engine_vs_simulate(int k, size_t n)
         kiln_image lr = {0}, hr = {0};
         CHECK_OK(kiln_dataset_load(g_ds, i, &lr, &hr));
         size_t m = (size_t)3 * lr.w * 2 * lr.h * 2;
-        float *a = malloc(m * sizeof *a), *b = malloc(m * sizeof *b);
+        float *a = malloc(m * sizeof *a), *b = malloc(m * sizeof *b), *c = NULL;
         CHECK_OK(kiln_runner_forward(r, &lr, a, g_pool));
         CHECK_OK(kiln_int8_forward(e, &lr, b, g_pool));
+        if (i < 22) { /* the self-agreement needs only a couple of images */
+            c = malloc(m * sizeof *c);
+            CHECK_OK(kiln_runner_forward(r2, &lr, c, g_pool));
+            for (size_t j = 0; j < m; j++) same_sim += fabs((double)a[j] - c[j]) < 0.5 * step;
+            free(c);
+        }
         for (size_t j = 0; j < m; j++) {
             double d = fabs((double)a[j] - b[j]);
             sum_abs += d;
@@ -131,6 +143,7 @@ static void engine_vs_simulate(int k, size_t n)
             if (d < 0.5 * step) same++;
         }
         values += m;
+        if (i < 22) values_sim += m;
         double ps = psnr_vs(a, lr.w * 2, lr.h * 2, &hr), pi = psnr_vs(b, lr.w * 2, lr.h * 2, &hr);
         sum_sim += ps;
         sum_int += pi;
@@ -142,9 +155,11 @@ static void engine_vs_simulate(int k, size_t n)
     }
     double ms = sum_sim / n, mi = sum_int / n;
     fprintf(stderr, "\n    %s, %zu images: simulate %.4f dB, int8 %.4f dB (diff %+.4f, worst image %.4f);"
-                    "\n    output codes: %.2f%% identical, |diff| mean %.3f max %.1f codes, bias %+.4f codes\n    ",
+                    "\n    output codes: %.2f%% identical, |diff| mean %.3f max %.1f codes, bias %+.4f codes"
+                    "\n    (simulate on %s vs %s FP32 kernels: %.2f%% identical)\n    ",
             g_preset[k], n, ms, mi, mi - ms, worst, 100.0 * same / values, sum_abs / values / step,
-            max_abs / step, sum_signed / values / step);
+            max_abs / step, sum_signed / values / step, kiln_impl_name(kiln_impl_resolve(KILN_IMPL_AUTO)),
+            kiln_impl_name(other), 100.0 * same_sim / (values_sim ? values_sim : 1));
     CHECK_NEAR(mi, ms, 0.02);
     CHECK(worst < 0.05);
     CHECK(ms > 25.0);
@@ -158,6 +173,7 @@ static void engine_vs_simulate(int k, size_t n)
 done:
     kiln_int8_destroy(e);
     kiln_runner_close(r);
+    kiln_runner_close(r2);
 }
 
 TEST(w8a8_int8_matches_simulate) { engine_vs_simulate(0, kiln_test_full() ? 80 : 2); }

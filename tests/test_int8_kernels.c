@@ -1,0 +1,256 @@
+/*
+ * test_int8_kernels.c — the integer conv kernels (core/kernels/conv_[su]8*.c)
+ * against the scalar references, bit for bit.
+ *
+ * Every kernel fills acc[npx][coutp] for one output row; the AVX2 kernels
+ * must produce exactly the reference's int32 sums for every row, pixel (the
+ * overrun pixels past w included: they read the same spare pixels) and
+ * channel. Inputs: odd widths, 1-pixel images, channel counts that are not
+ * multiples of 4/8/16, random codes and every extreme (activations all at
+ * qmin or qmax, alternating, weights at -128 and 127, the largest |sum|).
+ * Also: the u7 (vpmaddubsw) kernel's safety predicate, and a demonstration
+ * that the predicate is needed (with codes up to 255 vpmaddubsw saturates).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "int8.h"
+#include "quant.h"
+
+enum { PAT_RANDOM, PAT_MIN, PAT_MAX, PAT_ALT, PAT_COUNT };
+
+/* Fill the interior with codes in [lo, hi] following pat; the border and
+ * spare pixels hold `pad` (a zero point). */
+static void fill_map(kiln_qmap *m, int lo, int hi, int pat, int pad, unsigned *seed)
+{
+    size_t n = (size_t)(m->h + 2) * m->rowpix * m->cpad;
+    memset(m->data, pad & 0xff, n);
+    for (int y = 0; y < m->h; y++)
+        for (int x = 0; x < m->w; x++)
+            for (int c = 0; c < m->c; c++) {
+                int v;
+                switch (pat) {
+                case PAT_MIN: v = lo; break;
+                case PAT_MAX: v = hi; break;
+                case PAT_ALT: v = ((x + y + c) & 1) ? hi : lo; break;
+                default: v = lo + (int)(kiln_test_rand(seed) % (unsigned)(hi - lo + 1)); break;
+                }
+                kiln__qmap_px(m, y, x)[c] = (uint8_t)v;
+            }
+}
+
+static void fill_weights(int8_t *w, size_t n, int pat, unsigned *seed)
+{
+    for (size_t i = 0; i < n; i++) {
+        int v;
+        switch (pat) {
+        case PAT_MIN: v = -128; break;
+        case PAT_MAX: v = 127; break;
+        case PAT_ALT: v = (i & 1) ? 127 : -128; break;
+        default: v = (int)(kiln_test_rand(seed) % 256u) - 128; break;
+        }
+        w[i] = (int8_t)v;
+    }
+}
+
+typedef enum { K_S8, K_U8, K_U7 } kind;
+
+/* Compare one kernel with its reference on every row; returns mismatches. */
+static long compare(kind kd, int cout, int cin, int h, int w, int apat, int wpat, unsigned *seed)
+{
+    kiln_qmap m = {0};
+    kiln__q8w p;
+    long bad = 0;
+    int8_t *wt = malloc((size_t)cout * cin * 9);
+    CHECK_OK(kiln__qmap_reshape(&m, cin, h, w));
+    fill_weights(wt, (size_t)cout * cin * 9, wpat, seed);
+    CHECK_OK(kiln__q8w_pack(&p, cout, cin, 3, wt));
+    int lo = kd == K_S8 ? -128 : 0, hi = kd == K_S8 ? 127 : kd == K_U8 ? 255 : 127;
+    fill_map(&m, lo, hi, apat, kd == K_U8 ? 128 : 0, seed);
+    const int npx = (w + KILN__Q8_PX - 1) / KILN__Q8_PX * KILN__Q8_PX;
+    size_t na = (size_t)npx * p.coutp;
+    int32_t *ref = malloc(na * sizeof *ref), *got = aligned_alloc(64, (na * sizeof *got + 63) / 64 * 64);
+    void *scr = aligned_alloc(64, (kiln__q8_scratch_bytes(&m) + 63) / 64 * 64);
+    for (int y = 0; y < h; y++) {
+        memset(got, 0x5a, na * sizeof *got);
+        if (kd == K_S8) {
+            kiln__conv_s8_ref(&p, &m, y, ref);
+            kiln__conv_s8_avx2(&p, &m, y, got, scr);
+        } else if (kd == K_U8) {
+            kiln__conv_u8_ref(&p, &m, y, ref);
+            kiln__conv_u8_avx2(&p, &m, y, got, scr);
+        } else {
+            kiln__conv_u8_ref(&p, &m, y, ref);
+            kiln__conv_u7_avx2(&p, &m, y, got);
+        }
+        for (size_t i = 0; i < na; i++) bad += ref[i] != got[i];
+    }
+    free(ref);
+    free(got);
+    free(scr);
+    free(wt);
+    kiln__q8w_free(&p);
+    kiln__qmap_free(&m);
+    return bad;
+}
+
+static const int kCout[] = {1, 3, 8, 9, 16, 17, 40, 64};
+static const int kCin[] = {1, 3, 5, 8, 13, 64};
+static const int kW[][2] = {{1, 1}, {2, 1}, {7, 3}, {9, 2}, {17, 5}, {33, 2}};
+
+static void sweep(kind kd)
+{
+    unsigned seed = 1234u + (unsigned)kd;
+    long total = 0, cases = 0;
+    for (size_t a = 0; a < sizeof kCout / sizeof *kCout; a++)
+        for (size_t b = 0; b < sizeof kCin / sizeof *kCin; b++)
+            for (size_t s = 0; s < sizeof kW / sizeof *kW; s++) {
+                int pat = (int)((a + b + s) % PAT_COUNT);
+                long bad = compare(kd, kCout[a], kCin[b], kW[s][1], kW[s][0], pat, (pat + 1) % PAT_COUNT, &seed);
+                CHECK_MSG(bad == 0, "kind %d cout %d cin %d %dx%d: %ld sums differ", (int)kd, kCout[a], kCin[b],
+                          kW[s][0], kW[s][1], bad);
+                total += bad;
+                cases++;
+            }
+    /* every extreme pairing on EDSR's shape */
+    for (int ap = 0; ap < PAT_COUNT; ap++)
+        for (int wp = 0; wp < PAT_COUNT; wp++) {
+            long bad = compare(kd, 64, 64, 3, 19, ap, wp, &seed);
+            CHECK_MSG(bad == 0, "kind %d 64->64 act pattern %d weight pattern %d: %ld differ", (int)kd, ap, wp, bad);
+            cases++;
+        }
+    CHECK(cases > 100);
+    CHECK_EQ_INT(total, 0);
+}
+
+TEST(s8_avx2_equals_reference) { sweep(K_S8); }
+TEST(u8_avx2_equals_reference) { sweep(K_U8); }
+TEST(u7_avx2_equals_reference) { sweep(K_U7); }
+
+/* The largest magnitudes: every code at the extreme of its range against
+ * every weight at -128 gives the exact (not wrapped, not saturated) sum. */
+TEST(extreme_sums_exact)
+{
+    unsigned seed = 7;
+    kiln_qmap m = {0};
+    kiln__q8w p;
+    const int cin = 64, cout = 16, h = 3, w = 3;
+    int8_t *wt = malloc((size_t)cout * cin * 9);
+    fill_weights(wt, (size_t)cout * cin * 9, PAT_MIN, &seed);
+    CHECK_OK(kiln__q8w_pack(&p, cout, cin, 3, wt));
+    CHECK_OK(kiln__qmap_reshape(&m, cin, h, w));
+    CHECK_EQ_INT(p.wmin, -128);
+    CHECK_EQ_INT(p.wmax, -128);
+    int32_t acc[8 * 16];
+    void *scr = aligned_alloc(64, (kiln__q8_scratch_bytes(&m) + 63) / 64 * 64);
+    /* centre pixel (1, 1) sees all 9 taps */
+    fill_map(&m, -128, 127, PAT_MIN, 0, &seed);
+    kiln__conv_s8_avx2(&p, &m, 1, acc, scr);
+    CHECK_EQ_INT(acc[1 * 16 + 0], 9L * 64 * 128 * 128);
+    fill_map(&m, 0, 255, PAT_MAX, 0, &seed);
+    kiln__conv_u8_avx2(&p, &m, 1, acc, scr);
+    CHECK_EQ_INT(acc[1 * 16 + 5], -9L * 64 * 255 * 128);
+    fill_map(&m, 0, 127, PAT_MAX, 0, &seed);
+    kiln__conv_u7_avx2(&p, &m, 1, acc);
+    CHECK_EQ_INT(acc[1 * 16 + 15], -9L * 64 * 127 * 128);
+    free(scr);
+    free(wt);
+    kiln__q8w_free(&p);
+    kiln__qmap_free(&m);
+}
+
+/* The safety predicate, and why it is needed: with codes up to 255 the
+ * vpmaddubsw pair sum 255*127*2 = 64770 saturates to 32767. */
+TEST(u7_predicate_and_saturation)
+{
+    unsigned seed = 9;
+    kiln__q8w p;
+    int8_t wt[16 * 4 * 9];
+    fill_weights(wt, sizeof wt, PAT_MAX, &seed);
+    CHECK_OK(kiln__q8w_pack(&p, 16, 4, 3, wt));
+    CHECK(kiln__conv_u7_safe(&p, 0, 127));
+    CHECK(!kiln__conv_u7_safe(&p, 0, 255));
+    CHECK(!kiln__conv_u7_safe(&p, -1, 100));
+    kiln_qmap m = {0};
+    CHECK_OK(kiln__qmap_reshape(&m, 4, 3, 3));
+    fill_map(&m, 0, 255, PAT_MAX, 0, &seed);
+    int32_t ref[8 * 16], got[8 * 16];
+    kiln__conv_u8_ref(&p, &m, 1, ref);
+    kiln__conv_u7_avx2(&p, &m, 1, got);
+    CHECK_EQ_INT(ref[16], 9L * 4 * 255 * 127);
+    CHECK(got[16] != ref[16]); /* saturated: the hazard the predicate excludes */
+    CHECK_EQ_INT(got[16], 9L * 2 * 32767);
+    kiln__qmap_free(&m);
+    kiln__q8w_free(&p);
+    /* weights within [-64, 64] make full-range codes safe: 255*64*2 < 32767 */
+    for (size_t i = 0; i < sizeof wt; i++) wt[i] = (int8_t)((i % 129) - 64);
+    CHECK_OK(kiln__q8w_pack(&p, 16, 4, 3, wt));
+    CHECK(kiln__conv_u7_safe(&p, 0, 255));
+    kiln__q8w_free(&p);
+}
+
+TEST(pack_layout_and_limits)
+{
+    kiln__q8w p;
+    int8_t wt[5 * 3 * 9];
+    for (size_t i = 0; i < sizeof wt; i++) wt[i] = (int8_t)(i * 7 - 100);
+    CHECK_OK(kiln__q8w_pack(&p, 5, 3, 3, wt));
+    CHECK_EQ_INT(p.cinp, 4);
+    CHECK_EQ_INT(p.coutp, 16);
+    /* w[o][tap][ci] = oihw[o][ci][tap], zero past cin */
+    CHECK_EQ_INT(p.w[(2 * 9 + 4) * 4 + 1], wt[(2 * 3 + 1) * 9 + 4]);
+    CHECK_EQ_INT(p.w[(2 * 9 + 4) * 4 + 3], 0);
+    kiln__q8w_free(&p);
+    CHECK_EQ_INT(kiln__q8w_pack(&p, 4, 3, 5, wt), KILN_ERR_INVALID);
+    CHECK(strstr(kiln_errmsg(), "k 5") != NULL);
+    CHECK_EQ_INT(kiln__q8w_pack(&p, 4, 8000, 3, wt), KILN_ERR_LIMIT);
+    CHECK(strstr(kiln_errmsg(), "8000") != NULL);
+    kiln_qmap m = {0};
+    CHECK_EQ_INT(kiln__qmap_reshape(&m, 3, 0, 4), KILN_ERR_INVALID);
+    CHECK_OK(kiln__qmap_reshape(&m, 3, 1, 1));
+    CHECK_EQ_INT(m.cpad, 4);
+    CHECK(m.rowpix >= 1 + 2 + KILN__Q8_PX);
+    kiln__qmap_free(&m);
+}
+
+/* k = 1 (MeanShift) through the reference: the centre pixel only. */
+TEST(reference_1x1)
+{
+    kiln__q8w p;
+    int8_t wt[3 * 3] = {127, 0, 0, 0, -128, 0, 1, 2, 3};
+    CHECK_OK(kiln__q8w_pack(&p, 3, 3, 1, wt));
+    kiln_qmap m = {0};
+    CHECK_OK(kiln__qmap_reshape(&m, 3, 2, 2));
+    uint8_t *px = kiln__qmap_px(&m, 1, 1);
+    px[0] = (uint8_t)-128;
+    px[1] = 127;
+    px[2] = (uint8_t)-5;
+    int32_t acc[8 * 16];
+    kiln__conv_s8_ref(&p, &m, 1, acc);
+    CHECK_EQ_INT(acc[1 * 16 + 0], 127 * -128);
+    CHECK_EQ_INT(acc[1 * 16 + 1], -128 * 127);
+    CHECK_EQ_INT(acc[1 * 16 + 2], -128 + 2 * 127 - 15);
+    CHECK_EQ_INT(acc[0 * 16 + 0], 0);
+    kiln__conv_u8_ref(&p, &m, 1, acc);
+    CHECK_EQ_INT(acc[1 * 16 + 0], 127 * 128);
+    kiln__q8w_free(&p);
+    kiln__qmap_free(&m);
+}
+
+int main(void)
+{
+    if (!kiln__cpu_avx2()) {
+        fprintf(stderr, "test_int8_kernels: this CPU has no AVX2\n");
+        return 1;
+    }
+    RUN(s8_avx2_equals_reference);
+    RUN(u8_avx2_equals_reference);
+    RUN(u7_avx2_equals_reference);
+    RUN(extreme_sums_exact);
+    RUN(u7_predicate_and_saturation);
+    RUN(pack_layout_and_limits);
+    RUN(reference_1x1);
+    return check_summary();
+}
