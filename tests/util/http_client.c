@@ -125,8 +125,8 @@ int http_daemon_stop(http_daemon *d, int sig)
     int st = 0;
     double t0 = http_now();
     while (waitpid(d->pid, &st, WNOHANG) == 0) {
-        if (http_now() - t0 > 30) { /* a stop that hangs is a failure, not a hung suite */
-            fprintf(stderr, "kilnd pid %d did not stop within 30 s; killing it\n", (int)d->pid);
+        if (http_now() - t0 > 120) { /* a stop that hangs is a failure, not a hung suite */
+            fprintf(stderr, "kilnd pid %d did not stop within 120 s; killing it\n", (int)d->pid);
             kill(d->pid, SIGKILL);
             waitpid(d->pid, &st, 0);
             d->pid = 0;

@@ -26,7 +26,7 @@ typedef struct http_daemon {
 int http_daemon_start(http_daemon *d, const char *state_dir, const char *const *extra);
 /* Send sig (SIGTERM for an orderly stop, SIGKILL for a crash) and reap;
  * returns the wait status (0 = clean exit), or -2 when it had to be killed
- * after 30 s. */
+ * after 120 s (a job stops at the next image; slow under the sanitizers). */
 int http_daemon_stop(http_daemon *d, int sig);
 /* `kilnd --state DIR token create --team T [--admin]` -> token (out >= 64). */
 int http_token_create(const char *state_dir, const char *team, int admin, char *out);
