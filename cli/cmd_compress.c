@@ -7,6 +7,7 @@
 #include "cli.h"
 #include "job.h"
 #include "recipe.h"
+#include "runner.h"
 
 static void on_progress(void *ctx, const char *stage, int done, int total)
 {
@@ -49,6 +50,13 @@ static int parse_common(const char *cmd, const cli_opt *o, kiln_job_spec *spec)
     spec->calib = (int)calib;
     spec->threads = (int)threads;
     spec->res_scale = (float)rs;
+    const char *engine = cli_get(o, "engine");
+    if (engine) {
+        if (strcmp(engine, "simulate") == 0) spec->engine = KILN_ENGINE_SIMULATE;
+        else if (strcmp(engine, "int8") == 0) spec->engine = KILN_ENGINE_INT8;
+        else if (strcmp(engine, "auto") == 0) spec->engine = KILN_ENGINE_AUTO;
+        else return cli_usage_error(cmd, "--engine: '%s' is not one of auto, int8, simulate", engine);
+    }
     return 0;
 }
 
@@ -79,7 +87,7 @@ int cmd_compress(int argc, char **argv)
 {
     cli_opt o[] = {{"model", 1, 0}, {"data", 1, 0},    {"recipe", 1, 0}, {"out", 1, 0},
                    {"calib", 1, 0}, {"threads", 1, 0}, {"json", 1, 0},   {"res-scale", 1, 0},
-                   {"no-fp32", 0, 0}, {0, 0, 0}};
+                   {"no-fp32", 0, 0}, {"engine", 1, 0}, {0, 0, 0}};
     if (cli_parse("compress", argc, argv, o)) return 2;
     kiln_job_spec spec = {0};
     int rc = parse_common("compress", o, &spec);
@@ -119,7 +127,7 @@ int cmd_compress(int argc, char **argv)
     if (!r) return 1;
     printf("recipe:          %s (config %.12s)\n", json_string_value(json_object_get(r, "recipe")),
            json_string_value(json_object_get(r, "config_hash")));
-    printf("PSNR:            %.4f dB", num(r, "psnr_db"));
+    printf("PSNR:            %.4f dB [%s]", num(r, "psnr_db"), json_string_value(json_object_get(r, "engine")));
     if (json_object_get(r, "fp32_psnr_db"))
         printf("  (FP32 %.4f dB, delta %+.4f dB)", num(r, "fp32_psnr_db"), num(r, "delta_db"));
     printf(" over %lld images\n", integer(json_object_get(r, "dataset"), "evaluation"));
@@ -144,7 +152,7 @@ int cmd_compress(int argc, char **argv)
 int cmd_table(int argc, char **argv)
 {
     cli_opt o[] = {{"model", 1, 0}, {"data", 1, 0}, {"calib", 1, 0}, {"threads", 1, 0},
-                   {"json", 1, 0}, {"res-scale", 1, 0}, {"recipes", 1, 0}, {0, 0, 0}};
+                   {"json", 1, 0}, {"res-scale", 1, 0}, {"recipes", 1, 0}, {"engine", 1, 0}, {0, 0, 0}};
     if (cli_parse("table", argc, argv, o)) return 2;
     kiln_job_spec base = {0};
     int rc = parse_common("table", o, &base);

@@ -28,8 +28,10 @@ static void usage(FILE *f)
         "  kiln upscale   --model M --in LR.png --out SR.png [--threads T]\n"
         "  kiln downscale --scale S --in HR.png --out LR.png\n"
         "  kiln compress  --model M --data DIR --recipe fp32|w8a8|w8|p4|p4a8|CONFIG.json\n"
-        "                 --out A.kiln [--calib N] [--threads T] [--json OUT]\n"
-        "  kiln table     --model M --data DIR [--calib N] [--threads T] [--json OUT]\n"
+        "                 --out A.kiln [--calib N] [--threads T] [--engine auto|int8|simulate]\n"
+        "                 [--no-fp32] [--json OUT]\n"
+        "  kiln table     --model M --data DIR [--recipes w8a8,p4a8,...] [--calib N] [--threads T]\n"
+        "                 [--engine auto|int8|simulate] [--json OUT]\n"
         "  kiln presets\n"
         "\n"
         "M is a PyTorch .pt/.pth, a .safetensors file, or a .kiln artifact.\n",

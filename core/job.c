@@ -149,7 +149,7 @@ kiln_status kiln_job_run(const kiln_job_spec *spec, kiln_progress_fn progress, v
     kiln_artifact *decoded;
     st = kiln_artifact_decode(art_buf, art_len, &decoded);
     if (st != KILN_OK) goto done;
-    st = kiln_runner_from_artifact(decoded, &mo, KILN_ENGINE_SIMULATE, &runner);
+    st = kiln_runner_from_artifact(decoded, &mo, (kiln_runner_engine)spec->engine, &runner);
     kiln_artifact_free(decoded);
     if (st != KILN_OK) goto done;
     jc.stage = "evaluate";
@@ -182,6 +182,7 @@ kiln_status kiln_job_run(const kiln_job_spec *spec, kiln_progress_fn progress, v
     json_object_set_new(dj, "lr_from_hr", json_boolean(!kiln_dataset_has_lr(ds)));
     json_object_set_new(out, "dataset", dj);
     json_object_set_new(out, "psnr_db", json_real(ev.mean));
+    json_object_set_new(out, "engine", json_string(kiln_runner_engine_of(runner) == KILN_ENGINE_INT8 ? "int8" : "simulate"));
     if (!spec->skip_fp32) {
         json_object_set_new(out, "fp32_psnr_db", json_real(fp.mean));
         json_object_set_new(out, "delta_db", json_real(ev.mean - fp.mean));

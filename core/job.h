@@ -15,7 +15,7 @@
  *   "recipe": "w8a8", "config_hash": "<sha256 of the canonical config>",
  *   "kiln_version": "0.1.0", "model": {"resblocks":16,"features":64,"scale":2,"params":1369859},
  *   "dataset": {"images":100, "calibration":20, "evaluation":80},
- *   "psnr_db": 30.1, "fp32_psnr_db": 30.2, "delta_db": -0.1,
+ *   "psnr_db": 30.1, "engine": "simulate"|"int8", "fp32_psnr_db": 30.2, "delta_db": -0.1,
  *   "per_image": [{"name":"148026.png","psnr_db":25.1,"fp32_psnr_db":25.1}, ...],
  *   "weight_bytes": 1400000, "fp32_weight_bytes": 5479532, "ratio": 3.9,
  *   "artifact_bytes": 1420000, "artifact_sha256": "...",
@@ -40,6 +40,8 @@ typedef struct kiln_job_spec {
     float res_scale;           /* 0: EDSR default                                     */
     const char *artifact_path; /* where to write the .kiln file, or NULL for none     */
     int skip_fp32;             /* 1: do not evaluate the FP32 baseline                 */
+    int engine;                /* kiln_runner_engine for the compressed evaluation:
+                                  0 = AUTO (INT8 where exact enough, else simulated)  */
 } kiln_job_spec;
 
 typedef void (*kiln_progress_fn)(void *ctx, const char *stage, int done, int total);

@@ -115,7 +115,7 @@ TEST(table_on_b100)
     CHECK(stat(w8_path, &sb) == 0);
     CHECK_EQ_INT(sb.st_size, json_integer_value(json_object_get(w8, "artifact_bytes")));
     kiln_runner *r = NULL;
-    CHECK_OK(kiln_runner_open(w8_path, NULL, KILN_ENGINE_SIMULATE, &r));
+    CHECK_OK(kiln_runner_open(w8_path, NULL, KILN_ENGINE_AUTO, &r)); /* the engine the job used */
     kiln_dataset *ds = NULL;
     CHECK_OK(kiln_dataset_open(data_copy, 2, &ds));
     kiln_pool *pool = NULL;
