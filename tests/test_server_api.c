@@ -15,6 +15,8 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "hash.h"
 #include "util/check.h"
 #include "util/http_client.h"
@@ -625,6 +627,49 @@ TEST(job_lifecycle)
     expect_error("POST", path, USER, NULL, NULL, 0, 409, "model_deleted");
 }
 
+static int pragma_version(const char *db, int set)
+{
+    sqlite3 *c = NULL;
+    int v = -1;
+    if (sqlite3_open(db, &c) == SQLITE_OK) {
+        char sql[64];
+        if (set >= 0) {
+            snprintf(sql, sizeof sql, "PRAGMA user_version = %d", set);
+            sqlite3_exec(c, sql, NULL, NULL, NULL);
+        }
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(c, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK) {
+            if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int(st, 0);
+            sqlite3_finalize(st);
+        }
+    }
+    sqlite3_close(c);
+    return v;
+}
+
+TEST(schema_version)
+{
+    /* Migrations ran (one so far); a database from a newer kilnd is refused. */
+    char db[800], dir[700], cmd[1600];
+    snprintf(db, sizeof db, "%s/kilnd.db", STATE);
+    CHECK_EQ_INT(pragma_version(db, -1), 1);
+    snprintf(dir, sizeof dir, "%s/newer", kiln_test_tmpdir());
+    char tok[64];
+    CHECK(http_token_create(dir, "x", 0, tok) == 0);
+    snprintf(db, sizeof db, "%s/kilnd.db", dir);
+    CHECK_EQ_INT(pragma_version(db, 99), 99);
+    const char *bin = getenv("KILN_DAEMON") ? getenv("KILN_DAEMON") : "build/kilnd";
+    snprintf(cmd, sizeof cmd, "%s --state '%s' token create --team y 2>&1", bin, dir);
+    FILE *p = popen(cmd, "r");
+    char out[1024] = "";
+    size_t n = p ? fread(out, 1, sizeof out - 1, p) : 0;
+    out[n] = '\0';
+    int rc = p ? pclose(p) : -1;
+    CHECK(rc != 0);
+    CHECK_MSG(strstr(out, "newer than this kilnd") != NULL, "output: %s", out);
+    CHECK_EQ_INT(pragma_version(db, -1), 99); /* untouched */
+}
+
 TEST(orderly_stop)
 {
     CHECK_EQ_INT(http_daemon_stop(&D, SIGTERM), 0);
@@ -667,6 +712,7 @@ int main(void)
     RUN(job_validation);
     RUN(configs);
     RUN(job_lifecycle);
+    RUN(schema_version);
     RUN(orderly_stop);
     return check_summary();
 }
