@@ -319,6 +319,17 @@ TEST(bad_checkpoints_leave_nothing)
     size_t big = 9000000;
     char *huge = calloc(1, big);
     expect_error("POST", "/v1/models", USER, oct, huge, big, 413, "payload_too_large");
+    http_resp r;
+    http_request(&D, "POST", "/v1/models", USER, oct, huge, big, NULL, &r);
+    CHECK_EQ_INT(r.status, 413);
+    CHECK_MSG(r.uploaded < (double)big, "the 413 came after %.0f of %zu bytes were sent", r.uploaded, big);
+    http_resp_free(&r);
+    /* Chunked (no Content-Length): refused once the stream passes the cap. */
+    const char *chunked[] = {"Transfer-Encoding: chunked", NULL};
+    http_request(&D, "POST", "/v1/models", USER, oct, huge, big, chunked, &r);
+    CHECK_EQ_INT(r.status, 413);
+    CHECK_STR(http_error_code(&r), "payload_too_large");
+    http_resp_free(&r);
     free(huge);
     free(pt);
 

@@ -209,6 +209,9 @@ int http_request(const http_daemon *d, const char *method, const char *path, con
     CURLcode rc = curl_easy_perform(c);
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
     curl_easy_getinfo(c, CURLINFO_TOTAL_TIME, &out->seconds);
+    curl_off_t up = 0;
+    curl_easy_getinfo(c, CURLINFO_SIZE_UPLOAD_T, &up);
+    out->uploaded = (double)up;
     out->body = b.p ? b.p : calloc(1, 1);
     out->len = b.n;
     out->headers = hb.p ? hb.p : calloc(1, 1);

@@ -37,6 +37,7 @@ typedef struct http_resp {
     size_t len;
     char *headers;  /* raw header block */
     double seconds; /* total time */
+    double uploaded; /* request body bytes actually sent */
     int curl_error; /* CURLcode, 0 = ok */
 } http_resp;
 
