@@ -6,9 +6,9 @@
  * The artifact is made here (preset w8a8, calibrated on 1 image: speed does
  * not depend on the calibration; the PSNR printed is only a sanity check).
  * Each figure is the median of RUNS timed runs after one warm-up (best run
- * shown too). GOP/s counts 2 ops per multiply-accumulate. Also times the
- * INT8 engine with the scalar reference kernels once, unless
- * KILN_BENCH_QUICK=1.
+ * shown too). GOP/s counts 2 ops per multiply-accumulate. INT8 kernels:
+ * AVX2 (what AUTO runs), AVX-VNNI (optional, when the CPU has it) and the
+ * scalar reference (one run, skipped with KILN_BENCH_QUICK=1).
  *
  * usage: bench_int8 [runs]     (threads: KILN_THREADS, default 2;
  *                               data: KILN_DATA, default ../shared/data)
@@ -21,6 +21,7 @@
 #include "dataset.h"
 #include "eval.h"
 #include "int8.h"
+#include "quant.h"
 #include "metrics.h"
 
 static int cmp_d(const void *a, const void *b)
@@ -117,9 +118,15 @@ int main(int argc, char **argv)
            lr.w, lr.h, kiln_impl_name(kiln_impl_resolve(KILN_IMPL_AUTO)), kiln_pool_threads(pool), tf.median,
            flops / tf.median * 1e-9, 1.0 / tf.median, tf.best, psnr);
 
-    for (int impl = KILN_INT8_AUTO; impl <= KILN_INT8_REFERENCE; impl++) {
+    static const kiln_int8_impl impls[] = {KILN_INT8_AVX2, KILN_INT8_AVXVNNI, KILN_INT8_REFERENCE};
+    for (size_t q = 0; q < sizeof impls / sizeof impls[0]; q++) {
+        kiln_int8_impl impl = impls[q];
         if (impl == KILN_INT8_REFERENCE && quick) break;
-        if ((st = kiln_int8_create(a, (kiln_int8_impl)impl, &c.e)) != KILN_OK) return fail("int8 engine", st);
+        if (impl == KILN_INT8_AVXVNNI && !kiln__cpu_avxvnni()) {
+            printf("edsr x2 int8 (avxvnni  ) skipped: this CPU has no AVX-VNNI\n");
+            continue;
+        }
+        if ((st = kiln_int8_create(a, impl, &c.e)) != KILN_OK) return fail("int8 engine", st);
         macs = kiln_int8_macs(c.e, lr.h, lr.w);
         int r = impl == KILN_INT8_REFERENCE ? 1 : runs;
         timing ti = time_runs(r, run_int8, &c, &st);

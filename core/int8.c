@@ -76,6 +76,10 @@ kiln_status kiln__qmap_reshape(kiln_qmap *m, int c, int h, int w)
     if (c < 1 || h < 1 || w < 1) return kiln_fail(KILN_ERR_INVALID, "qmap: empty shape %dx%dx%d", c, h, w);
     int cpad = (c + 3) / 4 * 4, rowpix = w + 2 + KILN__Q8_PX;
     size_t need = (size_t)(h + 2) * (size_t)rowpix * (size_t)cpad;
+    /* Same shape again (every pass after the first): the interior is
+     * rewritten by the producer and the border by qmap_fill_border, so
+     * there is nothing to clear. */
+    if (m->data && m->c == c && m->h == h && m->w == w) return KILN_OK;
     if (need > m->cap) {
         size_t alloc = (need + 63) / 64 * 64;
         uint8_t *p = aligned_alloc(64, alloc);
@@ -99,11 +103,11 @@ void kiln__qmap_free(kiln_qmap *m)
     memset(m, 0, sizeof *m);
 }
 
-/* Border (and spare right pixels) = the zero-point code: real value 0. */
+/* Border (and spare right pixels) = the zero-point code: real value 0.
+ * Written on every use: a map is reused by sites with other zero points. */
 static void qmap_fill_border(kiln_qmap *m, int zp)
 {
     const uint8_t b = (uint8_t)zp;
-    if (b == 0) return; /* reshape zeroed everything */
     const size_t row = (size_t)m->rowpix * (size_t)m->cpad;
     memset(m->data, b, row);
     memset(m->data + (size_t)(m->h + 1) * row, b, row);
@@ -131,7 +135,8 @@ kiln_status kiln__q8w_pack(kiln__q8w *p, int cout, int cin, int k, const int8_t 
     p->w = calloc(n, 1);
     p->w16 = aligned_alloc(64, (n * 2 + 63) / 64 * 64);
     p->w8 = aligned_alloc(64, (n + 63) / 64 * 64);
-    if (!p->w || !p->w16 || !p->w8) {
+    p->wsum = calloc((size_t)coutp, sizeof *p->wsum);
+    if (!p->w || !p->w16 || !p->w8 || !p->wsum) {
         kiln__q8w_free(p);
         return kiln_fail(KILN_ERR_NOMEM, "int8 conv: out of memory packing %dx%dx%d weights", cout, cin, k);
     }
@@ -146,6 +151,7 @@ kiln_status kiln__q8w_pack(kiln__q8w *p, int cout, int cin, int k, const int8_t 
                 p->w[((size_t)o * kk + t) * cinp + ci] = v;
                 if (v < p->wmin) p->wmin = v;
                 if (v > p->wmax) p->wmax = v;
+                p->wsum[o] += v;
                 size_t ob = (size_t)o / OB, oo = (size_t)o % OB;
                 p->w16[(((ob * kk + t) * (cinp / 2) + ci / 2) * OB + oo) * 2 + ci % 2] = v;
                 p->w8[(((ob * kk + t) * (cinp / 4) + ci / 4) * OB + oo) * 4 + ci % 4] = v;
@@ -158,6 +164,7 @@ void kiln__q8w_free(kiln__q8w *p)
     free(p->w);
     free(p->w16);
     free(p->w8);
+    free(p->wsum);
     memset(p, 0, sizeof *p);
 }
 
@@ -319,6 +326,7 @@ const char *kiln_int8_impl_name(kiln_int8_impl impl)
     case KILN_INT8_AUTO: return "auto";
     case KILN_INT8_REFERENCE: return "reference";
     case KILN_INT8_AVX2: return "avx2";
+    case KILN_INT8_AVXVNNI: return "avxvnni";
     }
     return "?";
 }
@@ -328,9 +336,18 @@ kiln_status kiln_int8_create(const kiln_artifact *a, kiln_int8_impl impl, kiln_i
     *out = NULL;
     kiln_status st = kiln_int8_supported(a);
     if (st != KILN_OK) return st;
-    if (impl == KILN_INT8_AUTO) impl = kiln__cpu_avx2() ? KILN_INT8_AVX2 : KILN_INT8_REFERENCE;
+    if (impl == KILN_INT8_AUTO) {
+        const char *env = getenv("KILN_INT8_IMPL");
+        impl = kiln__cpu_avx2() ? KILN_INT8_AVX2 : KILN_INT8_REFERENCE;
+        if (env && strcmp(env, "avxvnni") == 0 && kiln__cpu_avxvnni()) impl = KILN_INT8_AVXVNNI;
+        if (env && strcmp(env, "reference") == 0) impl = KILN_INT8_REFERENCE;
+    }
     if (impl == KILN_INT8_AVX2 && !kiln__cpu_avx2())
         return kiln_fail(KILN_ERR_UNSUPPORTED, "int8 engine: AVX2 kernels requested but the CPU has no AVX2");
+    if (impl == KILN_INT8_AVXVNNI && !kiln__cpu_avxvnni())
+        return kiln_fail(KILN_ERR_UNSUPPORTED, "int8 engine: AVX-VNNI kernels requested but the CPU has no AVX-VNNI");
+    if (impl < KILN_INT8_AUTO || impl > KILN_INT8_AVXVNNI)
+        return kiln_fail(KILN_ERR_INVALID, "int8 engine: unknown kernel choice %d", (int)impl);
     kiln_int8 *e = calloc(1, sizeof *e);
     if (!e) return kiln_fail(KILN_ERR_NOMEM, "int8 engine: out of memory");
     e->R = a->resblocks;
@@ -580,6 +597,9 @@ static void conv_row(void *ctx, int y, int tid)
     if (j->impl == KILN_INT8_REFERENCE || cv->w.k != 3) {
         if (is_signed) kiln__conv_s8_ref(&cv->w, j->in, y, acc);
         else kiln__conv_u8_ref(&cv->w, j->in, y, acc);
+    } else if (j->impl == KILN_INT8_AVXVNNI) {
+        if (is_signed) kiln__conv_s8_avxvnni(&cv->w, j->in, y, acc);
+        else kiln__conv_u8_avxvnni(&cv->w, j->in, y, acc);
     } else if (cv->u7) {
         kiln__conv_u7_avx2(&cv->w, j->in, y, acc);
     } else if (is_signed) {
@@ -602,7 +622,7 @@ static void conv_row(void *ctx, int y, int tid)
         dst = kiln__qmap_px(j->out, y, 0);
         dstride = j->out->cpad;
     }
-    if (j->impl == KILN_INT8_AVX2) epi_row_avx2(&j->ep, acc, w, res, rstride, dst, dstride);
+    if (j->impl != KILN_INT8_REFERENCE) epi_row_avx2(&j->ep, acc, w, res, rstride, dst, dstride);
     else epi_row_scalar(&j->ep, acc, w, res, rstride, dst, dstride, 0);
     if (j->shuffle) {
         const int r = j->shuffle, r2 = r * r, c = cv->w.cout / r2;

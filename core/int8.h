@@ -45,6 +45,9 @@ typedef enum kiln_int8_impl {
     KILN_INT8_AUTO = 0,  /* AVX2 kernels when the CPU has AVX2       */
     KILN_INT8_REFERENCE, /* scalar kernels (the oracle of the tests) */
     KILN_INT8_AVX2,
+    KILN_INT8_AVXVNNI,   /* optional: AVX-VNNI vpdpbusd (256-bit VEX, no AVX-512);
+                          * only when asked for, or with AUTO when the
+                          * environment has KILN_INT8_IMPL=avxvnni */
 } kiln_int8_impl;
 
 /* KILN_OK when the artifact can run on the integer engine; otherwise
@@ -100,6 +103,7 @@ typedef struct kiln__q8w {
     int8_t *w;
     int16_t *w16;
     int8_t *w8;
+    int32_t *wsum;  /* [coutp] sum of each output channel's codes (0 past cout) */
     int wmin, wmax; /* extreme weight codes (for the pmaddubsw proof) */
 } kiln__q8w;
 
@@ -124,5 +128,9 @@ void kiln__conv_u8_avx2(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t 
  * (see kiln__conv_u7_safe and the proof in conv_u8_avx2.c). */
 void kiln__conv_u7_avx2(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);
 int kiln__conv_u7_safe(const kiln__q8w *p, int code_lo, int code_hi);
+/* k = 3 only, AVX-VNNI (conv_u8_avxvnni.c): exact for every code. */
+int kiln__cpu_avxvnni(void);
+void kiln__conv_s8_avxvnni(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);
+void kiln__conv_u8_avxvnni(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);
 
 #endif

@@ -208,6 +208,17 @@ TEST(reference_equals_avx2)
         CHECK_OK(kiln_int8_forward_chw(er, in, w, h, a, NULL));
         CHECK_OK(kiln_int8_forward_chw(ea, in, w, h, b, g_pool));
         CHECK(memcmp(a, b, m * sizeof *a) == 0);
+        kiln_int8 *ev = NULL;
+        if (kiln__cpu_avxvnni()) {
+            CHECK_OK(kiln_int8_create(g_art[k], KILN_INT8_AVXVNNI, &ev));
+            if (ev) {
+                CHECK_OK(kiln_int8_forward_chw(ev, in, w, h, b, g_pool));
+                CHECK(memcmp(a, b, m * sizeof *a) == 0);
+            }
+        } else {
+            CHECK_EQ_INT(kiln_int8_create(g_art[k], KILN_INT8_AVXVNNI, &ev), KILN_ERR_UNSUPPORTED);
+        }
+        kiln_int8_destroy(ev);
         free(a);
         free(b);
         kiln_int8_destroy(er);

@@ -55,7 +55,7 @@ static void fill_weights(int8_t *w, size_t n, int pat, unsigned *seed)
     }
 }
 
-typedef enum { K_S8, K_U8, K_U7 } kind;
+typedef enum { K_S8, K_U8, K_U7, K_S8_VNNI, K_U8_VNNI } kind;
 
 /* Compare one kernel with its reference on every row; returns mismatches. */
 static long compare(kind kd, int cout, int cin, int h, int w, int apat, int wpat, unsigned *seed)
@@ -67,8 +67,9 @@ static long compare(kind kd, int cout, int cin, int h, int w, int apat, int wpat
     CHECK_OK(kiln__qmap_reshape(&m, cin, h, w));
     fill_weights(wt, (size_t)cout * cin * 9, wpat, seed);
     CHECK_OK(kiln__q8w_pack(&p, cout, cin, 3, wt));
-    int lo = kd == K_S8 ? -128 : 0, hi = kd == K_S8 ? 127 : kd == K_U8 ? 255 : 127;
-    fill_map(&m, lo, hi, apat, kd == K_U8 ? 128 : 0, seed);
+    const int sgn = kd == K_S8 || kd == K_S8_VNNI;
+    int lo = sgn ? -128 : 0, hi = sgn ? 127 : kd == K_U7 ? 127 : 255;
+    fill_map(&m, lo, hi, apat, kd == K_U8 || kd == K_U8_VNNI ? 128 : 0, seed);
     const int npx = (w + KILN__Q8_PX - 1) / KILN__Q8_PX * KILN__Q8_PX;
     size_t na = (size_t)npx * p.coutp;
     int32_t *ref = malloc(na * sizeof *ref), *got = aligned_alloc(64, (na * sizeof *got + 63) / 64 * 64);
@@ -81,9 +82,15 @@ static long compare(kind kd, int cout, int cin, int h, int w, int apat, int wpat
         } else if (kd == K_U8) {
             kiln__conv_u8_ref(&p, &m, y, ref);
             kiln__conv_u8_avx2(&p, &m, y, got, scr);
-        } else {
+        } else if (kd == K_U7) {
             kiln__conv_u8_ref(&p, &m, y, ref);
             kiln__conv_u7_avx2(&p, &m, y, got);
+        } else if (kd == K_S8_VNNI) {
+            kiln__conv_s8_ref(&p, &m, y, ref);
+            kiln__conv_s8_avxvnni(&p, &m, y, got);
+        } else {
+            kiln__conv_u8_ref(&p, &m, y, ref);
+            kiln__conv_u8_avxvnni(&p, &m, y, got);
         }
         for (size_t i = 0; i < na; i++) bad += ref[i] != got[i];
     }
@@ -128,6 +135,18 @@ static void sweep(kind kd)
 TEST(s8_avx2_equals_reference) { sweep(K_S8); }
 TEST(u8_avx2_equals_reference) { sweep(K_U8); }
 TEST(u7_avx2_equals_reference) { sweep(K_U7); }
+/* AVX-VNNI is optional hardware: on a CPU without it the kernels cannot
+ * run, and the engine refuses them (checked in test_int8). */
+TEST(s8_avxvnni_equals_reference)
+{
+    if (kiln__cpu_avxvnni()) sweep(K_S8_VNNI);
+    else fprintf(stderr, "(no AVX-VNNI on this CPU: kernel not run) ");
+}
+TEST(u8_avxvnni_equals_reference)
+{
+    if (kiln__cpu_avxvnni()) sweep(K_U8_VNNI);
+    else fprintf(stderr, "(no AVX-VNNI on this CPU: kernel not run) ");
+}
 
 /* The largest magnitudes: every code at the extreme of its range against
  * every weight at -128 gives the exact (not wrapped, not saturated) sum. */
@@ -155,6 +174,14 @@ TEST(extreme_sums_exact)
     fill_map(&m, 0, 127, PAT_MAX, 0, &seed);
     kiln__conv_u7_avx2(&p, &m, 1, acc);
     CHECK_EQ_INT(acc[1 * 16 + 15], -9L * 64 * 127 * 128);
+    if (kiln__cpu_avxvnni()) {
+        fill_map(&m, -128, 127, PAT_MIN, 0, &seed);
+        kiln__conv_s8_avxvnni(&p, &m, 1, acc);
+        CHECK_EQ_INT(acc[1 * 16 + 3], 9L * 64 * 128 * 128);
+        fill_map(&m, 0, 255, PAT_MAX, 0, &seed);
+        kiln__conv_u8_avxvnni(&p, &m, 1, acc);
+        CHECK_EQ_INT(acc[1 * 16 + 7], -9L * 64 * 255 * 128);
+    }
     free(scr);
     free(wt);
     kiln__q8w_free(&p);
@@ -248,6 +275,8 @@ int main(void)
     RUN(s8_avx2_equals_reference);
     RUN(u8_avx2_equals_reference);
     RUN(u7_avx2_equals_reference);
+    RUN(s8_avxvnni_equals_reference);
+    RUN(u8_avxvnni_equals_reference);
     RUN(extreme_sums_exact);
     RUN(u7_predicate_and_saturation);
     RUN(pack_layout_and_limits);
