@@ -8,8 +8,8 @@
  *     overwrite the newer attempt when it wakes up;
  *   - cancel a running job: it ends `canceled` promptly and its worker runs
  *     the next job.
- * Jobs use the shared EDSR checkpoint on 4 B100 images cropped to 128x128,
- * so an attempt lasts a few seconds: long enough to interrupt.
+ * Jobs use the shared EDSR checkpoint on 4 B100 images cropped to 200x200,
+ * so an attempt lasts several seconds: long enough to interrupt.
  */
 #include <jansson.h>
 #include <signal.h>
@@ -59,7 +59,7 @@ static int submit(http_daemon *d, const char *model, const char *recipe, char *i
     return st == 201 ? 0 : -1;
 }
 
-/* Wait until the job runs past its start (a stage with images). */
+/* Wait until a worker runs the job. */
 static int wait_running(http_daemon *d, const char *id, double timeout)
 {
     char path[128];
@@ -69,8 +69,7 @@ static int wait_running(http_daemon *d, const char *id, double timeout)
         long st;
         json_t *j = http_get_json(d, path, TOK, &st);
         const char *s = jstr(j, "status");
-        const char *stage = jstr(json_object_get(j, "progress"), "stage");
-        int running = s && !strcmp(s, "running") && stage && strcmp(stage, "starting") && strcmp(stage, "load");
+        int running = s && !strcmp(s, "running");
         int over = s && strcmp(s, "running") && strcmp(s, "queued");
         json_decref(j);
         if (running) return 0;
@@ -210,7 +209,7 @@ int main(void)
     snprintf(TMP, sizeof TMP, "%s", kiln_test_tmpdir());
     snprintf(MINI, sizeof MINI, "%s/mini", TMP);
     snprintf(STATE, sizeof STATE, "%s/state", TMP);
-    if (http_make_mini_dataset(MINI, 4, 128) != 0 || http_token_create(STATE, "ops", 0, TOK) != 0) {
+    if (http_make_mini_dataset(MINI, 4, 200) != 0 || http_token_create(STATE, "ops", 0, TOK) != 0) {
         fprintf(stderr, "setup failed\n");
         return 1;
     }
