@@ -13,6 +13,10 @@
  * covers its whole receptive field or reaches the real image border on that
  * side.
  *
+ * The loop (kiln_tile_run) takes any forward function, so the FP32 model,
+ * the simulated artifact (model + fake-quant hook) and the INT8 engine
+ * (through kiln_runner_forward) share it.
+ *
  * Memory: the LR crop and the tile's SR buffer are allocated once per call at
  * the largest tile's size and freed before returning; nothing is retained.
  */
@@ -39,16 +43,18 @@ int kiln_tile_halo(const kiln_model *m)
 static int imin(int a, int b) { return a < b ? a : b; }
 static int imax(int a, int b) { return a > b ? a : b; }
 
-kiln_status kiln_forward_tiled(kiln_model *m, const kiln_image *lr, float *sr, kiln_pool *pool,
-                               const kiln_site_hook *hook, int tile)
+kiln_status kiln_tile_run(kiln_tile_forward_fn fn, void *ctx, int scale, int halo, const kiln_image *lr,
+                          float *sr, kiln_pool *pool, int tile)
 {
-    if (!m || !lr || !sr) return kiln_fail(KILN_ERR_INVALID, "tile: NULL model, image or output");
+    if (!fn || !lr || !sr) return kiln_fail(KILN_ERR_INVALID, "tile: NULL forward function, image or output");
     if (lr->w < 1 || lr->h < 1 || !lr->rgb)
         return kiln_fail(KILN_ERR_INVALID, "tile: empty input image %dx%d", lr->w, lr->h);
+    if (scale < 1 || halo < 0)
+        return kiln_fail(KILN_ERR_INVALID, "tile: scale %d / halo %d out of range", scale, halo);
     if (tile <= 0) tile = KILN_TILE_DEFAULT;
-    const int W = lr->w, H = lr->h, s = kiln_model_scale(m), halo = kiln_tile_halo(m);
+    const int W = lr->w, H = lr->h, s = scale;
     const int nx = (W + tile - 1) / tile, ny = (H + tile - 1) / tile;
-    if (nx == 1 && ny == 1) return kiln_model_forward(m, lr, sr, pool, hook);
+    if (nx == 1 && ny == 1) return fn(ctx, lr, sr, pool);
 
     /* Largest valid tile: ceil(W/nx) <= tile; its input adds the halo twice. */
     const int mw = imin(W, (W + nx - 1) / nx + 2 * halo), mh = imin(H, (H + ny - 1) / ny + 2 * halo);
@@ -74,7 +80,7 @@ kiln_status kiln_forward_tiled(kiln_model *m, const kiln_image *lr, float *sr, k
             for (int y = 0; y < crop.h; y++)
                 memcpy(crop.rgb + (size_t)y * crop.w * 3,
                        lr->rgb + ((size_t)(iy0 + y) * W + ix0) * 3, (size_t)crop.w * 3);
-            st = kiln_model_forward(m, &crop, tsr, pool, hook);
+            st = fn(ctx, &crop, tsr, pool);
             if (st != KILN_OK) {
                 kiln_errmsg_prefix("tile (%d,%d) of %dx%d: ", tx, ty, nx, ny);
                 break;
@@ -96,6 +102,25 @@ kiln_status kiln_forward_tiled(kiln_model *m, const kiln_image *lr, float *sr, k
     return st;
 }
 
+typedef struct model_ctx {
+    kiln_model *m;
+    const kiln_site_hook *hook;
+} model_ctx;
+
+static kiln_status model_fn(void *ctx, const kiln_image *lr, float *sr, kiln_pool *pool)
+{
+    model_ctx *c = ctx;
+    return kiln_model_forward(c->m, lr, sr, pool, c->hook);
+}
+
+kiln_status kiln_forward_tiled(kiln_model *m, const kiln_image *lr, float *sr, kiln_pool *pool,
+                               const kiln_site_hook *hook, int tile)
+{
+    if (!m) return kiln_fail(KILN_ERR_INVALID, "tile: NULL model");
+    model_ctx c = {m, hook};
+    return kiln_tile_run(model_fn, &c, kiln_model_scale(m), kiln_tile_halo(m), lr, sr, pool, tile);
+}
+
 kiln_status kiln_forward_auto(kiln_model *m, const kiln_image *lr, float *sr, kiln_pool *pool,
                               const kiln_site_hook *hook)
 {
@@ -103,4 +128,26 @@ kiln_status kiln_forward_auto(kiln_model *m, const kiln_image *lr, float *sr, ki
     if ((size_t)lr->w * (size_t)lr->h > KILN_TILE_AUTO_PIXELS)
         return kiln_forward_tiled(m, lr, sr, pool, hook, KILN_TILE_DEFAULT);
     return kiln_model_forward(m, lr, sr, pool, hook);
+}
+
+static kiln_status runner_fn(void *ctx, const kiln_image *lr, float *sr, kiln_pool *pool)
+{
+    return kiln_runner_forward(ctx, lr, sr, pool);
+}
+
+kiln_status kiln_runner_forward_tiled(kiln_runner *r, const kiln_image *lr, float *sr, kiln_pool *pool,
+                                      int tile)
+{
+    if (!r) return kiln_fail(KILN_ERR_INVALID, "tile: NULL runner");
+    /* Every engine runs the architecture of kiln_runner_model(r). */
+    const kiln_model *m = kiln_runner_model(r);
+    return kiln_tile_run(runner_fn, r, kiln_model_scale(m), kiln_tile_halo(m), lr, sr, pool, tile);
+}
+
+kiln_status kiln_runner_forward_auto(kiln_runner *r, const kiln_image *lr, float *sr, kiln_pool *pool)
+{
+    if (!r || !lr || !sr) return kiln_fail(KILN_ERR_INVALID, "forward: NULL runner, image or output");
+    if ((size_t)lr->w * (size_t)lr->h > KILN_TILE_AUTO_PIXELS)
+        return kiln_runner_forward_tiled(r, lr, sr, pool, KILN_TILE_DEFAULT);
+    return kiln_runner_forward(r, lr, sr, pool);
 }

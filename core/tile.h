@@ -41,6 +41,7 @@
 #include "image.h"
 #include "model.h"
 #include "pool.h"
+#include "runner.h"
 #include "status.h"
 
 /* Default valid tile side (LR pixels) when tile <= 0. With the 36-pixel halo
@@ -62,8 +63,24 @@ kiln_status kiln_forward_tiled(kiln_model *m, const kiln_image *lr, float *sr, k
                                const kiln_site_hook *hook, int tile);
 
 /* kiln_model_forward for inputs of at most KILN_TILE_AUTO_PIXELS pixels,
- * kiln_forward_tiled with the default tile above. What `kiln upscale` calls. */
+ * kiln_forward_tiled with the default tile above. */
 kiln_status kiln_forward_auto(kiln_model *m, const kiln_image *lr, float *sr, kiln_pool *pool,
                               const kiln_site_hook *hook);
+
+/* The same for a runner, whatever its engine (FP32 checkpoint, SIMULATE with
+ * its fake-quant hook, INT8 — whose requantization is elementwise with frozen
+ * qparams and whose integer convolutions are exact, so tiling is exact
+ * there too): kiln_runner_forward per tile. What `kiln upscale` should call
+ * in place of kiln_runner_forward. */
+kiln_status kiln_runner_forward_tiled(kiln_runner *r, const kiln_image *lr, float *sr, kiln_pool *pool,
+                                      int tile);
+kiln_status kiln_runner_forward_auto(kiln_runner *r, const kiln_image *lr, float *sr, kiln_pool *pool);
+
+/* The tiling loop itself, over any forward function that maps an LR image
+ * to 3 x (h*scale) x (w*scale) floats and whose output pixels depend on at
+ * most `halo` LR pixels on each side. */
+typedef kiln_status (*kiln_tile_forward_fn)(void *ctx, const kiln_image *lr, float *sr, kiln_pool *pool);
+kiln_status kiln_tile_run(kiln_tile_forward_fn fn, void *ctx, int scale, int halo, const kiln_image *lr,
+                          float *sr, kiln_pool *pool, int tile);
 
 #endif

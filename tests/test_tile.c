@@ -13,9 +13,13 @@
 #include <string.h>
 
 #include "check.h"
+#include "compress.h"
+#include "dataset.h"
 #include "image.h"
 #include "model.h"
 #include "quant.h"
+#include "recipe.h"
+#include "runner.h"
 #include "tile.h"
 
 static kiln_model *load(const char *rel, kiln_impl impl)
@@ -262,6 +266,64 @@ TEST(auto_switches_to_tiles_above_threshold)
     kiln_model_destroy(m);
 }
 
+/* Runners: a checkpoint, and a W8A8 artifact of the tiny model (calibrated
+ * on one B100 image) run by the SIMULATE engine (model + the frozen
+ * fake-quant hook) and by the INT8 engine. Tiled == untiled bit for bit with
+ * each, through kiln_runner_forward_tiled and kiln_runner_forward_auto. */
+static void runner_case(kiln_runner *r, const char *what)
+{
+    kiln_image lr = {0};
+    noise(610, 420, 21u, &lr); /* > KILN_TILE_AUTO_PIXELS: auto tiles too */
+    size_t n = sr_len(kiln_runner_model(r), &lr);
+    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+    CHECK_OK(kiln_runner_forward(r, &lr, a, NULL));
+    const int sizes[] = {-1, 0, 50}; /* -1: kiln_runner_forward_auto */
+    for (int t = 0; t < 3; t++) {
+        for (size_t i = 0; i < n; i++) b[i] = NAN;
+        if (sizes[t] < 0) CHECK_OK(kiln_runner_forward_auto(r, &lr, b, NULL));
+        else CHECK_OK(kiln_runner_forward_tiled(r, &lr, b, NULL, sizes[t]));
+        size_t nd;
+        double d = max_diff(a, b, n, &nd);
+        CHECK_MSG(nd == 0, "%s, tile %d: %zu elements differ (max %.3g)", what, sizes[t], nd, d);
+    }
+    free(a);
+    free(b);
+    kiln_image_free(&lr);
+}
+
+TEST(runner_engines_bit_identical)
+{
+    kiln_model_opts mo = {.impl = direct_impl()};
+    kiln_runner *r = NULL;
+    CHECK_OK(kiln_runner_open(kiln_test_data("models/fixtures/r2f8_x2_zip.pt"), &mo, KILN_ENGINE_AUTO, &r));
+    if (r) runner_case(r, "checkpoint");
+    kiln_runner_close(r);
+
+    kiln_model *m = load("models/fixtures/r2f8_x2_zip.pt", direct_impl());
+    kiln_recipe *rec = NULL;
+    kiln_dataset *ds = NULL;
+    kiln_artifact *art = NULL;
+    CHECK_OK(kiln_recipe_preset("w8a8", &rec));
+    CHECK_OK(kiln_dataset_open(kiln_test_data("B100"), 2, &ds));
+    kiln_compress_opts co = {0};
+    if (m && rec && ds) CHECK_OK(kiln_compress(m, rec, ds, 0, 1, NULL, &co, &art, NULL));
+    static const kiln_runner_engine engines[] = {KILN_ENGINE_SIMULATE, KILN_ENGINE_INT8};
+    static const char *const names[] = {"w8a8 simulate", "w8a8 int8"};
+    for (int e = 0; art && e < 2; e++) {
+        r = NULL;
+        CHECK_OK(kiln_runner_from_artifact(art, &mo, engines[e], &r));
+        if (!r) continue;
+        CHECK(e != 0 || kiln_runner_hook(r) != NULL); /* the hook path is exercised */
+        CHECK_EQ_INT(kiln_runner_engine_of(r), engines[e]);
+        runner_case(r, names[e]);
+        kiln_runner_close(r);
+    }
+    kiln_artifact_free(art);
+    kiln_dataset_close(ds);
+    kiln_recipe_destroy(rec);
+    kiln_model_destroy(m);
+}
+
 static int stop_at_third(void *ctx, size_t site, float *data, size_t n)
 {
     (void)site, (void)data, (void)n;
@@ -281,6 +343,9 @@ TEST(errors)
     CHECK_EQ_INT(kiln_forward_tiled(m, &empty, sr, NULL, NULL, 8), KILN_ERR_INVALID);
     CHECK(strstr(kiln_errmsg(), "empty input") != NULL);
     CHECK_EQ_INT(kiln_forward_auto(m, NULL, sr, NULL, NULL), KILN_ERR_INVALID);
+    CHECK_EQ_INT(kiln_runner_forward_auto(NULL, &lr, sr, NULL), KILN_ERR_INVALID);
+    CHECK_EQ_INT(kiln_runner_forward_tiled(NULL, &lr, sr, NULL, 8), KILN_ERR_INVALID);
+    CHECK_EQ_INT(kiln_tile_run(NULL, NULL, 2, 8, &lr, sr, NULL, 8), KILN_ERR_INVALID);
     /* A hook that aborts: the error names the tile and nothing leaks. */
     int calls = 0;
     kiln_site_hook h = {stop_at_third, &calls};
@@ -306,6 +371,7 @@ int main(void)
     RUN(edsr_auto_within_1e5);
     RUN(edsr_winograd_within_1e5);
     RUN(auto_switches_to_tiles_above_threshold);
+    RUN(runner_engines_bit_identical);
     RUN(errors);
     return check_summary();
 }
