@@ -61,6 +61,12 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
+# kilnd embeds its API document, SQL migrations and dashboard; the generated
+# file is committed (so a checkout builds without running it) and remade
+# whenever one of its sources changes.
+server/embedded_gen.c: server/gen_embed.sh server/openapi.json $(wildcard migrations/*.sql) $(wildcard static/*)
+	sh server/gen_embed.sh
+
 $(LIB): $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^

@@ -383,6 +383,17 @@ static void on_headers(kiln_req *r, const char *url, const char *method)
 {
     kilnd_ctx *ctx = r->http->ctx;
     const char *m = strcmp(method, "HEAD") == 0 ? "GET" : method;
+    if (strcmp(m, "GET") == 0) {
+        for (int i = 0; i < kilnd_n_static; i++)
+            if (strcmp(url, kilnd_static[i].path) == 0) {
+                kiln_reply_header(r, "Content-Security-Policy",
+                                  "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; frame-ancestors 'none'");
+                kiln_reply_header(r, "X-Content-Type-Options", "nosniff");
+                kiln_reply_header(r, "Cache-Control", "no-cache");
+                kiln_reply_raw(r, 200, kilnd_static[i].content_type, kilnd_static[i].data, kilnd_static[i].len);
+                return;
+            }
+    }
     int path_seen = 0;
     char allow[64] = "";
     for (int i = 0; i < kiln_n_routes; i++) {

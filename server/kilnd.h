@@ -58,6 +58,16 @@ typedef struct kilnd_migration {
 extern const char kilnd_openapi_json[];
 extern const kilnd_migration kilnd_migrations[];
 extern const int kilnd_n_migrations;
+/* The dashboard (static/), served at "/" without authentication: it holds
+ * no data; the page signs in with a token and calls the API. */
+typedef struct kilnd_static_file {
+    const char *path;         /* "/", "/app.js" */
+    const char *content_type;
+    const char *data;
+    size_t len;
+} kilnd_static_file;
+extern const kilnd_static_file kilnd_static[];
+extern const int kilnd_n_static;
 
 /* ---- util.c -------------------------------------------------------------- */
 

@@ -27,6 +27,7 @@ const kiln_route kiln_routes[] = {
     {"POST", "/v1/jobs/{id}:cancel", kiln_route_job_cancel, 0, KILN_BODY_NONE, NULL},
     {"POST", "/v1/jobs/{id}:retry", kiln_route_job_retry, 0, KILN_BODY_NONE, NULL},
     {"GET", "/v1/jobs/{id}/artifact", kiln_route_job_artifact, 0, KILN_BODY_NONE, NULL},
+    {"GET", "/v1/jobs/{id}/preview", kiln_route_job_preview, 0, KILN_BODY_NONE, NULL},
     {"GET", "/v1/admin/teams", kiln_route_teams_list, KILN_ROUTE_ADMIN, KILN_BODY_NONE, NULL},
     {"POST", "/v1/admin/teams", kiln_route_team_create, KILN_ROUTE_ADMIN, KILN_BODY_JSON, NULL},
     {"POST", "/v1/admin/tokens", kiln_route_token_create, KILN_ROUTE_ADMIN, KILN_BODY_JSON, NULL},

@@ -43,6 +43,7 @@ void kiln_route_job_get(kiln_req *r);
 void kiln_route_job_cancel(kiln_req *r);
 void kiln_route_job_retry(kiln_req *r);
 void kiln_route_job_artifact(kiln_req *r);
+void kiln_route_job_preview(kiln_req *r);
 json_t *kiln_job_json(const kiln_db_job *j);
 
 /* An ISO-8601 string, or JSON null for t <= 0. */

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "hash.h"
+#include "preview.h"
 #include "recipe.h"
 #include "routes.h"
 #include "store.h"
@@ -426,4 +427,63 @@ void kiln_route_job_artifact(kiln_req *r)
     } else {
         kiln_reply_file(r, 200, "application/octet-stream", fd, 0, size);
     }
+}
+
+/* GET /v1/jobs/{id}/preview?image=NAME&x=X&y=Y&size=S — four crops side by
+ * side (HR | FP32 | compressed | amplified difference) of one dataset image,
+ * rendered by the core (core/preview.h) from the job's checkpoint and
+ * artifact. Runs in the HTTP thread: it touches only the crop's receptive
+ * field, so it costs about a second for a 96-pixel crop of EDSR-baseline. */
+static int query_int(kiln_req *r, const char *key, long def, long lo, long hi, long *out)
+{
+    const char *v = kiln_req_query(r, key);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || x < lo || x > hi) {
+        kiln_reply_error(r, 400, "invalid_request", key, "%s: \"%s\" is not an integer in [%ld, %ld]", key, v, lo, hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+void kiln_route_job_preview(kiln_req *r)
+{
+    kilnd_ctx *ctx = kiln_req_ctx(r);
+    kiln_db_job j;
+    if (load_job(r, &j)) return;
+    const char *image = kiln_req_query(r, "image");
+    long x, y, size;
+    if (strcmp(j.status, "succeeded") != 0 || !j.artifact_sha256[0]) {
+        kiln_reply_error(r, 409, "no_artifact", "id", "job \"%s\" is %s: previews exist only for succeeded jobs",
+                         j.id, j.status);
+    } else if (!image || !*image) {
+        kiln_reply_error(r, 400, "invalid_request", "image", "image: required, a dataset image name (e.g. 148026.png)");
+    } else if (!query_int(r, "x", 0, 0, 1 << 20, &x) && !query_int(r, "y", 0, 0, 1 << 20, &y) &&
+               !query_int(r, "size", 96, 1, 512, &size)) {
+        char model[KILND_PATH_MAX + 96], art[KILND_PATH_MAX + 96], data[KILND_PATH_MAX + 600];
+        kiln_store_blob_path(ctx->store, j.model_sha256, model, sizeof model);
+        kiln_store_blob_path(ctx->store, j.artifact_sha256, art, sizeof art);
+        kilnd_job_dataset_path(ctx, &j, data, sizeof data);
+        void *png = NULL;
+        size_t len = 0;
+        kiln_status st = kiln_preview_render(model, art, data, image, (int)x, (int)y, (int)size,
+                                             ctx->cfg.kernel_threads, &png, &len);
+        if (st == KILN_OK) {
+            kiln_reply_header(r, "Cache-Control", "private, max-age=3600");
+            kiln_reply_raw(r, 200, "image/png", png, len);
+        } else if (st == KILN_ERR_INVALID) {
+            kiln_reply_error(r, 400, "invalid_request", NULL, "%s", kiln_errmsg());
+        } else if (st == KILN_ERR_NOT_FOUND) {
+            kiln_reply_error(r, 404, "not_found", "image", "%s", kiln_errmsg());
+        } else {
+            kiln_reply_error(r, 500, "internal", NULL, "preview: %s", kiln_errmsg());
+        }
+        free(png);
+    }
+    kiln_db_job_clear(&j);
 }

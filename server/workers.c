@@ -72,7 +72,7 @@ static void on_progress(void *ctx, const char *stage, int done, int total)
     pthread_mutex_unlock(&s->mu);
 }
 
-static void dataset_path(kilnd_ctx *ctx, const kiln_db_job *j, char *out, size_t n)
+void kilnd_job_dataset_path(const kilnd_ctx *ctx, const kiln_db_job *j, char *out, size_t n)
 {
     if (!strcmp(j->dataset_source, "server"))
         snprintf(out, n, "%s/%s", ctx->cfg.data_dir, j->dataset_dir);
@@ -86,7 +86,7 @@ static void run_one(slot *s, kiln_db_job *job)
     kilnd_ctx *ctx = w->ctx;
     char model[KILND_PATH_MAX + 96], data[KILND_PATH_MAX + 600], art[KILND_PATH_MAX + 64];
     kiln_store_blob_path(ctx->store, job->model_sha256, model, sizeof model);
-    dataset_path(ctx, job, data, sizeof data);
+    kilnd_job_dataset_path(ctx, job, data, sizeof data);
     kiln_status st = kiln_store_tmp_name(ctx->store, "artifact", art, sizeof art);
 
     kiln_job_spec spec;

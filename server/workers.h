@@ -9,6 +9,7 @@
 
 #include <stdint.h>
 
+#include "db.h"
 #include "kilnd.h"
 #include "status.h"
 
@@ -20,5 +21,9 @@ void kiln_workers_stop(kiln_workers *w);
 void kiln_workers_notify(kiln_workers *w);
 /* Interrupt the job with this seq if one of our workers runs it. */
 void kiln_workers_cancel(kiln_workers *w, int64_t job_seq);
+
+/* The folder of a job's dataset: under the data root for server datasets,
+ * under the state directory for uploaded ones. */
+void kilnd_job_dataset_path(const kilnd_ctx *ctx, const kiln_db_job *j, char *out, size_t n);
 
 #endif

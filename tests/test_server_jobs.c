@@ -15,13 +15,26 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "dataset.h"
 #include "hash.h"
+#include "image.h"
 #include "util/check.h"
 #include "util/http_client.h"
 
 static http_daemon D;
 static char TOK[64];
 static char TMP[600], MINI[700];
+
+/* Name of the first evaluation image of the mini dataset (2 calibrate). */
+static const char *first_eval_image(void)
+{
+    static char name[128];
+    kiln_dataset *ds = NULL;
+    if (kiln_dataset_open(MINI, 2, &ds) == KILN_OK && kiln_dataset_count(ds) > 2)
+        snprintf(name, sizeof name, "%s", kiln_dataset_name(ds, 2));
+    kiln_dataset_close(ds);
+    return name;
+}
 static char MODEL_ID[40];
 
 static const char *kiln_bin(void)
@@ -150,6 +163,33 @@ static void check_recipe(const char *recipe, const char *job_id)
     const char *cond[] = {inm, NULL};
     http_request(&D, "GET", path, TOK, NULL, NULL, 0, cond, &part);
     CHECK_EQ_INT(part.status, 304);
+    http_resp_free(&part);
+
+    /* Crops of one image rendered by the core: 4 panels side by side. */
+    char pv[240];
+    snprintf(pv, sizeof pv, "/v1/jobs/%s/preview?image=%s&x=8&y=4&size=32", job_id, first_eval_image());
+    http_request(&D, "GET", pv, TOK, NULL, NULL, 0, NULL, &part);
+    CHECK_EQ_INT(part.status, 200);
+    CHECK(http_header(&part, "Content-Type", h, sizeof h) && strcmp(h, "image/png") == 0);
+    CHECK(part.len > 8 && memcmp(part.body, "\x89PNG", 4) == 0);
+    kiln_image crops = {0};
+    CHECK_OK(kiln_png_read_mem(part.body, part.len, &crops, NULL));
+    CHECK_EQ_INT(crops.h, 32);
+    CHECK_EQ_INT(crops.w, 4 * 32 + 3 * 4);
+    kiln_image_free(&crops);
+    http_resp_free(&part);
+    snprintf(pv, sizeof pv, "/v1/jobs/%s/preview?image=%s&size=9999", job_id, first_eval_image());
+    http_request(&D, "GET", pv, TOK, NULL, NULL, 0, NULL, &part);
+    CHECK_EQ_INT(part.status, 400);
+    CHECK_STR(http_error_field(&part), "size");
+    http_resp_free(&part);
+    snprintf(pv, sizeof pv, "/v1/jobs/%s/preview?image=nope.png", job_id);
+    http_request(&D, "GET", pv, TOK, NULL, NULL, 0, NULL, &part);
+    CHECK_EQ_INT(part.status, 404);
+    http_resp_free(&part);
+    snprintf(pv, sizeof pv, "/v1/jobs/%s/preview?image=%s", job_id, first_eval_image());
+    http_request(&D, "GET", pv, NULL, NULL, NULL, 0, NULL, &part);
+    CHECK_EQ_INT(part.status, 401);
     http_resp_free(&part);
 
     /* Run the downloaded artifact with the CLI. */
