@@ -12,6 +12,9 @@ cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null;
 trap cleanup EXIT
 token=$("$daemon" --state "$tmp/state" token create --team demo --admin)
 awk '/^```sh$/ { f = 1; next } /^```$/ { f = 0 } f' docs/api.md > "$tmp/examples.sh"
+# The README's tour (blocks fenced as ```sh tour) runs as a second script.
+awk '/^```sh tour$/ { f = 1; next } /^```$/ { f = 0 } f' README.md > "$tmp/tour.sh"
+[ "$(grep -c . "$tmp/tour.sh")" -gt 10 ] || { echo "no tour found in README.md"; exit 1; }
 [ "$(grep -c . "$tmp/examples.sh")" -gt 30 ] || { echo "no examples found in docs/api.md"; exit 1; }
 
 # A free port: try a few until the daemon answers /v1/health.
@@ -52,4 +55,17 @@ expect '"retry_of": "job_'
 expect '"code": "not_found"'
 expect '^409$'
 [ $fail -eq 0 ] || { cat "$out"; exit 1; }
+# The README tour, in a fresh folder, with a fresh token of its own.
+token2=$("$daemon" --state "$tmp/state" token create --team tour --admin)
+mkdir "$tmp/tour"
+if ! (cd "$tmp/tour" && cp "$tmp/tour.sh" . && KILND="http://127.0.0.1:$port" TOKEN="$token2" KILN_DATA="$data" \
+        bash -eu -o pipefail tour.sh) >"$tmp/tour.txt" 2>&1; then
+    echo "README.md tour failed:"; tail -n 30 "$tmp/tour.txt"; tail -n 20 "$tmp/kilnd.log"; exit 1
+fi
+for want in '"status":"ok"' '"images":4' '"recipe":"w8a8","status":"succeeded"' '"recipe":"p4a8","status":"succeeded"' 'w8a8.kiln'; do
+    tr -d ' ' <"$tmp/tour.txt" | grep -qF -- "$want" || { echo "missing in the README tour's output: $want"; cat "$tmp/tour.txt"; exit 1; }
+done
+[ -s "$tmp/tour/w8a8.kiln" ] && "${KILN_BIN:-build/kiln}" info --model "$tmp/tour/w8a8.kiln" >/dev/null \
+    || { echo "README tour: the downloaded artifact does not load"; exit 1; }
+echo "README.md tour: $(grep -c . "$tmp/tour.sh") lines ran"
 echo "docs/api.md: $(grep -c '^curl\|^  -d\|^JOB\|^MODEL' "$tmp/examples.sh") example commands ran"
