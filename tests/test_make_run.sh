@@ -17,9 +17,12 @@ if curl -s -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null; then
     echo "note: 8080 is taken here; using $KILND_LISTEN"
 fi
 export KILND_STATE="$tmp/var"
-setsid make run >"$tmp/run.log" 2>&1 &
-pgid=$!
-cleanup() { kill -TERM -- "-$pgid" 2>/dev/null; sleep 1; kill -KILL -- "-$pgid" 2>/dev/null; rm -rf "$tmp"; }
+# A new session, so make and the kilnd it starts can be stopped together.
+setsid sh -c 'echo $$ >"$1/pgid"; exec make run' sh "$tmp" >"$tmp/run.log" 2>&1 &
+i=0
+while [ ! -s "$tmp/pgid" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+pgid=$(cat "$tmp/pgid")
+cleanup() { kill -TERM "-$pgid" 2>/dev/null; sleep 1; kill -KILL "-$pgid" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
 base="http://127.0.0.1:$port"
 i=0
