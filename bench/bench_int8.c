@@ -6,7 +6,9 @@
  * The artifact is made here (preset w8a8, calibrated on 1 image: speed does
  * not depend on the calibration; the PSNR printed is only a sanity check).
  * Each figure is the median of RUNS timed runs after one warm-up (best run
- * shown too). GOP/s counts 2 ops per multiply-accumulate. INT8 kernels:
+ * shown too) plus the median CPU time of the process, all threads summed
+ * (on a shared, loaded machine the CPU time is the steadier figure: wall
+ * time with T idle cores is about cpu / T). GOP/s counts 2 ops per multiply-accumulate. INT8 kernels:
  * AVX2 (what AUTO runs), AVX-VNNI (optional, when the CPU has it) and the
  * scalar reference (one run, skipped with KILN_BENCH_QUICK=1).
  *
@@ -16,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "compress.h"
 #include "dataset.h"
@@ -37,25 +40,37 @@ static int fail(const char *what, kiln_status st)
 }
 
 typedef struct timing {
-    double median, best;
+    double median, best; /* wall seconds                                  */
+    double cpu;          /* median CPU seconds of the process (all threads) */
 } timing;
+
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static timing time_runs(int runs, kiln_status (*fn)(void *), void *ctx, kiln_status *st)
 {
-    double *t = calloc((size_t)runs, sizeof *t);
-    timing r = {0, 0};
+    double *t = calloc((size_t)runs, sizeof *t), *c = calloc((size_t)runs, sizeof *c);
+    timing r = {0, 0, 0};
     *st = fn(ctx); /* warm-up: buffers, caches */
     for (int i = 0; *st == KILN_OK && i < runs; i++) {
-        double t0 = kiln_now();
+        double t0 = kiln_now(), c0 = cpu_now();
         *st = fn(ctx);
         t[i] = kiln_now() - t0;
+        c[i] = cpu_now() - c0;
     }
     if (*st == KILN_OK) {
         qsort(t, (size_t)runs, sizeof *t, cmp_d);
+        qsort(c, (size_t)runs, sizeof *c, cmp_d);
         r.median = t[runs / 2];
         r.best = t[0];
+        r.cpu = c[runs / 2];
     }
     free(t);
+    free(c);
     return r;
 }
 
@@ -114,9 +129,9 @@ int main(int argc, char **argv)
     if (st != KILN_OK) return fail("fp32 forward", st);
     kiln_metric_score(&mo, sr, lr.w * 2, lr.h * 2, &hr, &psnr);
     double flops = kiln_model_flops(m, lr.h, lr.w);
-    printf("edsr x2 %dx%d fp32 (%s)  threads=%d  median %7.3f s  %6.1f GFLOP/s  %5.2f images/s  (best %.3f s)  PSNR %.4f dB\n",
+    printf("edsr x2 %dx%d fp32 (%-9s) threads=%d  median %7.3f s  %6.1f GFLOP/s  %5.2f images/s  (best %.3f s, cpu %.3f s)  PSNR %.4f dB\n",
            lr.w, lr.h, kiln_impl_name(kiln_impl_resolve(KILN_IMPL_AUTO)), kiln_pool_threads(pool), tf.median,
-           flops / tf.median * 1e-9, 1.0 / tf.median, tf.best, psnr);
+           flops / tf.median * 1e-9, 1.0 / tf.median, tf.best, tf.cpu, psnr);
 
     static const kiln_int8_impl impls[] = {KILN_INT8_AVX2, KILN_INT8_AVXVNNI, KILN_INT8_REFERENCE};
     for (size_t q = 0; q < sizeof impls / sizeof impls[0]; q++) {
@@ -132,9 +147,10 @@ int main(int argc, char **argv)
         timing ti = time_runs(r, run_int8, &c, &st);
         if (st != KILN_OK) return fail("int8 forward", st);
         kiln_metric_score(&mo, sr, lr.w * 2, lr.h * 2, &hr, &psnr);
-        printf("edsr x2 %dx%d int8 (%-9s) threads=%d  median %7.3f s  %6.1f GOP/s    %5.2f images/s  (best %.3f s)  PSNR %.4f dB  speedup vs fp32 %.2fx\n",
+        printf("edsr x2 %dx%d int8 (%-9s) threads=%d  median %7.3f s  %6.1f GOP/s    %5.2f images/s  (best %.3f s, cpu %.3f s)  PSNR %.4f dB  speedup vs fp32 %.2fx (cpu %.2fx)\n",
                lr.w, lr.h, kiln_int8_impl_name(kiln_int8_impl_of(c.e)), kiln_pool_threads(pool), ti.median,
-               2 * macs / ti.median * 1e-9, 1.0 / ti.median, ti.best, psnr, tf.median / ti.median);
+               2 * macs / ti.median * 1e-9, 1.0 / ti.median, ti.best, ti.cpu, psnr, tf.median / ti.median,
+               tf.cpu / ti.cpu);
         kiln_int8_destroy(c.e);
         c.e = NULL;
     }

@@ -337,9 +337,12 @@ kiln_status kiln_int8_create(const kiln_artifact *a, kiln_int8_impl impl, kiln_i
     kiln_status st = kiln_int8_supported(a);
     if (st != KILN_OK) return st;
     if (impl == KILN_INT8_AUTO) {
+        /* AVX-VNNI (VEX vpdpbusd, not AVX-512) is 2x the AVX2 kernels here
+         * and the only way to beat kiln's FP32 Winograd path; KILN_INT8_IMPL
+         * (avx2, avxvnni, reference) overrides the choice. */
         const char *env = getenv("KILN_INT8_IMPL");
-        impl = kiln__cpu_avx2() ? KILN_INT8_AVX2 : KILN_INT8_REFERENCE;
-        if (env && strcmp(env, "avxvnni") == 0 && kiln__cpu_avxvnni()) impl = KILN_INT8_AVXVNNI;
+        impl = kiln__cpu_avxvnni() ? KILN_INT8_AVXVNNI : kiln__cpu_avx2() ? KILN_INT8_AVX2 : KILN_INT8_REFERENCE;
+        if (env && strcmp(env, "avx2") == 0 && kiln__cpu_avx2()) impl = KILN_INT8_AVX2;
         if (env && strcmp(env, "reference") == 0) impl = KILN_INT8_REFERENCE;
     }
     if (impl == KILN_INT8_AVX2 && !kiln__cpu_avx2())

@@ -41,13 +41,15 @@
 
 typedef struct kiln_int8 kiln_int8;
 
+/* Kernel families. AUTO: AVX-VNNI when the CPU has it, else AVX2, else the
+ * reference; the environment variable KILN_INT8_IMPL=avx2|avxvnni|reference
+ * overrides AUTO's choice (avxvnni only where available). All families give
+ * bit-identical outputs (integer sums are exact; the epilogue is shared). */
 typedef enum kiln_int8_impl {
-    KILN_INT8_AUTO = 0,  /* AVX2 kernels when the CPU has AVX2       */
-    KILN_INT8_REFERENCE, /* scalar kernels (the oracle of the tests) */
-    KILN_INT8_AVX2,
-    KILN_INT8_AVXVNNI,   /* optional: AVX-VNNI vpdpbusd (256-bit VEX, no AVX-512);
-                          * only when asked for, or with AUTO when the
-                          * environment has KILN_INT8_IMPL=avxvnni */
+    KILN_INT8_AUTO = 0,
+    KILN_INT8_REFERENCE, /* scalar kernels (the oracle of the tests)          */
+    KILN_INT8_AVX2,      /* vpmaddwd (any codes) / vpmaddubsw (codes 0..127)  */
+    KILN_INT8_AVXVNNI,   /* AVX-VNNI vpdpbusd, 256-bit VEX (no AVX-512)       */
 } kiln_int8_impl;
 
 /* KILN_OK when the artifact can run on the integer engine; otherwise

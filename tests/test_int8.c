@@ -233,22 +233,25 @@ TEST(threads_bit_identical)
 {
     kiln_image lr = {0};
     CHECK_OK(kiln_dataset_load(g_ds, 21, &lr, NULL));
-    kiln_int8 *e = NULL;
-    CHECK_OK(kiln_int8_create(g_art[0], KILN_INT8_AUTO, &e));
-    if (!e) return;
-    size_t m = (size_t)3 * lr.w * 2 * lr.h * 2;
-    float *out[3];
-    for (int t = 0; t < 3; t++) {
-        kiln_pool *p = NULL;
-        CHECK_OK(kiln_pool_create(t + 1, &p));
-        out[t] = malloc(m * sizeof(float));
-        CHECK_OK(kiln_int8_forward(e, &lr, out[t], p));
-        kiln_pool_destroy(p);
+    static const kiln_int8_impl impls[] = {KILN_INT8_AUTO, KILN_INT8_AVX2};
+    for (size_t q = 0; q < 2; q++) {
+        kiln_int8 *e = NULL;
+        CHECK_OK(kiln_int8_create(g_art[0], impls[q], &e));
+        if (!e) return;
+        size_t m = (size_t)3 * lr.w * 2 * lr.h * 2;
+        float *out[3];
+        for (int t = 0; t < 3; t++) {
+            kiln_pool *p = NULL;
+            CHECK_OK(kiln_pool_create(t + 1, &p));
+            out[t] = malloc(m * sizeof(float));
+            CHECK_OK(kiln_int8_forward(e, &lr, out[t], p));
+            kiln_pool_destroy(p);
+        }
+        CHECK(memcmp(out[0], out[1], m * sizeof(float)) == 0);
+        CHECK(memcmp(out[0], out[2], m * sizeof(float)) == 0);
+        for (int t = 0; t < 3; t++) free(out[t]);
+        kiln_int8_destroy(e);
     }
-    CHECK(memcmp(out[0], out[1], m * sizeof(float)) == 0);
-    CHECK(memcmp(out[0], out[2], m * sizeof(float)) == 0);
-    for (int t = 0; t < 3; t++) free(out[t]);
-    kiln_int8_destroy(e);
     kiln_image_free(&lr);
 }
 
