@@ -98,7 +98,7 @@ static inline uint8_t *kiln__qmap_px(const kiln_qmap *m, int y, int x)
 /* A conv's weights in every kernel's layout.
  *   w      [cout][k*k][cinp] int8, the reference layout (zeros past cin);
  *   w16    [cout/OB blocks][k*k][cinp/2][OB][2] int16 (pmaddwd kernel);
- *   w8     [cout/OB blocks][k*k][cinp/4][OB][4] int8  (pmaddubsw kernel).
+ *   w8     [cout/OB blocks][k*k][cinp/4][OB][4] int8  (vpmaddubsw, vpdpbusd).
  * cinp = cin rounded up to 4, coutp = cout rounded up to OB. */
 typedef struct kiln__q8w {
     int cin, cout, k, cinp, coutp;

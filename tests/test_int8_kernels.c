@@ -1,6 +1,7 @@
 /*
- * test_int8_kernels.c — the integer conv kernels (core/kernels/conv_[su]8*.c)
- * against the scalar references, bit for bit.
+ * test_int8_kernels.c — the integer conv kernels (core/kernels/conv_[su]8*.c:
+ * AVX2 vpmaddwd s8/u8, AVX2 vpmaddubsw u7, AVX-VNNI s8/u8) against the scalar
+ * references, bit for bit.
  *
  * Every kernel fills acc[npx][coutp] for one output row; the AVX2 kernels
  * must produce exactly the reference's int32 sums for every row, pixel (the
