@@ -129,8 +129,8 @@ int main(int argc, char **argv)
     if (st != KILN_OK) return fail("fp32 forward", st);
     kiln_metric_score(&mo, sr, lr.w * 2, lr.h * 2, &hr, &psnr);
     double flops = kiln_model_flops(m, lr.h, lr.w);
-    printf("edsr x2 %dx%d fp32 (%-9s) threads=%d  median %7.3f s  %6.1f GFLOP/s  %5.2f images/s  (best %.3f s, cpu %.3f s)  PSNR %.4f dB\n",
-           lr.w, lr.h, kiln_impl_name(kiln_impl_resolve(KILN_IMPL_AUTO)), kiln_pool_threads(pool), tf.median,
+    printf("edsr x2 %dx%d fp32 (model default) threads=%d  median %7.3f s  %6.1f GFLOP/s  %5.2f images/s  (best %.3f s, cpu %.3f s)  PSNR %.4f dB\n",
+           lr.w, lr.h, kiln_pool_threads(pool), tf.median,
            flops / tf.median * 1e-9, 1.0 / tf.median, tf.best, tf.cpu, psnr);
 
     static const kiln_int8_impl impls[] = {KILN_INT8_AVX2, KILN_INT8_AVXVNNI, KILN_INT8_REFERENCE};
