@@ -22,6 +22,7 @@
  * (tap, 4 channels) 2 weight loads, 6 broadcasts, 12 vpdpbusd = 32 MACs per
  * instruction.
  */
+#include <cpuid.h>
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +37,11 @@ int kiln__cpu_avxvnni(void)
     int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (v < 0) {
         __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni") ? 1 : 0;
+        /* AVX-VNNI is CPUID.(EAX=7,ECX=1):EAX bit 4; read it directly because
+         * clang 14's __builtin_cpu_supports does not know "avxvnni". */
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        int vnni = __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4));
+        v = __builtin_cpu_supports("avx2") && vnni ? 1 : 0;
         const char *off = getenv("KILN_NO_AVX2");
         if (off && strcmp(off, "1") == 0) v = 0;
         __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
