@@ -85,34 +85,52 @@ $(BUILD)/bench/%: bench/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) $< $(LIB) -o $@ $(LDLIBS_ALL)
 
-# The whole suite: release build (all data), then ASan+UBSan (same tests;
-# tests that sweep the whole benchmark use fewer images there), then fuzzers.
-test: test-release test-san fuzz-run
+# The whole suite, one stage after the other: release build (all data), then
+# ASan+UBSan (same tests; tests that sweep a whole benchmark use fewer images
+# there), then the fuzzers. Builds inside each stage use every core.
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+test:
+	$(MAKE) test-release
+	$(MAKE) test-san
+	$(MAKE) fuzz-run
 
-test-release: all $(TEST_BIN)
+test-release:
+	$(MAKE) -j$(NPROC) all tests-bin
 	KILN_BUILD=$(BUILD) KILN_TEST_FULL=1 tests/run.sh $(BUILD)
 
 test-san:
-	$(MAKE) BUILD=build/san SAN=1 all tests-bin
+	$(MAKE) -j$(NPROC) BUILD=build/san SAN=1 all tests-bin
 	KILN_BUILD=build/san tests/run.sh build/san
 
 .PHONY: tests-bin
 tests-bin: $(TEST_BIN)
 
-# libFuzzer harnesses link the core sources directly, instrumented.
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Icore -fsanitize=fuzzer,address,undefined $(PKG_CFLAGS)
-build/fuzz/%: fuzz/%.c $(CORE_SRC)
+# libFuzzer harnesses: the core is compiled once with clang, instrumented for
+# coverage (fuzzer-no-link) and ASan+UBSan, and each harness links it.
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Icore -fsanitize=address,undefined $(PKG_CFLAGS)
+FUZZ_OBJ := $(CORE_SRC:%.c=build/fuzz/obj/%.o)
+build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) $(CORE_SRC) $< -o $@ $(PKG_LIBS) -lm -pthread
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+build/fuzz/%: fuzz/%.c $(FUZZ_OBJ)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_OBJ) -o $@ $(PKG_LIBS) -lm -pthread
 
 fuzz: $(FUZZ_BIN)
 
 FUZZ_SECONDS ?= 20
-fuzz-run: fuzz
+fuzz-run:
+	$(MAKE) -j$(NPROC) fuzz
 	tests/fuzz_run.sh $(FUZZ_SECONDS) $(FUZZ_BIN)
 
-bench: all $(BENCH_BIN)
+bench:
+	$(MAKE) -j$(NPROC) all bench-bin
 	bench/run.sh $(BUILD)
+
+.PHONY: bench-bin
+bench-bin: $(BENCH_BIN)
+
 
 deps:
 	deploy/install-deps.sh
@@ -123,4 +141,4 @@ run: all
 clean:
 	rm -rf build
 
--include $(shell find $(BUILD) build/san -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) build/san build/fuzz -name '*.d' 2>/dev/null)
