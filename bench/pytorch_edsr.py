@@ -11,7 +11,7 @@ the backend is available. Before timing, the FP32 output on the whole
 101085x2.png is checked against ref/101085x2_sr_3x480x320.f32.
 
 kiln's figures come from a bench_model log (--kiln-log FILE, as bench/run.sh
-writes it) or, failing that, from running BUILD/bench/bench_model quickly;
+writes it; bench_int8.log beside it gives kiln's INT8 engine figure) or, failing that, from running BUILD/bench/bench_model quickly;
 the script prints PyTorch/kiln time ratios.
 
 Optional: needs Debian's python3-torch (`apt-get install python3-torch`);
@@ -160,7 +160,16 @@ def kiln_figures(args):
     fp32 = {int(m.group(1)): float(m.group(2)) / 1e3
             for m in re.finditer(r'^model fp32 \d+x\d+ threads=(\d+) median +([\d.]+) ms', text, re.M)}
     m = re.search(r'^model w8a8-simulate \d+x\d+ threads=2 median +([\d.]+) ms', text, re.M)
-    return fp32, (float(m.group(1)) / 1e3 if m else None)
+    sim = float(m.group(1)) / 1e3 if m else None
+    # kiln's INT8 engine (bench_int8, AVX2 kernels: what AUTO runs), from
+    # its log beside bench_model's when bench/run.sh wrote both.
+    int8 = None
+    if args.kiln_log:
+        p = os.path.join(os.path.dirname(args.kiln_log), 'bench_int8.log')
+        if os.path.exists(p):
+            m = re.search(r'^edsr x2 \S+ int8 \(avx2\s*\) threads=2\s+median\s+([\d.]+) s', open(p).read(), re.M)
+            int8 = float(m.group(1)) if m else None
+    return fp32, sim, int8
 
 
 def main():
@@ -223,11 +232,14 @@ def main():
                 except Exception as e:  # a benchmark: report and go on
                     print('torch int8: not feasible here: %s: %s' % (type(e).__name__, str(e).splitlines()[0]))
 
-    kfp32, ksim = kiln_figures(args)
+    kfp32, ksim, kint8 = kiln_figures(args)
     for threads in (1, 2):
         if threads in kfp32:
             print('ratio fp32 threads=%d: torch %.1f ms / kiln %.1f ms = %.2f (>1: kiln faster)'
                   % (threads, torch_fp32[threads] * 1e3, kfp32[threads] * 1e3, torch_fp32[threads] / kfp32[threads]))
+    if torch_int8 and kint8:
+        print('ratio int8: torch int8 %.1f ms / kiln int8 engine (avx2) %.1f ms = %.2f (>1: kiln faster)'
+              % (torch_int8 * 1e3, kint8 * 1e3, torch_int8 / kint8))
     if torch_int8 and ksim:
         print('ratio int8: torch int8 %.1f ms / kiln w8a8 simulate %.1f ms = %.2f'
               % (torch_int8 * 1e3, ksim * 1e3, torch_int8 / ksim))
