@@ -13,6 +13,7 @@
 #include "model.h"
 #include "pool.h"
 #include "runner.h"
+#include "tile.h"
 
 static int open_model(const char *cmd, const cli_opt *o, kiln_runner **out)
 {
@@ -188,7 +189,8 @@ int cmd_upscale(int argc, char **argv)
         sr = malloc((size_t)3 * lr.w * s * lr.h * s * sizeof(float));
         if (!sr) st = kiln_fail(KILN_ERR_NOMEM, "out of memory for a %dx%d output", lr.w * s, lr.h * s);
     }
-    if (st == KILN_OK) st = kiln_runner_forward(r, &lr, sr, pool);
+    /* Large inputs run in overlapping tiles (bounded memory, same output). */
+    if (st == KILN_OK) st = kiln_runner_forward_auto(r, &lr, sr, pool);
     if (st == KILN_OK) st = kiln_image_from_chw(&sr_img, sr, lr.w * s, lr.h * s);
     if (st == KILN_OK) st = kiln_png_write(cli_get(o, "out"), &sr_img);
     if (st != KILN_OK) rc = cli_fail("upscale", st);
