@@ -185,7 +185,7 @@ static kiln_status activation_importance(kiln_model *m, const kiln_recipe *recip
     }
     if (st == KILN_OK && needed) {
         if (count == 0) st = kiln_fail(KILN_ERR_INVALID, "compress: activation-weighted k-means needs calibration images");
-        kiln_site_hook hook = {sq_hook, &st_};
+        kiln_site_hook hook = {sq_hook, &st_, 0};
         kiln_eval_opts eo = {.hook = &hook, .cancel = opts ? opts->cancel : NULL};
         for (size_t k = 0; st == KILN_OK && k < count; k++) {
             kiln_eval_result r;
@@ -334,7 +334,7 @@ kiln_status kiln_compress(const kiln_model *fp32, const kiln_recipe *recipe, con
         st = kiln_actquant_create(work, site_ptrs, &aq);
         if (st == KILN_OK) st = kiln_actquant_set_mode(aq, KILN_AQ_CALIBRATE);
         if (st != KILN_OK) goto done;
-        kiln_site_hook hook;
+        kiln_site_hook hook = {0};
         kiln_actquant_hook(aq, &hook);
         kiln_eval_opts eo = {.hook = &hook, .cancel = opts ? opts->cancel : NULL};
         kiln_eval_result r;

@@ -18,6 +18,7 @@
 #include "model.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -421,24 +422,73 @@ static kiln_status run_conv(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_
     return kiln_conv_run(c->packed, in, out, &ep, pool);
 }
 
-static kiln_status site(const kiln_site_hook *hook, size_t s, kiln_fmap *f)
+/* Elementwise work is split into this many contiguous slices (a multiple of
+ * any sane thread count keeps both cores busy; the split never changes the
+ * result since every element is computed on its own). */
+#define EW_SLICES 16
+
+typedef struct ew_job {
+    const kiln_site_hook *hook;
+    size_t site;
+    float *data;
+    const float *other;
+    float scale;
+    size_t n;
+    int op; /* 0: hook, 1: data *= scale, 2: data += other */
+    atomic_int failed;
+} ew_job;
+
+static void ew_slice(void *ctx, int i)
+{
+    ew_job *j = ctx;
+    size_t lo = j->n * (size_t)i / EW_SLICES, hi = j->n * (size_t)(i + 1) / EW_SLICES;
+    float *d = j->data;
+    switch (j->op) {
+    case 0:
+        if (hi > lo && j->hook->fn(j->hook->ctx, j->site, d + lo, hi - lo) != 0) atomic_store(&j->failed, 1);
+        break;
+    case 1:
+        for (size_t k = lo; k < hi; k++) d[k] *= j->scale;
+        break;
+    default:
+        for (size_t k = lo; k < hi; k++) d[k] += j->other[k];
+        break;
+    }
+}
+
+static void ew_run(ew_job *j, kiln_pool *pool)
+{
+    atomic_init(&j->failed, 0);
+    if (pool && kiln_pool_threads(pool) > 1 && j->n >= 4096) kiln_pool_run(pool, EW_SLICES, ew_slice, j);
+    else
+        for (int i = 0; i < EW_SLICES; i++) ew_slice(j, i);
+}
+
+static kiln_status site(const kiln_site_hook *hook, size_t s, kiln_fmap *f, kiln_pool *pool)
 {
     if (!hook || !hook->fn) return KILN_OK;
-    if (hook->fn(hook->ctx, s, f->data, kiln_fmap_total(f)) != 0)
-        return kiln_fail(KILN_ERR_CANCELED, "forward pass stopped by a site hook");
+    int failed;
+    if (hook->elementwise) {
+        ew_job j = {.hook = hook, .site = s, .data = f->data, .n = kiln_fmap_total(f), .op = 0};
+        ew_run(&j, pool);
+        failed = atomic_load(&j.failed);
+    } else {
+        failed = hook->fn(hook->ctx, s, f->data, kiln_fmap_total(f)) != 0;
+    }
+    if (failed) return kiln_fail(KILN_ERR_CANCELED, "forward pass stopped by a site hook");
     return KILN_OK;
 }
 
-static void scale_inplace(kiln_fmap *f, float s)
+static void scale_inplace(kiln_fmap *f, float s, kiln_pool *pool)
 {
-    size_t n = kiln_fmap_total(f);
-    for (size_t i = 0; i < n; i++) f->data[i] *= s;
+    ew_job j = {.data = f->data, .n = kiln_fmap_total(f), .scale = s, .op = 1};
+    ew_run(&j, pool);
 }
 
-static void add_inplace(kiln_fmap *f, const kiln_fmap *g)
+static void add_inplace(kiln_fmap *f, const kiln_fmap *g, kiln_pool *pool)
 {
-    size_t n = kiln_fmap_total(f);
-    for (size_t i = 0; i < n; i++) f->data[i] += g->data[i];
+    ew_job j = {.data = f->data, .other = g->data, .n = kiln_fmap_total(f), .op = 2};
+    ew_run(&j, pool);
 }
 
 static kiln_status pixel_shuffle(const kiln_fmap *in, int r, kiln_fmap *out)
@@ -469,24 +519,24 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
     kiln_fmap_from_chw(&b[B_IN], in);
     size_t s = 0;
 #define TRY(x) do { if ((st = (x)) != KILN_OK) return st; } while (0)
-    TRY(site(hook, s++, &b[B_IN]));              /* input */
-    scale_inplace(&b[B_IN], 255.0f);
-    TRY(site(hook, s++, &b[B_IN]));              /* mul255 */
+    TRY(site(hook, s++, &b[B_IN], pool));              /* input */
+    scale_inplace(&b[B_IN], 255.0f, pool);
+    TRY(site(hook, s++, &b[B_IN], pool));              /* mul255 */
     TRY(run_conv(m, ci_sub(), &b[B_IN], &b[B_IN2], 0, NULL, 1.0f, pool));
-    TRY(site(hook, s++, &b[B_IN2]));             /* sub_mean */
+    TRY(site(hook, s++, &b[B_IN2], pool));             /* sub_mean */
     TRY(run_conv(m, ci_head(), &b[B_IN2], &b[B_H0], 0, NULL, 1.0f, pool));
-    TRY(site(hook, s++, &b[B_H0]));              /* head */
+    TRY(site(hook, s++, &b[B_H0], pool));              /* head */
     kiln_fmap *cur = &b[B_H0], *nxt = &b[B_X];
     for (int i = 0; i < m->R; i++) {
         TRY(run_conv(m, ci_body1(i), cur, &b[B_T], 1, NULL, 1.0f, pool));
-        TRY(site(hook, s++, &b[B_T]));           /* body.i.relu */
+        TRY(site(hook, s++, &b[B_T], pool));           /* body.i.relu */
         if (hook) {
             TRY(run_conv(m, ci_body2(i), &b[B_T], nxt, 0, NULL, 1.0f, pool));
-            TRY(site(hook, s++, nxt));           /* body.i.conv2 */
-            if (m->res_scale != 1.0f) scale_inplace(nxt, m->res_scale);
-            TRY(site(hook, s++, nxt));           /* body.i.mul */
-            add_inplace(nxt, cur);
-            TRY(site(hook, s++, nxt));           /* body.i.add */
+            TRY(site(hook, s++, nxt, pool));           /* body.i.conv2 */
+            if (m->res_scale != 1.0f) scale_inplace(nxt, m->res_scale, pool);
+            TRY(site(hook, s++, nxt, pool));           /* body.i.mul */
+            add_inplace(nxt, cur, pool);
+            TRY(site(hook, s++, nxt, pool));           /* body.i.add */
         } else {
             TRY(run_conv(m, ci_body2(i), &b[B_T], nxt, 0, cur, m->res_scale, pool));
             s += 3; /* conv2, mul, add: fused */
@@ -498,9 +548,9 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
     /* nxt is free and is not h0 */
     if (hook) {
         TRY(run_conv(m, ci_bodyconv(m), cur, nxt, 0, NULL, 1.0f, pool));
-        TRY(site(hook, s++, nxt));               /* body_conv */
-        add_inplace(nxt, &b[B_H0]);
-        TRY(site(hook, s++, nxt));               /* global_add */
+        TRY(site(hook, s++, nxt, pool));               /* body_conv */
+        add_inplace(nxt, &b[B_H0], pool);
+        TRY(site(hook, s++, nxt, pool));               /* global_add */
     } else {
         TRY(run_conv(m, ci_bodyconv(m), cur, nxt, 0, &b[B_H0], 1.0f, pool));
         s += 2; /* body_conv, global_add: fused */
@@ -508,16 +558,16 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
     cur = nxt;
     for (int j = 0; j < m->n_up; j++) {
         TRY(run_conv(m, ci_up(m, j), cur, &b[B_UP], 0, NULL, 1.0f, pool));
-        TRY(site(hook, s++, &b[B_UP]));          /* upsample_conv */
+        TRY(site(hook, s++, &b[B_UP], pool));          /* upsample_conv */
         kiln_fmap *dst = cur == &b[B_PS] ? &b[B_X] : &b[B_PS];
         TRY(pixel_shuffle(&b[B_UP], m->up_factor, dst));
-        TRY(site(hook, s++, dst));               /* pixel_shuffle */
+        TRY(site(hook, s++, dst, pool));               /* pixel_shuffle */
         cur = dst;
     }
     TRY(run_conv(m, ci_tail(m), cur, &b[B_TAIL], 0, NULL, 1.0f, pool));
-    TRY(site(hook, s++, &b[B_TAIL]));            /* tail_conv */
+    TRY(site(hook, s++, &b[B_TAIL], pool));            /* tail_conv */
     TRY(run_conv(m, ci_addmean(m), &b[B_TAIL], &b[B_OUT], 0, NULL, 1.0f, pool));
-    TRY(site(hook, s++, &b[B_OUT]));             /* add_mean */
+    TRY(site(hook, s++, &b[B_OUT], pool));             /* add_mean */
 #undef TRY
     if (s != m->nsites) return kiln_fail(KILN_ERR_INTERNAL, "forward: visited %zu of %zu sites", s, m->nsites);
     kiln_fmap_to_chw(&b[B_OUT], sr);

@@ -83,6 +83,11 @@ typedef struct kiln_site_hook {
      * float of the buffer (border included). Return non-zero to abort. */
     int (*fn)(void *ctx, size_t site, float *data, size_t n);
     void *ctx;
+    /* 1: fn is elementwise and stateless (fake quantization with frozen
+     * qparams), so the forward pass may call it concurrently on disjoint
+     * slices of a site's buffer (one call per slice, same site index).
+     * 0 (observers): exactly one call per site, with the whole buffer. */
+    int elementwise;
 } kiln_site_hook;
 
 /* Run the network on an 8-bit LR image. sr receives 3 x (h*s) x (w*s) floats,

@@ -495,6 +495,7 @@ void kiln_actquant_hook(kiln_actquant *aq, struct kiln_site_hook *hook)
 {
     hook->fn = kiln_actquant_on_site;
     hook->ctx = aq;
+    hook->elementwise = 0; /* observers need each site's whole tensor in one call */
 }
 
 size_t kiln_actquant_site_count(const kiln_actquant *aq) { return aq->n; }

@@ -85,7 +85,7 @@ static kiln_status from_artifact_owned(kiln_artifact *a, const kiln_model_opts *
     }
     r->art = a;
     r->engine = KILN_ENGINE_SIMULATE;
-    r->hook = (kiln_site_hook){fq_hook, a};
+    r->hook = (kiln_site_hook){fq_hook, a, 1}; /* elementwise: sliced over the pool */
     r->has_hook = any;
     if (engine == KILN_ENGINE_INT8 || engine == KILN_ENGINE_AUTO) {
         st = kiln_int8_supported(a);

@@ -195,7 +195,7 @@ TEST(edsr_matches_reference_output)
     CHECK(memcmp(a, d, rn * sizeof(float)) == 0);
     /* The unfused (hooked) path computes the same network. */
     size_t calls = 0;
-    kiln_site_hook hook = {noop_hook, &calls};
+    kiln_site_hook hook = {noop_hook, &calls, 0};
     float *e = edsr_reference_run(m, 2, &hook, &lr);
     CHECK_EQ_INT(calls, 74);
     CHECK_MSG(max_abs_diff(a, e, rn) <= 1e-5, "hooked vs fused %g", max_abs_diff(a, e, rn));
