@@ -1681,7 +1681,7 @@ static const struct {
     {"p4g16a8+", "{\"name\":\"p4g16a8+\",\"palettization\":{\"global\":" P4G16
                  ",\"op_name\":" P4T_SMALL "},"
                  "\"quantization\":{\"global\":{\"weight\":null,\"input\":" U8MINMAX
-                 ",\"output\":" A8UMSE "}," ACT_PLUS "}}"},
+                 ",\"output\":" A8UMSE "}," ACT_PLUS "}," OPT_BC "}"},
 };
 #define N_PRESETS (sizeof presets / sizeof presets[0])
 
