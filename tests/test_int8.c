@@ -8,8 +8,9 @@
  * agreement and PSNR (within 0.02 dB) with SIMULATE on B100 evaluation
  * images (all 80 in the release run, 2 under the sanitizers), the scalar
  * reference and AVX2 kernels giving identical outputs, bit-identical results
- * for 1, 2 and 3 threads, the runner's engine selection, and the tiny
- * fixture networks (x3, x4, 8 features, res_scale 0.1).
+ * for 1, 2 and 3 threads, the runner's engine selection, the tiny
+ * fixture networks (x3, x4, 8 features, res_scale 0.1), and the improved
+ * presets (uint8 activations with zero points, per-group LUTs).
  */
 #include <math.h>
 #include <stdio.h>
@@ -384,6 +385,42 @@ TEST(fixtures)
     kiln_image_free(&lr);
 }
 
+/* kiln's improved presets quantize activations as uint8 with non-zero zero
+ * points (asymmetric, histogram ranges) and palettize per group of 16
+ * channels: the zero-point correction, the uint8 kernels and per-group LUT
+ * scales, against the simulation. */
+TEST(uint8_sites_and_grouped_luts)
+{
+    static const char *const presets[] = {"w8a8+", "p4g16a8+"};
+    for (int k = 0; k < 2; k++) {
+        kiln_artifact *a = make_artifact(g_fp32, g_ds, presets[k], 1);
+        if (!a) continue;
+        int unsigned_sites = 0, nonzero_zp = 0;
+        for (size_t i = 0; i < a->n_sites; i++) {
+            unsigned_sites += a->sites[i].qmin >= 0;
+            nonzero_zp += a->sites[i].zero_point != 0;
+        }
+        CHECK(unsigned_sites > 0);
+        CHECK(nonzero_zp > 0);
+        kiln_runner *rs = NULL, *ri = NULL;
+        CHECK_OK(kiln_runner_from_artifact(a, NULL, KILN_ENGINE_SIMULATE, &rs));
+        CHECK_OK(kiln_runner_from_artifact(a, NULL, KILN_ENGINE_INT8, &ri));
+        if (rs && ri) {
+            kiln_eval_result e1 = {0}, e2 = {0};
+            CHECK_OK(kiln_runner_eval(rs, g_ds, 20, 2, g_pool, NULL, &e1));
+            CHECK_OK(kiln_runner_eval(ri, g_ds, 20, 2, g_pool, NULL, &e2));
+            fprintf(stderr, "\n    %s (%d uint8 sites, %d non-zero zero points): simulate %.4f dB, int8 %.4f dB\n    ",
+                    presets[k], unsigned_sites, nonzero_zp, e1.mean, e2.mean);
+            CHECK_NEAR(e2.mean, e1.mean, 0.02);
+            kiln_eval_result_free(&e1);
+            kiln_eval_result_free(&e2);
+        }
+        kiln_runner_close(rs);
+        kiln_runner_close(ri);
+        kiln_artifact_free(a);
+    }
+}
+
 TEST(bad_input)
 {
     kiln_int8 *e = NULL;
@@ -419,6 +456,7 @@ int main(void)
     RUN(threads_bit_identical);
     RUN(runner_engines);
     RUN(fixtures);
+    RUN(uint8_sites_and_grouped_luts);
     RUN(bad_input);
     for (int k = 0; k < 2; k++) kiln_artifact_free(g_art[k]);
     kiln_dataset_close(g_ds);
