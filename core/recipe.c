@@ -1643,7 +1643,6 @@ kiln_status kiln_recipe_load_file(const char *path, kiln_recipe **out, kiln_conf
 
 #define W8 "{\"dtype\":\"int8\",\"qscheme\":\"symmetric\",\"granularity\":{\"per_channel\":{\"axis\":0}},\"calculator\":\"static\"}"
 #define A8 "{\"dtype\":\"int8\",\"qscheme\":\"symmetric\",\"granularity\":\"per_tensor\",\"calculator\":{\"moving_average\":{\"constant\":0.01}}}"
-#define A8MSE "{\"dtype\":\"int8\",\"qscheme\":\"symmetric\",\"granularity\":\"per_tensor\",\"calculator\":{\"hist_mse\":{}}}"
 /* [0,1] and [0,255] inputs on the 8-bit grid: uint8 asymmetric with the true
  * range is lossless there (SPEC §3.5 note: the reference spends 7 bits). */
 #define U8MINMAX "{\"dtype\":\"uint8\",\"qscheme\":\"asymmetric\",\"granularity\":\"per_tensor\",\"calculator\":\"global_minmax\"}"
