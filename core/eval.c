@@ -71,7 +71,8 @@ kiln_status kiln_eval_run(kiln_model *m, const kiln_dataset *ds, size_t first, s
             sr = p;
             sr_cap = need;
         }
-        st = kiln_model_forward(m, &lr, sr, pool, opts ? opts->hook : NULL);
+        if (opts && opts->forward) st = opts->forward(opts->forward_ctx, &lr, sr, pool);
+        else st = kiln_model_forward(m, &lr, sr, pool, opts ? opts->hook : NULL);
         double score = 0;
         if (st == KILN_OK) st = kiln_metric_score(&mo, sr, lr.w * s, lr.h * s, &hr, &score);
         kiln_image_free(&lr);

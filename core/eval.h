@@ -33,6 +33,10 @@ typedef struct kiln_eval_opts {
     void (*progress)(void *ctx, size_t done, size_t total, const char *name, double score);
     void *progress_ctx;
     const atomic_int *cancel;     /* non-zero: stop before the next image          */
+    /* Another way to run the network (the INT8 engine): when set, it is called
+     * instead of kiln_model_forward(m, lr, sr, pool, hook). */
+    kiln_status (*forward)(void *ctx, const kiln_image *lr, float *sr, kiln_pool *pool);
+    void *forward_ctx;
 } kiln_eval_opts;
 
 /* Evaluate images [first, first+count) of ds. result is filled on success

@@ -220,71 +220,9 @@ kiln_status kiln_runner_forward(kiln_runner *r, const kiln_image *lr, float *sr,
 
 /* kiln_eval_run's loop (eval.c) around the INT8 engine: same image order,
  * scoring, progress and cancellation. */
-static kiln_status eval_int8(kiln_runner *r, const kiln_dataset *ds, size_t first, size_t count,
-                             kiln_pool *pool, const kiln_eval_opts *opts, kiln_eval_result *res)
+static kiln_status int8_forward(void *ctx, const kiln_image *lr, float *sr, kiln_pool *pool)
 {
-    memset(res, 0, sizeof *res);
-    int s = kiln_int8_scale(r->int8);
-    if (first + count > kiln_dataset_count(ds))
-        return kiln_fail(KILN_ERR_INVALID, "eval: images %zu..%zu out of range (dataset has %zu)",
-                         first, first + count, kiln_dataset_count(ds));
-    if (kiln_dataset_scale(ds) != s)
-        return kiln_fail(KILN_ERR_INVALID, "eval: model is x%d but the dataset was opened for x%d", s,
-                         kiln_dataset_scale(ds));
-    res->names = calloc(count ? count : 1, sizeof *res->names);
-    res->scores = calloc(count ? count : 1, sizeof *res->scores);
-    if (!res->names || !res->scores) {
-        kiln_eval_result_free(res);
-        return kiln_fail(KILN_ERR_NOMEM, "eval: out of memory");
-    }
-    double t0 = kiln_now(), sum = 0;
-    float *sr = NULL;
-    size_t sr_cap = 0;
-    kiln_status st = KILN_OK;
-    for (size_t k = 0; k < count; k++) {
-        if (opts->cancel && atomic_load(opts->cancel)) {
-            st = kiln_fail(KILN_ERR_CANCELED, "eval: canceled after %zu of %zu images", k, count);
-            break;
-        }
-        size_t i = first + k;
-        kiln_image lr = {0}, hr = {0};
-        st = kiln_dataset_load(ds, i, &lr, &hr);
-        if (st != KILN_OK) break;
-        size_t need = (size_t)3 * lr.w * s * lr.h * s;
-        if (need > sr_cap) {
-            float *p = realloc(sr, need * sizeof(float));
-            if (!p) {
-                kiln_image_free(&lr);
-                kiln_image_free(&hr);
-                st = kiln_fail(KILN_ERR_NOMEM, "eval: out of memory");
-                break;
-            }
-            sr = p;
-            sr_cap = need;
-        }
-        st = kiln_int8_forward(r->int8, &lr, sr, pool);
-        double score = 0;
-        if (st == KILN_OK) st = kiln_metric_score(&opts->metric, sr, lr.w * s, lr.h * s, &hr, &score);
-        kiln_image_free(&lr);
-        kiln_image_free(&hr);
-        if (st != KILN_OK) {
-            kiln_errmsg_prefix("%s: ", kiln_dataset_name(ds, i));
-            break;
-        }
-        snprintf(res->names[k], sizeof res->names[k], "%s", kiln_dataset_name(ds, i));
-        res->scores[k] = score;
-        sum += score;
-        res->n = k + 1;
-        if (opts->progress) opts->progress(opts->progress_ctx, k + 1, count, res->names[k], score);
-    }
-    free(sr);
-    if (st != KILN_OK) {
-        kiln_eval_result_free(res);
-        return st;
-    }
-    res->mean = count ? sum / (double)count : 0;
-    res->seconds = kiln_now() - t0;
-    return KILN_OK;
+    return kiln_int8_forward(ctx, lr, sr, pool);
 }
 
 kiln_status kiln_runner_eval(kiln_runner *r, const kiln_dataset *ds, size_t first, size_t count,
@@ -292,6 +230,9 @@ kiln_status kiln_runner_eval(kiln_runner *r, const kiln_dataset *ds, size_t firs
 {
     kiln_eval_opts o = opts ? *opts : (kiln_eval_opts){0};
     o.hook = kiln_runner_hook(r);
-    if (r->int8) return eval_int8(r, ds, first, count, pool, &o, res);
+    if (r->int8) {
+        o.forward = int8_forward;
+        o.forward_ctx = r->int8;
+    }
     return kiln_eval_run(r->model, ds, first, count, pool, &o, res);
 }
