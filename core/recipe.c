@@ -1676,6 +1676,9 @@ static const struct {
              "}}}"},
     {"w8a8+", "{\"name\":\"w8a8+\",\"quantization\":{\"global\":{\"weight\":" W8C
               ",\"input\":" U8MINMAX ",\"output\":" A8UMSE "}," ACT_PLUS "}," OPT_BC "}"},
+    {"p4a8+", "{\"name\":\"p4a8+\",\"palettization\":{\"global\":" P4 "},"
+              "\"quantization\":{\"global\":{\"weight\":null,\"input\":" U8MINMAX
+              ",\"output\":" A8UMSE "}," ACT_PLUS "}," OPT_BC "}"},
     {"p4g16", "{\"name\":\"p4g16\",\"palettization\":{\"global\":" P4G16 "}}"},
     {"p4g16a8+", "{\"name\":\"p4g16a8+\",\"palettization\":{\"global\":" P4G16
                  ",\"op_name\":" P4T_SMALL "},"
@@ -1686,8 +1689,8 @@ static const struct {
 
 const char *const *kiln_preset_names(void)
 {
-    static const char *const names[] = {"fp32", "w8a8", "w8", "p4", "p4a8", "w8a8+", "p4g16",
-                                        "p4g16a8+", NULL};
+    static const char *const names[] = {"fp32", "w8a8", "w8", "p4", "p4a8", "w8a8+", "p4a8+",
+                                        "p4g16", "p4g16a8+", NULL};
     _Static_assert(sizeof names / sizeof names[0] == N_PRESETS + 1, "preset list out of sync");
     return names;
 }

@@ -40,7 +40,7 @@ typedef struct kiln_recipe_options {
 
 /* ---- presets ------------------------------------------------------------ */
 
-/* A built-in config by name ("fp32", "w8a8", "w8", "p4", "p4a8", "w8a8+",
+/* A built-in config by name ("fp32", "w8a8", "w8", "p4", "p4a8", "w8a8+", "p4a8+",
  * "p4g16", "p4g16a8+"); KILN_ERR_NOT_FOUND naming the known ones otherwise. */
 kiln_status kiln_recipe_preset(const char *name, kiln_recipe **out);
 /* NULL-terminated list of preset names, in a stable order. */

@@ -498,8 +498,8 @@ TEST(improved_presets_compress)
     CHECK(m != NULL);
     CHECK_OK(kiln_dataset_open(make_dataset(), 2, &ds));
     if (!m || !ds) goto out;
-    const char *names[] = {"w8a8+", "p4g16a8+"};
-    for (int p = 0; p < 2; p++) {
+    const char *names[] = {"w8a8+", "p4a8+", "p4g16a8+"};
+    for (int p = 0; p < 3; p++) {
         kiln_recipe *r = NULL;
         kiln_artifact *a = NULL, *back = NULL;
         CHECK_OK(kiln_recipe_preset(names[p], &r));
