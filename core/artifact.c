@@ -390,10 +390,11 @@ static kiln_status art_check_conv_shape(const kiln_art_conv *c, size_t i, kiln_s
         if (!valid_nbits(c->n_bits))
             return kiln_fail(st, "artifact: conv %s: n_bits %d is not 1, 2, 3, 4, 6 or 8", nm,
                              c->n_bits);
-        if (c->n_luts < 1 || c->group_size < 1 || c->n_luts > c->cout ||
-            (int64_t)c->n_luts * c->group_size != c->cout)
-            return kiln_fail(st, "artifact: conv %s: n_luts %d x group_size %d != cout %d", nm,
-                             c->n_luts, c->group_size, c->cout);
+        /* Groups of group_size output channels; the last one may be smaller. */
+        if (c->n_luts < 1 || c->group_size < 1 || c->group_size > c->cout || c->n_luts > c->cout ||
+            (int64_t)c->n_luts != ((int64_t)c->cout + c->group_size - 1) / c->group_size)
+            return kiln_fail(st, "artifact: conv %s: n_luts %d is not ceil(cout %d / group_size %d)", nm,
+                             c->n_luts, c->cout, c->group_size);
         return KILN_OK;
     }
     return kiln_fail(st, "artifact: conv %s: kind %d is not f32, int or palette", nm, (int)c->kind);

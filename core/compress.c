@@ -68,7 +68,11 @@ static kiln_status palettize_conv(const kiln_pspec *spec, kiln_art_conv *c, cons
     c->kind = KILN_WK_PALETTE;
     c->n_bits = spec->n_bits;
     c->n_luts = n_luts;
-    c->group_size = spec->granularity == KILN_PG_PER_TENSOR ? c->cout : spec->group_size;
+    /* A group never exceeds the tensor; the last group may be smaller
+     * (kiln_palettize and the artifact format both allow it). */
+    c->group_size = spec->granularity == KILN_PG_PER_TENSOR || spec->group_size > c->cout
+                        ? c->cout
+                        : spec->group_size;
     c->indices = malloc(numel);
     c->lut = malloc(entries * sizeof(float));
     if (spec->lut_quantize) {

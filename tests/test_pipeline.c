@@ -183,11 +183,50 @@ TEST(bad_jobs_fail_cleanly)
     CHECK(text == NULL);
 }
 
+TEST(uneven_palette_groups)
+{
+    /* Groups of 5 output channels over convs of 3, 12 and 48 channels: the
+     * last group is smaller, or the whole tensor is one group. The artifact
+     * must store it and run it to the PSNR the job reported. */
+    const char *data = small_dataset(4);
+    char out[1024], model[1024];
+    snprintf(out, sizeof out, "%s/g5.kiln", kiln_test_tmpdir());
+    snprintf(model, sizeof model, "%s", kiln_test_data("models/fixtures/r1f12_x2_resscale0.1_zip.pt"));
+    kiln_job_spec spec = {.model_path = model, .data_dir = data, .calib = 2, .threads = 2,
+                          .res_scale = 0.1f, .artifact_path = out, .skip_fp32 = 1,
+                          .config_json = "{\"name\": \"g5\", \"palettization\": {\"global\": {\"n_bits\": 4, "
+                                         "\"granularity\": \"per_grouped_channel\", \"group_size\": 5}}}"};
+    char *text = NULL;
+    CHECK_OK(kiln_job_run(&spec, NULL, NULL, NULL, &text));
+    json_t *j = text ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    kiln_runner *r = NULL;
+    CHECK_OK(kiln_runner_open(out, NULL, KILN_ENGINE_AUTO, &r));
+    const kiln_artifact *a = r ? kiln_runner_artifact(r) : NULL;
+    CHECK(a != NULL);
+    for (size_t i = 0; a && i < a->n_convs; i++) {
+        const kiln_art_conv *c = &a->convs[i];
+        CHECK(c->kind == KILN_WK_PALETTE);
+        CHECK_EQ_INT(c->n_luts, (c->cout + c->group_size - 1) / c->group_size);
+        CHECK(c->group_size == (c->cout < 5 ? c->cout : 5));
+    }
+    kiln_dataset *ds = NULL;
+    CHECK_OK(kiln_dataset_open(data, 2, &ds));
+    kiln_eval_result res = {0};
+    if (r && ds) CHECK_OK(kiln_runner_eval(r, ds, 2, 2, NULL, NULL, &res));
+    CHECK_NEAR(res.mean, json_number_value(json_object_get(j, "psnr_db")), 1e-9);
+    kiln_eval_result_free(&res);
+    kiln_dataset_close(ds);
+    kiln_runner_close(r);
+    json_decref(j);
+}
+
 int main(void)
 {
     CHECK(kiln_test_have_data());
     RUN(table_on_b100);
     RUN(artifacts_are_byte_identical);
     RUN(bad_jobs_fail_cleanly);
+    RUN(uneven_palette_groups);
     return check_summary();
 }
