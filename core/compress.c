@@ -132,34 +132,6 @@ static int sq_hook(void *ctx, size_t site, float *data, size_t n)
     return 0;
 }
 
-/* Site index whose tensor is the input of conv i. */
-static long conv_input_site(const kiln_model *m, size_t i)
-{
-    const char *name = kiln_model_conv_name(m, i);
-    int R = kiln_model_resblocks(m), b;
-    char want[64];
-    if (strcmp(name, "sub_mean") == 0) snprintf(want, sizeof want, "mul255");
-    else if (strcmp(name, "head.0") == 0) snprintf(want, sizeof want, "sub_mean");
-    else if (strcmp(name, "add_mean") == 0) snprintf(want, sizeof want, "tail_conv");
-    else if (sscanf(name, "body.%d.body.0", &b) == 1 && strstr(name, ".body.0")) {
-        if (b == 0) snprintf(want, sizeof want, "head");
-        else snprintf(want, sizeof want, "body.%d.add", b - 1);
-    } else if (sscanf(name, "body.%d.body.2", &b) == 1 && strstr(name, ".body.2")) {
-        snprintf(want, sizeof want, "body.%d.relu", b);
-    } else if (sscanf(name, "body.%d", &b) == 1 && b == R) {
-        if (R == 0) snprintf(want, sizeof want, "head");
-        else snprintf(want, sizeof want, "body.%d.add", R - 1);
-    } else if (strcmp(name, "tail.0.0") == 0) snprintf(want, sizeof want, "global_add");
-    else if (sscanf(name, "tail.0.%d", &b) == 1) snprintf(want, sizeof want, "pixel_shuffle.%d", b / 2 - 1);
-    else if (strcmp(name, "tail.1") == 0) {
-        size_t ns = kiln_model_site_count(m);
-        return (long)ns - 3; /* the last pixel_shuffle */
-    } else return -1;
-    for (size_t s = 0; s < kiln_model_site_count(m); s++)
-        if (strcmp(kiln_model_site_name(m, s), want) == 0) return (long)s;
-    return -1;
-}
-
 /* importance[i] (inner floats per conv) for the convs that want it. */
 static kiln_status activation_importance(kiln_model *m, const kiln_recipe *recipe,
                                          const kiln_dataset *ds, size_t first, size_t count,
@@ -175,7 +147,7 @@ static kiln_status activation_importance(kiln_model *m, const kiln_recipe *recip
         if (!kiln_recipe_pspec(recipe, kiln_model_conv_name(m, i), "conv", &ps) ||
             ps.weighting != KILN_KW_ACTIVATION)
             continue;
-        long site = conv_input_site(m, i);
+        long site = kiln_model_conv_input_site(m, i);
         if (site < 0) {
             st = kiln_fail(KILN_ERR_INTERNAL, "compress: no input site for %s", kiln_model_conv_name(m, i));
             break;
@@ -204,7 +176,7 @@ static kiln_status activation_importance(kiln_model *m, const kiln_recipe *recip
                 continue;
             int cin, k;
             kiln_model_conv_shape(m, i, NULL, &cin, &k);
-            long site = conv_input_site(m, i);
+            long site = kiln_model_conv_input_site(m, i);
             importance[i] = malloc((size_t)cin * k * k * sizeof(float));
             if (!importance[i]) {
                 st = kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");

@@ -112,50 +112,6 @@ kiln_status kiln_improve_equalize(kiln_model *m, int *pairs)
 /* ------------------------------------------------------------------------ */
 /* Conv inputs                                                               */
 
-static long find_site(const kiln_model *m, const char *name)
-{
-    for (size_t s = 0; s < kiln_model_site_count(m); s++)
-        if (strcmp(kiln_model_site_name(m, s), name) == 0) return (long)s;
-    return -1;
-}
-
-long kiln__improve_conv_input_site(const kiln_model *m, size_t i)
-{
-    const char *name = kiln_model_conv_name(m, i);
-    int R = kiln_model_resblocks(m), b, n = 0;
-    char want[64];
-    if (strcmp(name, "sub_mean") == 0) return find_site(m, "mul255");
-    if (strcmp(name, "head.0") == 0) return find_site(m, "sub_mean");
-    if (strcmp(name, "add_mean") == 0) return find_site(m, "tail_conv");
-    if (strcmp(name, "tail.1") == 0) {
-        long last = -1; /* the last pixel shuffle */
-        for (size_t s = 0; s < kiln_model_site_count(m); s++)
-            if (strncmp(kiln_model_site_name(m, s), "pixel_shuffle", 13) == 0) last = (long)s;
-        return last;
-    }
-    if (sscanf(name, "tail.0.%d%n", &b, &n) == 1 && name[n] == 0) {
-        if (b == 0) return find_site(m, "global_add");
-        snprintf(want, sizeof want, "pixel_shuffle.%d", b / 2 - 1);
-        return find_site(m, want);
-    }
-    if (sscanf(name, "body.%d.body.%*d%n", &b, &n) == 1 && n > 0 && name[n] == 0) {
-        if (strcmp(name + strlen(name) - 2, ".2") == 0) {
-            snprintf(want, sizeof want, "body.%d.relu", b);
-            return find_site(m, want);
-        }
-        if (b == 0) return find_site(m, "head");
-        snprintf(want, sizeof want, "body.%d.add", b - 1);
-        return find_site(m, want);
-    }
-    n = 0;
-    if (sscanf(name, "body.%d%n", &b, &n) == 1 && name[n] == 0 && b == R) {
-        if (R == 0) return find_site(m, "head");
-        snprintf(want, sizeof want, "body.%d.add", R - 1);
-        return find_site(m, want);
-    }
-    return -1;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Bias-correction statistics                                                */
 
@@ -204,7 +160,7 @@ kiln_status kiln_improve_stats_create(const kiln_model *m, kiln_improve_stats **
     }
     for (size_t i = 0; i < s->nconv; i++) {
         kiln_model_conv_shape(m, i, &s->cout[i], &s->cin[i], &s->k[i]);
-        s->site[i] = kiln__improve_conv_input_site(m, i);
+        s->site[i] = kiln_model_conv_input_site(m, i);
         if (s->site[i] < 0) {
             kiln_status st = kiln_fail(KILN_ERR_INTERNAL, "bias correction: no input site for conv %s",
                                        kiln_model_conv_name(m, i));

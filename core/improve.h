@@ -79,9 +79,4 @@ kiln_status kiln_improve_correct_biases(kiln_model *work, const kiln_model *ref,
                                         const kiln_dataset *ds, size_t first, size_t count,
                                         const kiln_compress_opts *opts);
 
-/* ---- internal ------------------------------------------------------------- */
-
-/* Site index holding the input tensor of conv i, or -1. */
-long kiln__improve_conv_input_site(const kiln_model *m, size_t i);
-
 #endif

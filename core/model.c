@@ -393,6 +393,31 @@ kiln_status kiln_model_set_conv_bias(kiln_model *m, size_t i, const float *b)
 }
 
 size_t kiln_model_site_count(const kiln_model *m) { return m->nsites; }
+
+long kiln_model_conv_input_site(const kiln_model *m, size_t i)
+{
+    /* Site layout (build_sites): 0 input, 1 mul255, 2 sub_mean, 3 head;
+     * block b: 4+4b relu, 5+4b conv2, 6+4b mul, 7+4b add; 4+4R body_conv,
+     * 5+4R global_add; stage j: 6+4R+2j upsample_conv, 7+4R+2j
+     * pixel_shuffle; then tail_conv, add_mean. */
+    long R = m->R, nu = m->n_up;
+    long last_add = R == 0 ? 3 : 7 + 4 * (R - 1);
+    if (i == ci_sub()) return 1;
+    if (i == ci_head()) return 2;
+    if (i < ci_bodyconv(m)) {
+        long b = (long)(i - 2) / 2;
+        if ((i - 2) % 2) return 4 + 4 * b;      /* conv2 reads the ReLU */
+        return b == 0 ? 3 : 7 + 4 * (b - 1);    /* conv1 reads the previous add */
+    }
+    if (i == ci_bodyconv(m)) return last_add;
+    if (i < ci_tail(m)) {
+        long j = (long)(i - ci_up(m, 0));
+        return j == 0 ? 5 + 4 * R : 7 + 4 * R + 2 * (j - 1);
+    }
+    if (i == ci_tail(m)) return 7 + 4 * R + 2 * (nu - 1);
+    if (i == ci_addmean(m)) return 6 + 4 * R + 2 * nu;
+    return -1;
+}
 const char *kiln_model_site_name(const kiln_model *m, size_t i) { return m->sites[i]; }
 
 double kiln_model_flops(const kiln_model *m, int h, int w)

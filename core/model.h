@@ -77,6 +77,8 @@ long kiln_model_conv_find(const kiln_model *m, const char *name);
 /* The activation sites. */
 size_t kiln_model_site_count(const kiln_model *m);
 const char *kiln_model_site_name(const kiln_model *m, size_t i);
+/* The site whose tensor conv i reads (its input), or -1 for a bad index. */
+long kiln_model_conv_input_site(const kiln_model *m, size_t i);
 
 typedef struct kiln_site_hook {
     /* Called once per site per forward pass, in site order. n counts every

@@ -162,7 +162,7 @@ static void check_taps(kiln_model *m, const char *conv, const kiln_image *lr, in
     long i = kiln_model_conv_find(m, conv);
     CHECK(i >= 0);
     if (i < 0) return;
-    capture cap = {kiln__improve_conv_input_site(m, (size_t)i), NULL, 0};
+    capture cap = {kiln_model_conv_input_site(m, (size_t)i), NULL, 0};
     CHECK(cap.site >= 0);
     kiln_site_hook hook = {capture_hook, &cap, 0};
     size_t n;

@@ -154,6 +154,36 @@ TEST(edsr_baseline_architecture)
     kiln_model_destroy(m);
 }
 
+static void check_inputs(const char *path, const char *const (*want)[2], size_t n)
+{
+    kiln_model *m = NULL;
+    CHECK_OK(kiln_model_load(path, NULL, &m));
+    if (!m) return;
+    for (size_t k = 0; k < n; k++) {
+        long c = kiln_model_conv_find(m, want[k][0]);
+        CHECK_MSG(c >= 0, "%s", want[k][0]);
+        long s = c >= 0 ? kiln_model_conv_input_site(m, (size_t)c) : -1;
+        CHECK_MSG(s >= 0 && strcmp(kiln_model_site_name(m, (size_t)s), want[k][1]) == 0, "%s reads %s, want %s",
+                  want[k][0], s >= 0 ? kiln_model_site_name(m, (size_t)s) : "?", want[k][1]);
+    }
+    CHECK_EQ_INT(kiln_model_conv_input_site(m, kiln_model_conv_count(m)), -1);
+    kiln_model_destroy(m);
+}
+
+TEST(conv_input_sites)
+{
+    static const char *const x2[][2] = {
+        {"sub_mean", "mul255"}, {"head.0", "sub_mean"}, {"body.0.body.0", "head"},
+        {"body.0.body.2", "body.0.relu"}, {"body.3.body.0", "body.2.add"}, {"body.15.body.2", "body.15.relu"},
+        {"body.16", "body.15.add"}, {"tail.0.0", "global_add"}, {"tail.1", "pixel_shuffle"},
+        {"add_mean", "tail_conv"}};
+    check_inputs(kiln_test_data("models/edsr_r16f64_x2.pt"), x2, sizeof x2 / sizeof x2[0]);
+    static const char *const x4[][2] = {
+        {"body.2", "body.1.add"}, {"tail.0.0", "global_add"}, {"tail.0.2", "pixel_shuffle.0"},
+        {"tail.1", "pixel_shuffle.1"}, {"add_mean", "tail_conv"}};
+    check_inputs(kiln_test_data("models/fixtures/r2f8_x4_safetensors.safetensors"), x4, sizeof x4 / sizeof x4[0]);
+}
+
 static float *edsr_reference_run(kiln_model *m, int threads, const kiln_site_hook *hook, kiln_image *lr)
 {
     kiln_pool *pool = NULL;
@@ -288,6 +318,7 @@ int main(void)
     RUN(edsr_baseline_architecture);
     RUN(edsr_matches_reference_output);
     RUN(refuses_broken_architectures);
+    RUN(conv_input_sites);
     RUN(tiny_inputs);
     return check_summary();
 }
