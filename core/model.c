@@ -447,72 +447,108 @@ static kiln_status run_conv(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_
     return kiln_conv_run(c->packed, in, out, &ep, pool);
 }
 
-/* Elementwise work is split into this many contiguous slices (a multiple of
- * any sane thread count keeps both cores busy; the split never changes the
- * result since every element is computed on its own). */
-#define EW_SLICES 16
+/* Elementwise work: a short chain of steps (site hook, scale, add) applied to
+ * contiguous slices of a buffer, each slice running the whole chain while it
+ * is in cache, slices spread over the pool. Every element goes through the
+ * same operations in the same order as the unfused sequence would, so the
+ * result does not depend on the slicing or the thread count. */
+enum { EW_HOOK, EW_SCALE, EW_ADD };
+#define EW_MAX_STEPS 6
+#define EW_SLICE_FLOATS 65536 /* 256 KiB: the chain stays in L2 */
+
+typedef struct ew_step {
+    int op;
+    size_t site;        /* EW_HOOK */
+    float scale;        /* EW_SCALE */
+    const float *other; /* EW_ADD: data[k] += other[k] */
+} ew_step;
 
 typedef struct ew_job {
     const kiln_site_hook *hook;
-    size_t site;
     float *data;
-    const float *other;
-    float scale;
     size_t n;
-    int op; /* 0: hook, 1: data *= scale, 2: data += other */
+    int slices, nsteps;
+    ew_step steps[EW_MAX_STEPS];
     atomic_int failed;
 } ew_job;
 
 static void ew_slice(void *ctx, int i)
 {
     ew_job *j = ctx;
-    size_t lo = j->n * (size_t)i / EW_SLICES, hi = j->n * (size_t)(i + 1) / EW_SLICES;
+    size_t lo = j->n * (size_t)i / (size_t)j->slices, hi = j->n * (size_t)(i + 1) / (size_t)j->slices;
     float *d = j->data;
-    switch (j->op) {
-    case 0:
-        if (hi > lo && j->hook->fn(j->hook->ctx, j->site, d + lo, hi - lo) != 0) atomic_store(&j->failed, 1);
-        break;
-    case 1:
-        for (size_t k = lo; k < hi; k++) d[k] *= j->scale;
-        break;
-    default:
-        for (size_t k = lo; k < hi; k++) d[k] += j->other[k];
-        break;
+    for (int t = 0; t < j->nsteps && hi > lo; t++) {
+        const ew_step *st = &j->steps[t];
+        switch (st->op) {
+        case EW_HOOK:
+            if (j->hook->fn(j->hook->ctx, st->site, d + lo, hi - lo) != 0) {
+                atomic_store(&j->failed, 1);
+                return;
+            }
+            break;
+        case EW_SCALE:
+            for (size_t k = lo; k < hi; k++) d[k] *= st->scale;
+            break;
+        default:
+            for (size_t k = lo; k < hi; k++) d[k] += st->other[k];
+            break;
+        }
     }
 }
 
-static void ew_run(ew_job *j, kiln_pool *pool)
+static void ew_init(ew_job *j, const kiln_site_hook *hook, kiln_fmap *f)
 {
-    atomic_init(&j->failed, 0);
-    if (pool && kiln_pool_threads(pool) > 1 && j->n >= 4096) kiln_pool_run(pool, EW_SLICES, ew_slice, j);
-    else
-        for (int i = 0; i < EW_SLICES; i++) ew_slice(j, i);
+    j->hook = hook;
+    j->data = f->data;
+    j->n = kiln_fmap_total(f);
+    j->nsteps = 0;
 }
 
+static void ew_hook(ew_job *j, size_t site) { j->steps[j->nsteps++] = (ew_step){EW_HOOK, site, 0, NULL}; }
+static void ew_scale(ew_job *j, float s) { j->steps[j->nsteps++] = (ew_step){EW_SCALE, 0, s, NULL}; }
+static void ew_add(ew_job *j, const kiln_fmap *g) { j->steps[j->nsteps++] = (ew_step){EW_ADD, 0, 0, g->data}; }
+
+static kiln_status ew_run(ew_job *j, kiln_pool *pool)
+{
+    atomic_init(&j->failed, 0);
+    size_t slices = j->n / EW_SLICE_FLOATS;
+    j->slices = slices < 1 ? 1 : slices > 1024 ? 1024 : (int)slices;
+    if (pool && kiln_pool_threads(pool) > 1 && j->slices > 1) kiln_pool_run(pool, j->slices, ew_slice, j);
+    else
+        for (int i = 0; i < j->slices; i++) ew_slice(j, i);
+    if (atomic_load(&j->failed)) return kiln_fail(KILN_ERR_CANCELED, "forward pass stopped by a site hook");
+    return KILN_OK;
+}
+
+/* One site's hook: sliced when the hook is elementwise, else one call with
+ * the whole buffer (observers). */
 static kiln_status site(const kiln_site_hook *hook, size_t s, kiln_fmap *f, kiln_pool *pool)
 {
     if (!hook || !hook->fn) return KILN_OK;
-    int failed;
     if (hook->elementwise) {
-        ew_job j = {.hook = hook, .site = s, .data = f->data, .n = kiln_fmap_total(f), .op = 0};
-        ew_run(&j, pool);
-        failed = atomic_load(&j.failed);
-    } else {
-        failed = hook->fn(hook->ctx, s, f->data, kiln_fmap_total(f)) != 0;
+        ew_job j;
+        ew_init(&j, hook, f);
+        ew_hook(&j, s);
+        return ew_run(&j, pool);
     }
-    if (failed) return kiln_fail(KILN_ERR_CANCELED, "forward pass stopped by a site hook");
+    if (hook->fn(hook->ctx, s, f->data, kiln_fmap_total(f)) != 0)
+        return kiln_fail(KILN_ERR_CANCELED, "forward pass stopped by a site hook");
     return KILN_OK;
 }
 
 static void scale_inplace(kiln_fmap *f, float s, kiln_pool *pool)
 {
-    ew_job j = {.data = f->data, .n = kiln_fmap_total(f), .scale = s, .op = 1};
+    ew_job j;
+    ew_init(&j, NULL, f);
+    ew_scale(&j, s);
     ew_run(&j, pool);
 }
 
 static void add_inplace(kiln_fmap *f, const kiln_fmap *g, kiln_pool *pool)
 {
-    ew_job j = {.data = f->data, .other = g->data, .n = kiln_fmap_total(f), .op = 2};
+    ew_job j;
+    ew_init(&j, NULL, f);
+    ew_add(&j, g);
     ew_run(&j, pool);
 }
 
@@ -544,9 +580,18 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
     kiln_fmap_from_chw(&b[B_IN], in);
     size_t s = 0;
 #define TRY(x) do { if ((st = (x)) != KILN_OK) return st; } while (0)
-    TRY(site(hook, s++, &b[B_IN], pool));              /* input */
-    scale_inplace(&b[B_IN], 255.0f, pool);
-    TRY(site(hook, s++, &b[B_IN], pool));              /* mul255 */
+    if (hook && hook->elementwise) {
+        ew_job j;                                      /* input, ·255, mul255 */
+        ew_init(&j, hook, &b[B_IN]);
+        ew_hook(&j, s++);
+        ew_scale(&j, 255.0f);
+        ew_hook(&j, s++);
+        TRY(ew_run(&j, pool));
+    } else {
+        TRY(site(hook, s++, &b[B_IN], pool));          /* input */
+        scale_inplace(&b[B_IN], 255.0f, pool);
+        TRY(site(hook, s++, &b[B_IN], pool));          /* mul255 */
+    }
     TRY(run_conv(m, ci_sub(), &b[B_IN], &b[B_IN2], 0, NULL, 1.0f, pool));
     TRY(site(hook, s++, &b[B_IN2], pool));             /* sub_mean */
     TRY(run_conv(m, ci_head(), &b[B_IN2], &b[B_H0], 0, NULL, 1.0f, pool));
@@ -555,7 +600,18 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
     for (int i = 0; i < m->R; i++) {
         TRY(run_conv(m, ci_body1(i), cur, &b[B_T], 1, NULL, 1.0f, pool));
         TRY(site(hook, s++, &b[B_T], pool));           /* body.i.relu */
-        if (hook) {
+        if (hook && hook->elementwise) {
+            /* conv2 site, ·res_scale, mul site, + h, add site: one pass. */
+            TRY(run_conv(m, ci_body2(i), &b[B_T], nxt, 0, NULL, 1.0f, pool));
+            ew_job j;
+            ew_init(&j, hook, nxt);
+            ew_hook(&j, s++);
+            if (m->res_scale != 1.0f) ew_scale(&j, m->res_scale);
+            ew_hook(&j, s++);
+            ew_add(&j, cur);
+            ew_hook(&j, s++);
+            TRY(ew_run(&j, pool));
+        } else if (hook) {
             TRY(run_conv(m, ci_body2(i), &b[B_T], nxt, 0, NULL, 1.0f, pool));
             TRY(site(hook, s++, nxt, pool));           /* body.i.conv2 */
             if (m->res_scale != 1.0f) scale_inplace(nxt, m->res_scale, pool);
@@ -571,7 +627,15 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
         nxt = t;
     }
     /* nxt is free and is not h0 */
-    if (hook) {
+    if (hook && hook->elementwise) {
+        TRY(run_conv(m, ci_bodyconv(m), cur, nxt, 0, NULL, 1.0f, pool));
+        ew_job j;
+        ew_init(&j, hook, nxt);
+        ew_hook(&j, s++);                              /* body_conv */
+        ew_add(&j, &b[B_H0]);
+        ew_hook(&j, s++);                              /* global_add */
+        TRY(ew_run(&j, pool));
+    } else if (hook) {
         TRY(run_conv(m, ci_bodyconv(m), cur, nxt, 0, NULL, 1.0f, pool));
         TRY(site(hook, s++, nxt, pool));               /* body_conv */
         add_inplace(nxt, &b[B_H0], pool);

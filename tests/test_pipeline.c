@@ -12,6 +12,7 @@
 
 #include "check.h"
 #include "job.h"
+#include "quant.h"
 #include "runner.h"
 
 static const char *model_path(void)
@@ -221,6 +222,49 @@ TEST(uneven_palette_groups)
     json_decref(j);
 }
 
+static int fq_every_site(void *ctx, size_t site, float *data, size_t n)
+{
+    const kiln_artifact *a = ctx;
+    const kiln_art_site *s = &a->sites[site];
+    if (s->enabled) kiln_fake_quant(data, n, s->scale, s->zero_point, s->qmin, s->qmax, 0);
+    return 0;
+}
+
+TEST(simulation_skips_only_no_ops)
+{
+    /* The runner skips fake quantization where it cannot change a value
+     * (the res_scale-1 product and the pixel shuffle with the previous
+     * site's qparams). Its output must equal fake-quantizing every site. */
+    const char *data = small_dataset(4);
+    char out[1024];
+    snprintf(out, sizeof out, "%s/sim.kiln", kiln_test_tmpdir());
+    json_t *j = run("w8a8", data, 2, out, 1);
+    json_decref(j);
+    kiln_runner *r = NULL;
+    CHECK_OK(kiln_runner_open(out, NULL, KILN_ENGINE_SIMULATE, &r));
+    if (!r) return;
+    const kiln_artifact *a = kiln_runner_artifact(r);
+    size_t same = 0;
+    for (size_t i = 1; i < a->n_sites; i++)
+        same += a->sites[i].scale == a->sites[i - 1].scale && a->sites[i].enabled;
+    CHECK(same >= 16); /* every body.i.mul repeats body.i.conv2 */
+    kiln_image lr;
+    CHECK_OK(kiln_png_read(kiln_test_data("models/fixtures/crop_lr.png"), &lr, NULL));
+    size_t n = (size_t)3 * lr.w * 2 * lr.h * 2;
+    float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
+    kiln_pool *pool = NULL;
+    CHECK_OK(kiln_pool_create(2, &pool));
+    CHECK_OK(kiln_runner_forward(r, &lr, x, pool));
+    kiln_site_hook every = {fq_every_site, (void *)a, 0};
+    CHECK_OK(kiln_model_forward(kiln_runner_model(r), &lr, y, pool, &every));
+    CHECK(memcmp(x, y, n * sizeof(float)) == 0);
+    free(x);
+    free(y);
+    kiln_pool_destroy(pool);
+    kiln_image_free(&lr);
+    kiln_runner_close(r);
+}
+
 int main(void)
 {
     CHECK(kiln_test_have_data());
@@ -228,5 +272,6 @@ int main(void)
     RUN(artifacts_are_byte_identical);
     RUN(bad_jobs_fail_cleanly);
     RUN(uneven_palette_groups);
+    RUN(simulation_skips_only_no_ops);
     return check_summary();
 }
