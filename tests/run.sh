@@ -18,6 +18,11 @@ for t in "$build"/tests/test_* tests/test_*.sh; do
     [ -e "$t" ] || continue
     case "$t" in *.d|*.o) continue ;; esac
     name=$(basename "$t")
+    # Scripts that use no kiln binary of the build under test (marked
+    # "kiln-test: build-independent") run once, in the release pass.
+    case "$t" in *.sh)
+        if [ "${KILN_TEST_FULL:-0}" != 1 ] && grep -q 'kiln-test: build-independent' "$t"; then continue; fi ;;
+    esac
     if [ -n "$pattern" ]; then case "$name" in *$pattern*) ;; *) continue ;; esac; fi
     start=$(date +%s)
     if timeout "$limit" "$t" >"$logdir/$name.log" 2>&1; then

@@ -1,4 +1,5 @@
 #!/bin/sh
+# kiln-test: build-independent (checks files and `make run`, not the build under test)
 # test_deploy.sh — every file in deploy/ and the Dockerfile checked by
 # something runnable here (docker itself is not: no engine on this machine).
 #   1. kilnd.service: `systemd-analyze verify` clean (no warning at all), the

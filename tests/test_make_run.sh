@@ -1,4 +1,5 @@
 #!/bin/sh
+# kiln-test: build-independent (checks files and `make run`, not the build under test)
 # test_make_run.sh — the README's first command works: `make run` builds and
 # starts kilnd with its embedded defaults, which prints the first admin token,
 # registers B100 from the data root, and serves /v1/health and the dashboard
