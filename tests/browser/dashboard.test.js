@@ -306,11 +306,19 @@ async function loadTimed(ctx) {
   });
   // The token goes in before the page's script runs, so the timing covers
   // exactly: HTML, CSS, JS, /v1/me, models, datasets, presets, one page of jobs.
-  await page.goto(BASE + '/#/', { waitUntil: 'commit' });
+  const statuses = [];
+  page.on('response', (r) => { const u = new URL(r.url()); if (u.pathname.startsWith('/v1/')) statuses.push(`${r.status()} ${u.pathname}${u.search}`); });
+  await page.goto(BASE + '/#/', { waitUntil: 'domcontentloaded' });
   await page.evaluate((t) => sessionStorage.setItem('kiln.token', t), TOKEN);
   const t0 = Date.now();
   await page.reload({ waitUntil: 'commit' });
-  await page.waitForFunction(() => document.querySelectorAll('#rows tr[data-job]').length >= 50);
+  try {
+    await page.waitForFunction(() => document.querySelectorAll('#rows tr[data-job]').length >= 50, null, { timeout: 60000 });
+  } catch (e) {
+    // Say what the page shows and what the API answered, not just "timeout".
+    const text = await page.evaluate(() => document.body.innerText.slice(0, 600)).catch(() => '?');
+    throw new Error(`50 rows did not appear: page says ${JSON.stringify(text)}; API: ${statuses.join(', ')}; console: ${errors.join(' | ')}`);
+  }
   const ms = Date.now() - t0;
   await page.waitForLoadState('networkidle');
   return { page, errors, reqs, bodies, ms };
