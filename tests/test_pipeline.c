@@ -5,7 +5,8 @@
  * byte-identical artifacts.
  *
  * Release run (KILN_TEST_FULL=1): the real 20/80 split of B100. Under the
- * sanitizers: the same code on a 5-image copy of B100 (2 calibration images).
+ * sanitizers: the same code on 5 B100 images cropped to 96x96 (HR only, LR
+ * made by the MATLAB bicubic), 2 of them calibrating.
  */
 #include <jansson.h>
 #include <sys/stat.h>
@@ -22,19 +23,9 @@ static const char *model_path(void)
     return buf;
 }
 
-static int copy_file(const char *from, const char *to)
-{
-    size_t n;
-    char *buf = kiln_test_read_file(from, &n);
-    if (!buf) return -1;
-    FILE *f = fopen(to, "wb");
-    int ok = f && fwrite(buf, 1, n, f) == n;
-    if (f) fclose(f);
-    free(buf);
-    return ok ? 0 : -1;
-}
-
-/* A small benchmark-layout copy of the first n B100 images. */
+/* A small HR-only dataset: the first n B100 images cropped (top-left) to
+ * 96x96, so LR images (48x48) are made with the MATLAB bicubic. Small images
+ * keep the sanitizer run fast; the full-size B100 runs in the release pass. */
 static const char *small_dataset(int n)
 {
     static char dir[512];
@@ -44,17 +35,16 @@ static const char *small_dataset(int n)
     mkdir(dir, 0755);
     snprintf(p, sizeof p, "%s/HR", dir);
     mkdir(p, 0755);
-    snprintf(p, sizeof p, "%s/LR_bicubic", dir);
-    mkdir(p, 0755);
-    snprintf(p, sizeof p, "%s/LR_bicubic/X2", dir);
-    mkdir(p, 0755);
     for (int i = 0; i < n; i++) {
         snprintf(p, sizeof p, "B100/HR/%s.png", names[i]);
         snprintf(q, sizeof q, "%s/HR/%s.png", dir, names[i]);
-        CHECK(copy_file(kiln_test_data(p), q) == 0);
-        snprintf(p, sizeof p, "B100/LR_bicubic/X2/%sx2.png", names[i]);
-        snprintf(q, sizeof q, "%s/LR_bicubic/X2/%sx2.png", dir, names[i]);
-        CHECK(copy_file(kiln_test_data(p), q) == 0);
+        kiln_image hr = {0}, crop = {0};
+        CHECK_OK(kiln_png_read(kiln_test_data(p), &hr, NULL));
+        CHECK_OK(kiln_image_alloc(&crop, 96, 96));
+        for (int y = 0; y < 96 && hr.rgb; y++) memcpy(crop.rgb + (size_t)y * 96 * 3, hr.rgb + (size_t)y * hr.w * 3, 96 * 3);
+        CHECK_OK(kiln_png_write(q, &crop));
+        kiln_image_free(&hr);
+        kiln_image_free(&crop);
     }
     return dir;
 }
@@ -104,8 +94,12 @@ TEST(table_on_b100)
     CHECK_MSG(num(p4, "ratio") >= 7.8, "p4 ratio %.3f", num(p4, "ratio"));
     /* Quantization costs something, but not everything. */
     double d8 = num(w8, "psnr_db") - fp32, d4 = num(p4, "psnr_db") - fp32;
-    CHECK_MSG(d8 < 0 && d8 > -1.0, "w8a8 delta %.4f", d8);
-    CHECK_MSG(d4 < d8 && d4 > -2.0, "p4a8 delta %.4f", d4);
+    CHECK_MSG(d8 < 0, "w8a8 delta %.4f", d8);
+    CHECK_MSG(d4 < d8, "p4a8 delta %.4f", d4);
+    if (full) { /* B100: about where the reference lands (-0.35 / -0.82 dB on its weights) */
+        CHECK_MSG(d8 > -0.5, "w8a8 delta %.4f", d8);
+        CHECK_MSG(d4 > -1.2, "p4a8 delta %.4f", d4);
+    }
     fprintf(stderr, "\n    FP32 %.4f dB | W8A8 %.4f dB (%+.4f, %lld B) | W_P4(INT8)_A8 %.4f dB (%+.4f, %lld B)\n  ",
             fp32, num(w8, "psnr_db"), d8, json_integer_value(json_object_get(w8, "weight_bytes")),
             num(p4, "psnr_db"), d4, json_integer_value(json_object_get(p4, "weight_bytes")));
