@@ -34,13 +34,18 @@
 #define KILN_FMAP_MAX_DIM (1 << 20)
 #define KILN_CONV_MAX_CH (1 << 16)
 
+/* Instruction set of a conv's kernel, chosen at create time (see conv.h:
+ * KILN_CONV_ISA). */
+typedef enum conv_isa { ISA_SCALAR, ISA_AVX2, ISA_AVX512 } conv_isa;
+
 struct kiln_conv {
     int cout, cin, k;
-    kiln_impl impl;    /* resolved: REFERENCE or AVX2 */
+    kiln_impl impl;    /* resolved: REFERENCE, AVX2 or WINOGRAD */
+    conv_isa isa;      /* kernel family of `packed` */
     float *w;          /* OIHW copy [cout][cin][k][k] */
     float *bias;       /* [nblocks * OB], zero past cout */
-    float *packed;     /* AVX2 layout, NULL for REFERENCE */
-    int nblocks;       /* AVX2 output-channel blocks */
+    float *packed;     /* kernel layout, NULL for REFERENCE */
+    int nblocks;       /* output-channel blocks of the kernel's OB */
 };
 
 /* ---- feature maps ------------------------------------------------------- */
@@ -143,6 +148,34 @@ static int cpu_has_avx2_fma(void)
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
+static int cpu_has_avx512(void)
+{
+    __builtin_cpu_init();
+    return cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+}
+
+/* The SIMD instruction set a new conv may use: the best the CPU has, capped
+ * by KILN_CONV_ISA (read at every create, so tests can switch it). */
+static kiln_status simd_isa(conv_isa *isa)
+{
+    const char *e = getenv("KILN_CONV_ISA");
+    int has512 = cpu_has_avx512();
+    if (!e || !*e || strcmp(e, "auto") == 0) {
+        *isa = has512 ? ISA_AVX512 : ISA_AVX2;
+    } else if (strcmp(e, "avx2") == 0) {
+        *isa = ISA_AVX2;
+    } else if (strcmp(e, "avx512") == 0) {
+        if (!has512)
+            return kiln_fail(KILN_ERR_UNSUPPORTED,
+                             "conv: KILN_CONV_ISA=avx512 but this CPU lacks AVX-512F/DQ/BW/VL");
+        *isa = ISA_AVX512;
+    } else {
+        return kiln_fail(KILN_ERR_INVALID, "conv: KILN_CONV_ISA='%s' is not one of auto, avx2, avx512", e);
+    }
+    return KILN_OK;
+}
+
 kiln_impl kiln_impl_resolve(kiln_impl impl)
 {
     if (impl != KILN_IMPL_AUTO) return impl;
@@ -187,6 +220,13 @@ kiln_status kiln_conv_create(int cout, int cin, int k, const float *weights, con
     if (impl == KILN_IMPL_AUTO && r == KILN_IMPL_AVX2 && k == 3 && cin >= 16 && cout >= 16)
         r = KILN_IMPL_WINOGRAD;
     if (r == KILN_IMPL_WINOGRAD && k != 3) r = KILN_IMPL_AVX2; /* Winograd is 3x3 only */
+    conv_isa isa = ISA_SCALAR;
+    if (r != KILN_IMPL_REFERENCE) {
+        kiln_status st = simd_isa(&isa);
+        if (st) return st;
+        /* The direct method has only an AVX2 kernel. */
+        if (r == KILN_IMPL_AVX2) isa = ISA_AVX2;
+    }
 
     kiln_conv *c = calloc(1, sizeof *c);
     if (!c) return kiln_fail(KILN_ERR_NOMEM, "conv: out of memory");
@@ -194,10 +234,14 @@ kiln_status kiln_conv_create(int cout, int cin, int k, const float *weights, con
     c->cin = cin;
     c->k = k;
     c->impl = r;
-    c->nblocks = (cout + KILN__AVX2_OB - 1) / KILN__AVX2_OB;
+    c->isa = isa;
+    c->nblocks = r == KILN_IMPL_WINOGRAD && isa == ISA_AVX512 ? kiln__wino512_nblocks(cout)
+                                                             : (cout + KILN__AVX2_OB - 1) / KILN__AVX2_OB;
     size_t nw = (size_t)cout * cin * k * k;
     c->w = malloc(nw * sizeof(float));
-    c->bias = calloc((size_t)c->nblocks * KILN__AVX2_OB, sizeof(float));
+    /* Bias padded to whole blocks of the larger OB, zeros past cout. */
+    const int ob_max = KILN__W512_OB > KILN__AVX2_OB ? KILN__W512_OB : KILN__AVX2_OB;
+    c->bias = calloc((size_t)(cout + ob_max - 1) / ob_max * ob_max, sizeof(float));
     if (!c->w || !c->bias) goto nomem;
     memcpy(c->w, weights, nw * sizeof(float));
     if (bias) memcpy(c->bias, bias, (size_t)cout * sizeof(float));
@@ -206,6 +250,11 @@ kiln_status kiln_conv_create(int cout, int cin, int k, const float *weights, con
         c->packed = aligned_alloc(64, (np * sizeof(float) + 63) / 64 * 64);
         if (!c->packed) goto nomem;
         kiln__conv_avx2_pack(cout, cin, k, c->w, c->packed);
+    } else if (r == KILN_IMPL_WINOGRAD && isa == ISA_AVX512) {
+        size_t np = kiln__wino512_packed_floats(cout, cin);
+        c->packed = aligned_alloc(64, (np * sizeof(float) + 63) / 64 * 64);
+        if (!c->packed) goto nomem;
+        kiln__wino512_pack(cout, cin, c->w, c->packed);
     } else if (r == KILN_IMPL_WINOGRAD) {
         size_t np = kiln__wino_packed_floats(cout, cin);
         c->packed = aligned_alloc(64, (np * sizeof(float) + 63) / 64 * 64);
@@ -234,6 +283,16 @@ double kiln_conv_flops(const kiln_conv *c, int h, int w)
 }
 
 kiln_impl kiln_conv_impl(const kiln_conv *c) { return c->impl; }
+
+const char *kiln_conv_isa(const kiln_conv *c)
+{
+    switch (c->isa) {
+    case ISA_SCALAR: return "scalar";
+    case ISA_AVX2: return "avx2";
+    case ISA_AVX512: return "avx512";
+    }
+    return "unknown";
+}
 
 /* ---- reference ---------------------------------------------------------- */
 
@@ -321,6 +380,12 @@ static void wino_item(void *vctx, int i, int tid)
     kiln__wino_item(&a->job, i / a->chunks, i % a->chunks, a->scratch + (size_t)tid * a->slice);
 }
 
+static void wino512_item(void *vctx, int i, int tid)
+{
+    const wino_ctx *a = vctx;
+    kiln__wino512_item(&a->job, i / a->chunks, i % a->chunks, a->scratch + (size_t)tid * a->slice);
+}
+
 /* ---- run ---------------------------------------------------------------- */
 
 static kiln_status check_map(const kiln_fmap *m, const char *name)
@@ -369,14 +434,15 @@ kiln_status kiln_conv_run(const kiln_conv *c, const kiln_fmap *in, kiln_fmap *ou
     if (c->impl == KILN_IMPL_WINOGRAD) {
         /* Scratch per thread and per run: the conv stays immutable and
          * shareable; the allocation is small next to the convolution. */
-        wino_ctx a = {.job = job, .chunks = kiln__wino_chunks(in->w)};
-        a.slice = (kiln__wino_scratch_floats(c->cin) + 15) / 16 * 16;
+        const int w512 = c->isa == ISA_AVX512;
+        wino_ctx a = {.job = job, .chunks = w512 ? kiln__wino512_chunks(in->w) : kiln__wino_chunks(in->w)};
+        a.slice = ((w512 ? kiln__wino512_scratch_floats(c->cin) : kiln__wino_scratch_floats(c->cin)) + 15) / 16 * 16;
         int nt = kiln_pool_threads(pool);
         a.scratch = aligned_alloc(64, (size_t)nt * a.slice * sizeof(float));
         if (!a.scratch)
             return kiln_fail(KILN_ERR_NOMEM, "conv: out of memory for Winograd scratch (%d threads x %zu floats)",
                              nt, a.slice);
-        kiln_pool_run_tid(pool, (in->h + 3) / 4 * a.chunks, wino_item, &a);
+        kiln_pool_run_tid(pool, (in->h + 3) / 4 * a.chunks, w512 ? wino512_item : wino_item, &a);
         free(a.scratch);
         return KILN_OK;
     }

@@ -97,4 +97,8 @@ double kiln_conv_flops(const kiln_conv *conv, int h, int w);
  * resolved at create time). */
 kiln_impl kiln_conv_impl(const kiln_conv *conv);
 
+/* The instruction set of the kernel a conv runs: "scalar" (REFERENCE),
+ * "avx2" or "avx512" (see KILN_CONV_ISA above). */
+const char *kiln_conv_isa(const kiln_conv *conv);
+
 #endif

@@ -49,4 +49,18 @@ size_t kiln__wino_scratch_floats(int cin);
 int kiln__wino_chunks(int w);
 void kiln__wino_item(const kiln__conv_job *job, int ty, int chunk, float *scratch);
 
+/* Winograd F(4x4, 3x3), AVX-512F/DQ/BW/VL + FMA (k = 3 only): same math and
+ * work items as the AVX2 kernel, 16-tile vectors, chunks of XT = 64 tiles
+ * (one chunk per 240-wide row) and blocks of OB output channels; job.nblocks
+ * must be kiln__wino512_nblocks(cout). Packed layout:
+ * [xi < 36][block b][ci][o < OB]. */
+#define KILN__W512_OB 6
+#define KILN__W512_XT 64
+size_t kiln__wino512_packed_floats(int cout, int cin);
+void kiln__wino512_pack(int cout, int cin, const float *oihw, float *packed);
+size_t kiln__wino512_scratch_floats(int cin);
+int kiln__wino512_chunks(int w);
+int kiln__wino512_nblocks(int cout);
+void kiln__wino512_item(const kiln__conv_job *job, int ty, int chunk, float *scratch);
+
 #endif

@@ -1,0 +1,310 @@
+/*
+ * conv3x3_f32_winograd_avx512.c — Winograd F(4x4, 3x3) convolution, AVX-512.
+ *
+ * Same arithmetic as conv3x3_f32_winograd_avx2.c (Lavin & Gray, points 0,
+ * +-1, +-2, inf; U = G g G^T computed in double at create time), with
+ * vectors of 16 tiles instead of 8 and a larger register tile:
+ *
+ * Work item = one band of 4 output rows x one chunk of up to XT = 64 tiles
+ * (a 240-wide EDSR row is 60 tiles: one chunk, 4 vectors). Per item, in the
+ * caller's per-thread scratch:
+ *   1. input transform: V[xi][ci][t]. The 16 overlapping 6-wide windows of a
+ *      row (columns 4t .. 4t+5) become 6 vectors of 16 tiles without any
+ *      transpose: columns 0..3 of every window are a stride-4 deinterleave of
+ *      64 consecutive floats (two rounds of vpermt2ps, 8 shuffles), columns
+ *      4 and 5 are columns 0 and 1 shifted by one tile (valignd with the
+ *      next group's first two floats). All loads are masked against the
+ *      row's stride, so nothing is read past a row and no edge copy is made;
+ *      rows below the bottom border read a zero buffer.
+ *   2. for each block of OB output channels: 36 GEMMs
+ *      M[xi][o][t] = sum_ci U[xi][o][ci] V[xi][ci][t] with an OB x NV
+ *      register tile (OB channels x NV <= 4 vectors of 16 tiles: 24 of the
+ *      32 zmm registers are accumulators at OB = 6, NV = 4);
+ *   3. output transform of M, the inverse interleave back to pixel order
+ *      (8 vpermt2ps per row of 64 pixels), fused epilogue (bias, ReLU,
+ *      residual * res_scale) and masked stores (_mm512_mask_storeu_ps) at
+ *      the right edge. Outputs past h / w are never stored: borders stay 0.
+ *
+ * Determinism: an output's value depends on its tile position and the shape
+ * only (the chunking and NV are functions of w), never on the thread count.
+ * Accuracy: as the AVX2 Winograd kernel (conv.h states the contract; the
+ * summation order over ci is the same, only the vector width differs).
+ *
+ * Memory: packed U is owned by the kiln_conv; V, M and the zero row live in
+ * the caller's scratch (kiln__wino512_scratch_floats).
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+
+#define OB KILN__W512_OB
+#define XT KILN__W512_XT /* tiles per chunk, a multiple of 16 */
+#define NX 36
+#define NVMAX (XT / 16)
+#define ZROW (4 * XT + 32) /* floats of the zero row: covers every read */
+
+#define T512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma")))
+#define T512_INLINE static inline __attribute__((always_inline, target("avx512f,avx512dq,avx512vl,avx512bw,fma")))
+
+size_t kiln__wino512_packed_floats(int cout, int cin)
+{
+    size_t nblocks = ((size_t)cout + OB - 1) / OB;
+    return NX * nblocks * (size_t)cin * OB;
+}
+
+void kiln__wino512_pack(int cout, int cin, const float *oihw, float *packed)
+{
+    static const double G[6][3] = {
+        {1.0 / 4, 0, 0},
+        {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+        {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+        {1.0 / 24, 1.0 / 12, 1.0 / 6},
+        {1.0 / 24, -1.0 / 12, 1.0 / 6},
+        {0, 0, 1},
+    };
+    int nblocks = (cout + OB - 1) / OB;
+    memset(packed, 0, kiln__wino512_packed_floats(cout, cin) * sizeof(float));
+    for (int co = 0; co < cout; co++)
+        for (int ci = 0; ci < cin; ci++) {
+            const float *g = oihw + ((size_t)co * cin + ci) * 9;
+            double tmp[6][3], u[6][6];
+            for (int i = 0; i < 6; i++)
+                for (int kx = 0; kx < 3; kx++)
+                    tmp[i][kx] = G[i][0] * g[kx] + G[i][1] * g[3 + kx] + G[i][2] * g[6 + kx];
+            for (int i = 0; i < 6; i++)
+                for (int j = 0; j < 6; j++)
+                    u[i][j] = tmp[i][0] * G[j][0] + tmp[i][1] * G[j][1] + tmp[i][2] * G[j][2];
+            int b = co / OB, o = co % OB;
+            for (int xi = 0; xi < NX; xi++)
+                packed[(((size_t)xi * nblocks + b) * cin + ci) * OB + o] = (float)u[xi / 6][xi % 6];
+        }
+}
+
+static size_t vfloats(int cin) { return ((size_t)NX * cin * XT + 15) / 16 * 16; }
+static size_t mfloats(void) { return ((size_t)NX * OB * XT + 15) / 16 * 16; }
+
+size_t kiln__wino512_scratch_floats(int cin) { return vfloats(cin) + mfloats() + ZROW; }
+
+int kiln__wino512_chunks(int w)
+{
+    int ntx = (w + 3) / 4;
+    return (ntx + XT - 1) / XT;
+}
+
+int kiln__wino512_nblocks(int cout) { return (cout + OB - 1) / OB; }
+
+/* B^T (6x6) applied across 6 vectors. */
+T512_INLINE void bt6(const __m512 d[6], __m512 o[6])
+{
+    const __m512 four = _mm512_set1_ps(4.0f), mfive = _mm512_set1_ps(-5.0f), mfour = _mm512_set1_ps(-4.0f),
+                 two = _mm512_set1_ps(2.0f);
+    o[0] = _mm512_fmadd_ps(four, d[0], _mm512_fmadd_ps(mfive, d[2], d[4]));
+    __m512 a = _mm512_fmadd_ps(mfour, d[2], d[4]), b = _mm512_fmadd_ps(mfour, d[1], d[3]);
+    o[1] = _mm512_add_ps(a, b);
+    o[2] = _mm512_sub_ps(a, b);
+    __m512 c = _mm512_sub_ps(d[4], d[2]), e = _mm512_mul_ps(two, _mm512_sub_ps(d[3], d[1]));
+    o[3] = _mm512_add_ps(c, e);
+    o[4] = _mm512_sub_ps(c, e);
+    o[5] = _mm512_fmadd_ps(four, d[1], _mm512_fmadd_ps(mfive, d[3], d[5]));
+}
+
+/* A^T (4x6) applied across 6 vectors. */
+T512_INLINE void at6(const __m512 m[6], __m512 y[4])
+{
+    const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), eight = _mm512_set1_ps(8.0f);
+    __m512 s1 = _mm512_add_ps(m[1], m[2]), d1 = _mm512_sub_ps(m[1], m[2]);
+    __m512 s2 = _mm512_add_ps(m[3], m[4]), d2 = _mm512_sub_ps(m[3], m[4]);
+    y[0] = _mm512_add_ps(_mm512_add_ps(m[0], s1), s2);
+    y[1] = _mm512_fmadd_ps(two, d2, d1);
+    y[2] = _mm512_fmadd_ps(four, s2, s1);
+    y[3] = _mm512_add_ps(_mm512_fmadd_ps(eight, d2, d1), m[5]);
+}
+
+static inline __mmask16 lanes_mask(long avail)
+{
+    if (avail >= 16) return (__mmask16)0xFFFF;
+    if (avail <= 0) return 0;
+    return (__mmask16)((1u << avail) - 1u);
+}
+
+/* Step 1: V[xi][ci][t] for tiles tx0 .. tx0+ntp-1 of band ty. */
+static T512 void input_transform(const kiln__conv_job *j, int ty, int tx0, int ntp, float *V, const float *zeros)
+{
+    const kiln_fmap *in = j->in;
+    const size_t stride = in->stride;
+    const long col0 = (long)tx0 * 4;
+    const int ng = ntp / 16;
+    /* Per group: masks of the 4 full loads and of the two single floats
+     * (columns 64g+64, 64g+65) that complete windows 4 and 5 of tile 15. */
+    __mmask16 mk[NVMAX][6];
+    for (int g = 0; g < ng; g++) {
+        long avail = (long)stride - col0 - 64L * g; /* floats left in the row from the group's start */
+        for (int k = 0; k < 4; k++) mk[g][k] = lanes_mask(avail - 16L * k);
+        mk[g][4] = lanes_mask(avail - 64) & 1;
+        mk[g][5] = lanes_mask(avail - 65) & 1;
+    }
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    for (int ci = 0; ci < j->cin; ci++) {
+        const float *rows[6];
+        int zero_row[6];
+        for (int r = 0; r < 6; r++) {
+            size_t y = (size_t)ty * 4 + r; /* padded row */
+            zero_row[r] = y > (size_t)in->h + 1;
+            rows[r] = zero_row[r] ? zeros : in->data + (size_t)ci * in->plane + y * stride + col0;
+        }
+        for (int g = 0; g < ng; g++) {
+            __m512 tmp[6][6];
+            for (int r = 0; r < 6; r++) {
+                const float *p = rows[r] + (size_t)g * 64;
+                /* The zero row is long enough for every lane: no masks. */
+                const __mmask16 full = 0xFFFF;
+                const int z = zero_row[r];
+                __m512 a = _mm512_maskz_loadu_ps(z ? full : mk[g][0], p);
+                __m512 b = _mm512_maskz_loadu_ps(z ? full : mk[g][1], p + 16);
+                __m512 c = _mm512_maskz_loadu_ps(z ? full : mk[g][2], p + 32);
+                __m512 d = _mm512_maskz_loadu_ps(z ? full : mk[g][3], p + 48);
+                __m512 q4 = _mm512_maskz_loadu_ps(z ? 1 : mk[g][4], p + 64);
+                __m512 q5 = _mm512_maskz_loadu_ps(z ? 1 : mk[g][5], p + 65);
+                __m512 eab = _mm512_permutex2var_ps(a, ev, b), oab = _mm512_permutex2var_ps(a, od, b);
+                __m512 ecd = _mm512_permutex2var_ps(c, ev, d), ocd = _mm512_permutex2var_ps(c, od, d);
+                __m512 col[6];
+                col[0] = _mm512_permutex2var_ps(eab, ev, ecd);
+                col[2] = _mm512_permutex2var_ps(eab, od, ecd);
+                col[1] = _mm512_permutex2var_ps(oab, ev, ocd);
+                col[3] = _mm512_permutex2var_ps(oab, od, ocd);
+                col[4] = _mm512_castsi512_ps(
+                    _mm512_alignr_epi32(_mm512_castps_si512(q4), _mm512_castps_si512(col[0]), 1));
+                col[5] = _mm512_castsi512_ps(
+                    _mm512_alignr_epi32(_mm512_castps_si512(q5), _mm512_castps_si512(col[1]), 1));
+                bt6(col, tmp[r]);
+            }
+            for (int i = 0; i < 6; i++) {
+                __m512 cv[6], o[6];
+                for (int r = 0; r < 6; r++) cv[r] = tmp[r][i];
+                bt6(cv, o);
+                for (int jj = 0; jj < 6; jj++)
+                    _mm512_store_ps(V + ((size_t)(jj * 6 + i) * j->cin + ci) * XT + (size_t)g * 16, o[jj]);
+            }
+        }
+    }
+}
+
+/* Step 2 register tile: M[xi][o][0 .. 16*NV-1] for OB channels. */
+T512_INLINE void gemm_tile(const float *U, const float *Vx, int cin, float *Mx, const int NV)
+{
+    __m512 acc[OB][NVMAX];
+#pragma GCC unroll 8
+    for (int o = 0; o < OB; o++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NVMAX; v++) acc[o][v] = _mm512_setzero_ps();
+    const float *vp = Vx;
+    for (int ci = 0; ci < cin; ci++, vp += XT) {
+        __m512 xv[NVMAX];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) xv[v] = _mm512_load_ps(vp + 16 * v);
+#pragma GCC unroll 8
+        for (int o = 0; o < OB; o++) {
+            __m512 w = _mm512_set1_ps(U[(size_t)ci * OB + o]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[o][v] = _mm512_fmadd_ps(w, xv[v], acc[o][v]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int o = 0; o < OB; o++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) _mm512_store_ps(Mx + (size_t)o * XT + 16 * v, acc[o][v]);
+}
+
+typedef void (*gemm_fn)(const float *, const float *, int, float *);
+#define DEFINE_GEMM(NV)                                                                                    \
+    static __attribute__((noinline, target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void gemm##NV(     \
+        const float *U, const float *Vx, int cin, float *Mx)                                              \
+    {                                                                                                      \
+        gemm_tile(U, Vx, cin, Mx, NV);                                                                     \
+    }
+DEFINE_GEMM(1)
+DEFINE_GEMM(2)
+DEFINE_GEMM(3)
+DEFINE_GEMM(4)
+static const gemm_fn gemms[NVMAX] = {gemm1, gemm2, gemm3, gemm4};
+
+/* Step 3: output transform of block b's M, epilogue, stores. */
+static T512 void output_transform(const kiln__conv_job *j, int ty, int tx0, int ntp, int b, const float *M)
+{
+    kiln_fmap *out = j->out;
+    const int h = out->h, w = out->w;
+    const __m512 zero = _mm512_setzero_ps(), rs = _mm512_set1_ps(j->res_scale);
+    /* Inverse of the input deinterleave: interleave the low / high halves
+     * of two vectors (x0 y0 x1 y1 ... ). */
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for (int o = 0; o < OB; o++) {
+        const int co = b * OB + o;
+        if (co >= j->cout) break;
+        const __m512 bias = _mm512_set1_ps(j->bias[co]);
+        for (int g = 0; g < ntp / 16; g++) {
+            const int x0 = (tx0 + g * 16) * 4; /* first output column of the group */
+            if (x0 >= w) break;
+            __m512 tmp[6][4], Y[4][4];
+            for (int jj = 0; jj < 6; jj++) {
+                __m512 m[6];
+                for (int i = 0; i < 6; i++) m[i] = _mm512_load_ps(M + ((size_t)(jj * 6 + i) * OB + o) * XT + g * 16);
+                at6(m, tmp[jj]);
+            }
+            for (int c = 0; c < 4; c++) {
+                __m512 m[6], y[4];
+                for (int jj = 0; jj < 6; jj++) m[jj] = tmp[jj][c];
+                at6(m, y);
+                for (int r = 0; r < 4; r++) Y[r][c] = y[r];
+            }
+            for (int r = 0; r < 4; r++) {
+                const int y = ty * 4 + r;
+                if (y >= h) break;
+                /* Y[r][c][t] is pixel 4t + c of the group. */
+                __m512 e0 = _mm512_permutex2var_ps(Y[r][0], lo, Y[r][2]); /* pixels 0,2,4,..,30 */
+                __m512 e1 = _mm512_permutex2var_ps(Y[r][0], hi, Y[r][2]); /* 32,34,..,62 */
+                __m512 o0 = _mm512_permutex2var_ps(Y[r][1], lo, Y[r][3]); /* 1,3,..,31 */
+                __m512 o1 = _mm512_permutex2var_ps(Y[r][1], hi, Y[r][3]);
+                __m512 q[4] = {_mm512_permutex2var_ps(e0, lo, o0), _mm512_permutex2var_ps(e0, hi, o0),
+                               _mm512_permutex2var_ps(e1, lo, o1), _mm512_permutex2var_ps(e1, hi, o1)};
+                const size_t row = (size_t)co * out->plane + (size_t)(y + 1) * out->stride + 1;
+                float *op = out->data + row;
+                const float *rp = j->res ? j->res->data + (size_t)co * j->res->plane +
+                                               (size_t)(y + 1) * j->res->stride + 1
+                                         : NULL;
+                for (int k = 0; k < 4; k++) {
+                    const int x = x0 + 16 * k;
+                    if (x >= w) break;
+                    const __mmask16 mask = lanes_mask((long)w - x);
+                    __m512 v = _mm512_add_ps(q[k], bias);
+                    if (j->relu) v = _mm512_max_ps(v, zero);
+                    if (rp) v = _mm512_fmadd_ps(v, rs, _mm512_maskz_loadu_ps(mask, rp + x));
+                    _mm512_mask_storeu_ps(op + x, mask, v);
+                }
+            }
+        }
+    }
+}
+
+T512 void kiln__wino512_item(const kiln__conv_job *j, int ty, int chunk, float *scratch)
+{
+    const int ntx = (j->in->w + 3) / 4;
+    const int tx0 = chunk * XT;
+    const int nt = ntx - tx0 < XT ? ntx - tx0 : XT;
+    const int ntp = (nt + 15) / 16 * 16;
+    float *V = scratch;
+    float *M = V + vfloats(j->cin);
+    float *zeros = M + mfloats();
+    memset(zeros, 0, ZROW * sizeof(float));
+    input_transform(j, ty, tx0, ntp, V, zeros);
+    const gemm_fn gemm = gemms[ntp / 16 - 1];
+    for (int b = 0; b < j->nblocks; b++) {
+        for (int xi = 0; xi < NX; xi++) {
+            const float *U = j->packed + ((size_t)xi * j->nblocks + b) * j->cin * OB;
+            gemm(U, V + (size_t)xi * j->cin * XT, j->cin, M + (size_t)xi * OB * XT);
+        }
+        output_transform(j, ty, tx0, ntp, b, M);
+    }
+}
