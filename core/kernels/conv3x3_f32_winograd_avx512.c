@@ -156,6 +156,7 @@ static T512 void input_transform(const kiln__conv_job *j, int ty, int tx0, int n
         }
         for (int g = 0; g < ng; g++) {
             __m512 tmp[6][6];
+#pragma GCC unroll 6
             for (int r = 0; r < 6; r++) {
                 const float *p = rows[r] + (size_t)g * 64;
                 /* The zero row is long enough for every lane: no masks. */
@@ -180,10 +181,13 @@ static T512 void input_transform(const kiln__conv_job *j, int ty, int tx0, int n
                     _mm512_alignr_epi32(_mm512_castps_si512(q5), _mm512_castps_si512(col[1]), 1));
                 bt6(col, tmp[r]);
             }
+#pragma GCC unroll 6
             for (int i = 0; i < 6; i++) {
                 __m512 cv[6], o[6];
+#pragma GCC unroll 6
                 for (int r = 0; r < 6; r++) cv[r] = tmp[r][i];
                 bt6(cv, o);
+#pragma GCC unroll 6
                 for (int jj = 0; jj < 6; jj++)
                     _mm512_store_ps(V + ((size_t)(jj * 6 + i) * j->cin + ci) * XT + (size_t)g * 16, o[jj]);
             }
@@ -248,17 +252,23 @@ static T512 void output_transform(const kiln__conv_job *j, int ty, int tx0, int 
             const int x0 = (tx0 + g * 16) * 4; /* first output column of the group */
             if (x0 >= w) break;
             __m512 tmp[6][4], Y[4][4];
+#pragma GCC unroll 6
             for (int jj = 0; jj < 6; jj++) {
                 __m512 m[6];
+#pragma GCC unroll 6
                 for (int i = 0; i < 6; i++) m[i] = _mm512_load_ps(M + ((size_t)(jj * 6 + i) * OB + o) * XT + g * 16);
                 at6(m, tmp[jj]);
             }
+#pragma GCC unroll 4
             for (int c = 0; c < 4; c++) {
                 __m512 m[6], y[4];
+#pragma GCC unroll 6
                 for (int jj = 0; jj < 6; jj++) m[jj] = tmp[jj][c];
                 at6(m, y);
+#pragma GCC unroll 4
                 for (int r = 0; r < 4; r++) Y[r][c] = y[r];
             }
+#pragma GCC unroll 4
             for (int r = 0; r < 4; r++) {
                 const int y = ty * 4 + r;
                 if (y >= h) break;
@@ -274,6 +284,7 @@ static T512 void output_transform(const kiln__conv_job *j, int ty, int tx0, int 
                 const float *rp = j->res ? j->res->data + (size_t)co * j->res->plane +
                                                (size_t)(y + 1) * j->res->stride + 1
                                          : NULL;
+#pragma GCC unroll 4
                 for (int k = 0; k < 4; k++) {
                     const int x = x0 + 16 * k;
                     if (x >= w) break;
