@@ -81,7 +81,11 @@ void kiln__wino512_pack(int cout, int cin, const float *oihw, float *packed)
         }
 }
 
-static size_t vfloats(int cin) { return ((size_t)NX * cin * XT + 15) / 16 * 16; }
+/* Floats between consecutive transform positions xi in V: one cache line
+ * more than cin * XT, so that the 36 stores of a group (one per xi) do not
+ * all map to the same L1 set (cin * XT * 4 bytes is a multiple of 4 KB). */
+static size_t vxs(int cin) { return (size_t)cin * XT + 16; }
+static size_t vfloats(int cin) { return NX * vxs(cin); }
 static size_t mfloats(void) { return ((size_t)NX * OB * XT + 15) / 16 * 16; }
 
 size_t kiln__wino512_scratch_floats(int cin) { return vfloats(cin) + mfloats() + ZROW; }
@@ -128,6 +132,60 @@ static inline __mmask16 lanes_mask(long avail)
     return (__mmask16)((1u << avail) - 1u);
 }
 
+/* One group of 16 tiles of one input channel: the six 6-wide windows of
+ * each of the 6 rows as 6 vectors, B^T d B, 36 stores into V. MASKED (a
+ * compile-time constant) selects masked loads for groups that reach the end
+ * of a row; interior groups use plain loads (the masks' kmov would compete
+ * with the shuffles for port 5). The zero row is long enough for both. */
+T512_INLINE void group_transform(const float *const rows[6], int g, const __mmask16 mk[6], float *Vg,
+                                 size_t xstride, const int MASKED)
+{
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    __m512 tmp[6][6];
+#pragma GCC unroll 6
+    for (int r = 0; r < 6; r++) {
+        const float *p = rows[r] + (size_t)g * 64;
+        __m512 a, b, c, d, q4, q5;
+        if (MASKED) {
+            a = _mm512_maskz_loadu_ps(mk[0], p);
+            b = _mm512_maskz_loadu_ps(mk[1], p + 16);
+            c = _mm512_maskz_loadu_ps(mk[2], p + 32);
+            d = _mm512_maskz_loadu_ps(mk[3], p + 48);
+            q4 = _mm512_maskz_loadu_ps(mk[4], p + 64);
+            q5 = _mm512_maskz_loadu_ps(mk[5], p + 65);
+        } else {
+            a = _mm512_loadu_ps(p);
+            b = _mm512_loadu_ps(p + 16);
+            c = _mm512_loadu_ps(p + 32);
+            d = _mm512_loadu_ps(p + 48);
+            /* Only lane 0 matters (valignd below): a broadcast load needs
+             * no shuffle port. */
+            q4 = _mm512_set1_ps(p[64]);
+            q5 = _mm512_set1_ps(p[65]);
+        }
+        __m512 eab = _mm512_permutex2var_ps(a, ev, b), oab = _mm512_permutex2var_ps(a, od, b);
+        __m512 ecd = _mm512_permutex2var_ps(c, ev, d), ocd = _mm512_permutex2var_ps(c, od, d);
+        __m512 col[6];
+        col[0] = _mm512_permutex2var_ps(eab, ev, ecd);
+        col[2] = _mm512_permutex2var_ps(eab, od, ecd);
+        col[1] = _mm512_permutex2var_ps(oab, ev, ocd);
+        col[3] = _mm512_permutex2var_ps(oab, od, ocd);
+        col[4] = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(q4), _mm512_castps_si512(col[0]), 1));
+        col[5] = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(q5), _mm512_castps_si512(col[1]), 1));
+        bt6(col, tmp[r]);
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < 6; i++) {
+        __m512 cv[6], o[6];
+#pragma GCC unroll 6
+        for (int r = 0; r < 6; r++) cv[r] = tmp[r][i];
+        bt6(cv, o);
+#pragma GCC unroll 6
+        for (int jj = 0; jj < 6; jj++) _mm512_store_ps(Vg + (size_t)(jj * 6 + i) * xstride, o[jj]);
+    }
+}
+
 /* Step 1: V[xi][ci][t] for tiles tx0 .. tx0+ntp-1 of band ty. */
 static T512 void input_transform(const kiln__conv_job *j, int ty, int tx0, int ntp, float *V, const float *zeros)
 {
@@ -136,61 +194,30 @@ static T512 void input_transform(const kiln__conv_job *j, int ty, int tx0, int n
     const long col0 = (long)tx0 * 4;
     const int ng = ntp / 16;
     /* Per group: masks of the 4 full loads and of the two single floats
-     * (columns 64g+64, 64g+65) that complete windows 4 and 5 of tile 15. */
+     * (columns 64g+64, 64g+65) that complete windows 4 and 5 of tile 15;
+     * a group is interior when no load is cut. */
     __mmask16 mk[NVMAX][6];
+    int interior[NVMAX];
     for (int g = 0; g < ng; g++) {
         long avail = (long)stride - col0 - 64L * g; /* floats left in the row from the group's start */
         for (int k = 0; k < 4; k++) mk[g][k] = lanes_mask(avail - 16L * k);
         mk[g][4] = lanes_mask(avail - 64) & 1;
         mk[g][5] = lanes_mask(avail - 65) & 1;
+        interior[g] = avail >= 66;
     }
-    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const size_t xstride = vxs(j->cin);
     for (int ci = 0; ci < j->cin; ci++) {
         const float *rows[6];
-        int zero_row[6];
         for (int r = 0; r < 6; r++) {
             size_t y = (size_t)ty * 4 + r; /* padded row */
-            zero_row[r] = y > (size_t)in->h + 1;
-            rows[r] = zero_row[r] ? zeros : in->data + (size_t)ci * in->plane + y * stride + col0;
+            rows[r] = y > (size_t)in->h + 1 ? zeros : in->data + (size_t)ci * in->plane + y * stride + col0;
         }
         for (int g = 0; g < ng; g++) {
-            __m512 tmp[6][6];
-#pragma GCC unroll 6
-            for (int r = 0; r < 6; r++) {
-                const float *p = rows[r] + (size_t)g * 64;
-                /* The zero row is long enough for every lane: no masks. */
-                const __mmask16 full = 0xFFFF;
-                const int z = zero_row[r];
-                __m512 a = _mm512_maskz_loadu_ps(z ? full : mk[g][0], p);
-                __m512 b = _mm512_maskz_loadu_ps(z ? full : mk[g][1], p + 16);
-                __m512 c = _mm512_maskz_loadu_ps(z ? full : mk[g][2], p + 32);
-                __m512 d = _mm512_maskz_loadu_ps(z ? full : mk[g][3], p + 48);
-                __m512 q4 = _mm512_maskz_loadu_ps(z ? 1 : mk[g][4], p + 64);
-                __m512 q5 = _mm512_maskz_loadu_ps(z ? 1 : mk[g][5], p + 65);
-                __m512 eab = _mm512_permutex2var_ps(a, ev, b), oab = _mm512_permutex2var_ps(a, od, b);
-                __m512 ecd = _mm512_permutex2var_ps(c, ev, d), ocd = _mm512_permutex2var_ps(c, od, d);
-                __m512 col[6];
-                col[0] = _mm512_permutex2var_ps(eab, ev, ecd);
-                col[2] = _mm512_permutex2var_ps(eab, od, ecd);
-                col[1] = _mm512_permutex2var_ps(oab, ev, ocd);
-                col[3] = _mm512_permutex2var_ps(oab, od, ocd);
-                col[4] = _mm512_castsi512_ps(
-                    _mm512_alignr_epi32(_mm512_castps_si512(q4), _mm512_castps_si512(col[0]), 1));
-                col[5] = _mm512_castsi512_ps(
-                    _mm512_alignr_epi32(_mm512_castps_si512(q5), _mm512_castps_si512(col[1]), 1));
-                bt6(col, tmp[r]);
-            }
-#pragma GCC unroll 6
-            for (int i = 0; i < 6; i++) {
-                __m512 cv[6], o[6];
-#pragma GCC unroll 6
-                for (int r = 0; r < 6; r++) cv[r] = tmp[r][i];
-                bt6(cv, o);
-#pragma GCC unroll 6
-                for (int jj = 0; jj < 6; jj++)
-                    _mm512_store_ps(V + ((size_t)(jj * 6 + i) * j->cin + ci) * XT + (size_t)g * 16, o[jj]);
-            }
+            float *Vg = V + (size_t)ci * XT + (size_t)g * 16;
+            if (interior[g])
+                group_transform(rows, g, mk[g], Vg, xstride, 0);
+            else
+                group_transform(rows, g, mk[g], Vg, xstride, 1);
         }
     }
 }
@@ -314,7 +341,7 @@ T512 void kiln__wino512_item(const kiln__conv_job *j, int ty, int chunk, float *
     for (int b = 0; b < j->nblocks; b++) {
         for (int xi = 0; xi < NX; xi++) {
             const float *U = j->packed + ((size_t)xi * j->nblocks + b) * j->cin * OB;
-            gemm(U, V + (size_t)xi * j->cin * XT, j->cin, M + (size_t)xi * OB * XT);
+            gemm(U, V + (size_t)xi * vxs(j->cin), j->cin, M + (size_t)xi * OB * XT);
         }
         output_transform(j, ty, tx0, ntp, b, M);
     }
