@@ -9,11 +9,14 @@
  * shown too) plus the median CPU time of the process, all threads summed
  * (on a shared, loaded machine the CPU time is the steadier figure: wall
  * time with T idle cores is about cpu / T). GOP/s counts 2 ops per multiply-accumulate. INT8 kernels:
- * AVX2 (what AUTO runs), AVX-VNNI (optional, when the CPU has it) and the
+ * AVX2, AVX-VNNI and AMX (optional, when the CPU has them; AUTO runs the
+ * fastest available) and the
  * scalar reference (one run, skipped with KILN_BENCH_QUICK=1).
  *
  * usage: bench_int8 [runs]     (threads: KILN_THREADS, default 2;
- *                               data: KILN_DATA, default ../shared/data)
+ *                               data: KILN_DATA, default ../shared/data;
+ *                               KILN_BENCH_INT8=amx|avxvnni|avx2|reference
+ *                               times that family only)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,6 +105,7 @@ int main(int argc, char **argv)
     int threads = env ? atoi(env) : 2;
     const char *data = getenv("KILN_DATA") ? getenv("KILN_DATA") : "../shared/data";
     int quick = getenv("KILN_BENCH_QUICK") && strcmp(getenv("KILN_BENCH_QUICK"), "1") == 0;
+    const char *only = getenv("KILN_BENCH_INT8"); /* one kernel family: amx, avxvnni, avx2, reference */
     char path[1024];
     kiln_status st;
     kiln_pool *pool;
@@ -133,12 +137,17 @@ int main(int argc, char **argv)
            lr.w, lr.h, kiln_pool_threads(pool), tf.median,
            flops / tf.median * 1e-9, 1.0 / tf.median, tf.best, tf.cpu, psnr);
 
-    static const kiln_int8_impl impls[] = {KILN_INT8_AVX2, KILN_INT8_AVXVNNI, KILN_INT8_REFERENCE};
+    static const kiln_int8_impl impls[] = {KILN_INT8_AVX2, KILN_INT8_AVXVNNI, KILN_INT8_AMX, KILN_INT8_REFERENCE};
     for (size_t q = 0; q < sizeof impls / sizeof impls[0]; q++) {
         kiln_int8_impl impl = impls[q];
         if (impl == KILN_INT8_REFERENCE && quick) break;
+        if (only && strcmp(only, kiln_int8_impl_name(impl)) != 0) continue;
         if (impl == KILN_INT8_AVXVNNI && !kiln__cpu_avxvnni()) {
             printf("edsr x2 int8 (avxvnni  ) skipped: this CPU has no AVX-VNNI\n");
+            continue;
+        }
+        if (impl == KILN_INT8_AMX && !kiln__cpu_amx()) {
+            printf("edsr x2 int8 (amx      ) skipped: this CPU (or OS) offers no AMX-INT8\n");
             continue;
         }
         if ((st = kiln_int8_create(a, impl, &c.e)) != KILN_OK) return fail("int8 engine", st);

@@ -49,6 +49,7 @@ typedef struct q8conv {
     int in_site, out_site;
     int relu;
     int u7;             /* the vpmaddubsw kernel is provably exact here */
+    int amx;            /* the AMX kernel takes this shape (kiln__conv_amx_ok) */
     float *M, *B;       /* [coutp] */
     int32_t *corr;      /* [coutp] */
 } q8conv;
@@ -288,6 +289,7 @@ static kiln_status conv_init(kiln_int8 *e, size_t i, const kiln_art_conv *c, int
         int lo = si->qmin, hi = si->qmax;
         if (in_is_relu && lo < si->zp) lo = si->zp;
         q->u7 = c->k == 3 && kiln__conv_u7_safe(&q->w, lo, hi);
+        q->amx = kiln__conv_amx_ok(&q->w);
     }
     free(codes);
     free(ws);
@@ -327,6 +329,7 @@ const char *kiln_int8_impl_name(kiln_int8_impl impl)
     case KILN_INT8_REFERENCE: return "reference";
     case KILN_INT8_AVX2: return "avx2";
     case KILN_INT8_AVXVNNI: return "avxvnni";
+    case KILN_INT8_AMX: return "amx";
     }
     return "?";
 }
@@ -337,11 +340,15 @@ kiln_status kiln_int8_create(const kiln_artifact *a, kiln_int8_impl impl, kiln_i
     kiln_status st = kiln_int8_supported(a);
     if (st != KILN_OK) return st;
     if (impl == KILN_INT8_AUTO) {
-        /* AVX-VNNI (VEX vpdpbusd, not AVX-512) is 2x the AVX2 kernels here
-         * and the only way to beat kiln's FP32 Winograd path; KILN_INT8_IMPL
-         * (avx2, avxvnni, reference) overrides the choice. */
+        /* AMX (tile matrix multiply) is ~10x AVX-VNNI's integer throughput
+         * here, AVX-VNNI 2x the AVX2 kernels; KILN_INT8_IMPL (amx, avxvnni,
+         * avx2, reference) overrides the choice where the CPU allows it. */
         const char *env = getenv("KILN_INT8_IMPL");
-        impl = kiln__cpu_avxvnni() ? KILN_INT8_AVXVNNI : kiln__cpu_avx2() ? KILN_INT8_AVX2 : KILN_INT8_REFERENCE;
+        impl = kiln__cpu_amx()       ? KILN_INT8_AMX
+               : kiln__cpu_avxvnni() ? KILN_INT8_AVXVNNI
+               : kiln__cpu_avx2()    ? KILN_INT8_AVX2
+                                     : KILN_INT8_REFERENCE;
+        if (env && strcmp(env, "avxvnni") == 0 && kiln__cpu_avxvnni()) impl = KILN_INT8_AVXVNNI;
         if (env && strcmp(env, "avx2") == 0 && kiln__cpu_avx2()) impl = KILN_INT8_AVX2;
         if (env && strcmp(env, "reference") == 0) impl = KILN_INT8_REFERENCE;
     }
@@ -349,7 +356,10 @@ kiln_status kiln_int8_create(const kiln_artifact *a, kiln_int8_impl impl, kiln_i
         return kiln_fail(KILN_ERR_UNSUPPORTED, "int8 engine: AVX2 kernels requested but the CPU has no AVX2");
     if (impl == KILN_INT8_AVXVNNI && !kiln__cpu_avxvnni())
         return kiln_fail(KILN_ERR_UNSUPPORTED, "int8 engine: AVX-VNNI kernels requested but the CPU has no AVX-VNNI");
-    if (impl < KILN_INT8_AUTO || impl > KILN_INT8_AVXVNNI)
+    if (impl == KILN_INT8_AMX && !kiln__cpu_amx())
+        return kiln_fail(KILN_ERR_UNSUPPORTED,
+                         "int8 engine: AMX kernels requested but the CPU (or the OS) offers no AMX-INT8 with AVX-512");
+    if (impl < KILN_INT8_AUTO || impl > KILN_INT8_AMX)
         return kiln_fail(KILN_ERR_INVALID, "int8 engine: unknown kernel choice %d", (int)impl);
     kiln_int8 *e = calloc(1, sizeof *e);
     if (!e) return kiln_fail(KILN_ERR_NOMEM, "int8 engine: out of memory");
@@ -579,6 +589,152 @@ __attribute__((target("avx2"))) static void epi_row_avx2(const q8epi *ep, const 
     }
 }
 
+typedef struct vsite16 {
+    __m512 s, r, z, lo, hi; /* r = 1/s rounded to float */
+} vsite16;
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi")))
+
+AVX512 static inline vsite16 vsite16_of(const q8site *s)
+{
+    vsite16 v = {_mm512_set1_ps(s->s), _mm512_set1_ps(1.0f / s->s), _mm512_set1_ps(s->z), _mm512_set1_ps(s->lo),
+                 _mm512_set1_ps(s->hi)};
+    return v;
+}
+
+AVX512 static inline __m512 vclamp16(__m512 t, const vsite16 *s)
+{
+    return _mm512_min_ps(_mm512_max_ps(t, s->lo), s->hi);
+}
+
+/* fq(t) = clamp(rint(t / s) + z) without a division in the common case.
+ * y = t * fl(1/s) is within 3.02 * 2^-24 * |y| of fl(t / s) (two roundings
+ * of the reciprocal and product, one of the quotient), so when y is farther
+ * than 2^-20 * |y| from every half-integer both round to the same integer
+ * and rint(y) is exact. Lanes that are not that far (about 1 in 10^4, and
+ * every tie, inf or NaN) make the whole vector take the true division.
+ * d = |y - rint(y)| is exact (Sterbenz), and so is 0.5 - d for d >= 1/4,
+ * the only case where it can be small. Bit-identical to the division form
+ * (tests/test_int8_kernels.c drives ties and near-ties through it). */
+AVX512 static inline __m512 vfq16(__m512 t, const vsite16 *s)
+{
+    const __m512 half = _mm512_set1_ps(0.5f), eps = _mm512_set1_ps(0x1p-20f);
+    __m512 y = _mm512_mul_ps(t, s->r);
+    __m512 ry = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 d = _mm512_abs_ps(_mm512_sub_ps(y, ry));
+    __m512 gap = _mm512_abs_ps(_mm512_sub_ps(half, d));
+    __mmask16 far = _mm512_cmp_ps_mask(gap, _mm512_mul_ps(_mm512_abs_ps(y), eps), _CMP_GT_OQ);
+    if (__builtin_expect(far != 0xffff, 0))
+        ry = _mm512_roundscale_ps(_mm512_div_ps(t, s->s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return vclamp16(_mm512_add_ps(ry, s->z), s);
+}
+
+AVX512 static void fq_avx512_run(const float *t, size_t n, const q8site *qs, float *out)
+{
+    const vsite16 v = vsite16_of(qs);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, vfq16(_mm512_loadu_ps(t + i), &v));
+    for (; i < n; i++) out[i] = fq(t[i], qs);
+}
+
+void kiln__q8_fq_avx512(const float *t, size_t n, const float p[4], float *out)
+{
+    q8site qs = {p[0], p[1], p[2], p[3], 0, 0, 0};
+    if (!kiln__q8_avx512()) {
+        for (size_t i = 0; i < n; i++) out[i] = fq(t[i], &qs);
+        return;
+    }
+    fq_avx512_run(t, n, &qs, out);
+}
+
+/* AVX-512 epilogue: epi_one's float operations 16 channels at a time, the
+ * last partial group under a lane mask (no scalar tail). The stages are
+ * compile-time flags (RELU, S2, MUL, S3) so each fused chain runs without
+ * per-vector branches. */
+AVX512 static inline __attribute__((always_inline)) void epi512_body(const q8epi *ep, const int32_t *acc, int w,
+                                                                    const uint8_t *res, int rstride, uint8_t *dst,
+                                                                    int dstride, const int RELU, const int S2,
+                                                                    const int MUL, const int S3)
+{
+    const q8conv *cv = ep->cv;
+    const int cout = cv->w.cout, coutp = cv->w.coutp;
+    const vsite16 v1 = vsite16_of(ep->s1);
+    vsite16 v2 = v1, v3 = v1, vr = v1;
+    if (S2) v2 = vsite16_of(ep->s2);
+    if (S3) v3 = vsite16_of(ep->s3);
+    if (S3) vr = vsite16_of(ep->sr);
+    const __m512 vmul = _mm512_set1_ps(ep->mulf), zero = _mm512_setzero_ps();
+    const int rsigned = S3 && ep->sr->qmin < 0;
+    const q8site *fin = S3 ? ep->s3 : S2 ? ep->s2 : ep->s1;
+    const int osigned = fin->qmin < 0;
+    for (int o = 0; o < cout; o += 16) {
+        const __mmask16 m = cout - o >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cout - o)) - 1);
+        const __m512i corr = _mm512_loadu_si512(cv->corr + o); /* coutp is a multiple of 16 */
+        const __m512 M = _mm512_loadu_ps(cv->M + o), B = _mm512_loadu_ps(cv->B + o);
+        for (int x = 0; x < w; x++) {
+            const int32_t *a = acc + (size_t)x * coutp + o;
+            __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_loadu_si512(a), corr)), M);
+            v = _mm512_add_ps(v, B);
+            if (RELU) v = _mm512_max_ps(v, zero);
+            __m512 q = vclamp16(
+                _mm512_add_ps(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), v1.z), &v1);
+            const vsite16 *prev = &v1;
+            if (S2) {
+                __m512 t = _mm512_mul_ps(_mm512_sub_ps(q, prev->z), prev->s);
+                if (MUL) t = _mm512_mul_ps(t, vmul);
+                q = vfq16(t, &v2);
+                prev = &v2;
+            }
+            if (S3) {
+                __m512 t = _mm512_mul_ps(_mm512_sub_ps(q, prev->z), prev->s);
+                __m128i rb = _mm_maskz_loadu_epi8(m, res + (size_t)x * rstride + o);
+                __m512i ri = rsigned ? _mm512_cvtepi8_epi32(rb) : _mm512_cvtepu8_epi32(rb);
+                __m512 r = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(ri), vr.z), vr.s);
+                q = vfq16(_mm512_add_ps(t, r), &v3);
+            }
+            /* q holds clamped codes: the narrowing never saturates */
+            __m512i qi = _mm512_cvtps_epi32(q);
+            __m128i b8 = osigned ? _mm512_cvtsepi32_epi8(qi) : _mm512_cvtusepi32_epi8(qi);
+            uint8_t *dp = dst + (size_t)x * dstride + o;
+            if (m == 0xffff) _mm_storeu_si128((__m128i *)dp, b8);
+            else _mm_mask_storeu_epi8(dp, m, b8);
+        }
+    }
+}
+
+#define EPI512(R, S2, MU, S3)                                                                            \
+    AVX512 static void epi512_##R##S2##MU##S3(const q8epi *ep, const int32_t *acc, int w, const uint8_t *res, \
+                                              int rstride, uint8_t *dst, int dstride)                      \
+    {                                                                                                      \
+        epi512_body(ep, acc, w, res, rstride, dst, dstride, R, S2, MU, S3);                                \
+    }
+EPI512(0, 0, 0, 0) EPI512(1, 0, 0, 0) EPI512(0, 1, 0, 0) EPI512(0, 1, 1, 0)
+EPI512(0, 0, 0, 1) EPI512(0, 1, 0, 1) EPI512(0, 1, 1, 1)
+#undef EPI512
+
+static void epi_row_avx512(const q8epi *ep, const int32_t *acc, int w, const uint8_t *res, int rstride,
+                           uint8_t *dst, int dstride)
+{
+    /* EDSR's chains: conv (+ReLU); conv -> shuffle site; conv -> mul site
+     * (skipped when a no-op) -> add site; a generic fallback for the rest */
+    const int relu = ep->cv->relu, s2 = ep->s2 != NULL, mul = s2 && ep->mul, s3 = ep->s3 != NULL;
+    if (!s2 && !s3) {
+        if (relu) epi512_1000(ep, acc, w, res, rstride, dst, dstride);
+        else epi512_0000(ep, acc, w, res, rstride, dst, dstride);
+    } else if (relu) {
+        epi_row_avx2(ep, acc, w, res, rstride, dst, dstride);
+    } else if (!s3) {
+        if (mul) epi512_0110(ep, acc, w, res, rstride, dst, dstride);
+        else epi512_0100(ep, acc, w, res, rstride, dst, dstride);
+    } else if (!s2) {
+        epi512_0001(ep, acc, w, res, rstride, dst, dstride);
+    } else if (mul) {
+        epi512_0111(ep, acc, w, res, rstride, dst, dstride);
+    } else {
+        epi512_0101(ep, acc, w, res, rstride, dst, dstride);
+    }
+}
+
 /* ---- running a conv ----------------------------------------------------------- */
 
 typedef struct convjob {
@@ -597,10 +753,13 @@ static void conv_row(void *ctx, int y, int tid)
     const q8conv *cv = j->cv;
     int32_t *acc = j->e->acc[tid];
     const int is_signed = j->e->sites[cv->in_site].qmin < 0;
-    if (j->impl == KILN_INT8_REFERENCE || cv->w.k != 3) {
+    if (j->impl == KILN_INT8_AMX && cv->amx) {
+        if (is_signed) kiln__conv_s8_amx(&cv->w, j->in, y, acc);
+        else kiln__conv_u8_amx(&cv->w, j->in, y, acc);
+    } else if (j->impl == KILN_INT8_REFERENCE || cv->w.k != 3) {
         if (is_signed) kiln__conv_s8_ref(&cv->w, j->in, y, acc);
         else kiln__conv_u8_ref(&cv->w, j->in, y, acc);
-    } else if (j->impl == KILN_INT8_AVXVNNI) {
+    } else if (j->impl == KILN_INT8_AVXVNNI || j->impl == KILN_INT8_AMX) {
         if (is_signed) kiln__conv_s8_avxvnni(&cv->w, j->in, y, acc);
         else kiln__conv_u8_avxvnni(&cv->w, j->in, y, acc);
     } else if (cv->u7) {
@@ -625,7 +784,8 @@ static void conv_row(void *ctx, int y, int tid)
         dst = kiln__qmap_px(j->out, y, 0);
         dstride = j->out->cpad;
     }
-    if (j->impl != KILN_INT8_REFERENCE) epi_row_avx2(&j->ep, acc, w, res, rstride, dst, dstride);
+    if (j->impl == KILN_INT8_AMX) epi_row_avx512(&j->ep, acc, w, res, rstride, dst, dstride);
+    else if (j->impl != KILN_INT8_REFERENCE) epi_row_avx2(&j->ep, acc, w, res, rstride, dst, dstride);
     else epi_row_scalar(&j->ep, acc, w, res, rstride, dst, dstride, 0);
     if (j->shuffle) {
         const int r = j->shuffle, r2 = r * r, c = cv->w.cout / r2;
@@ -704,6 +864,17 @@ static kiln_status run_conv(kiln_int8 *e, size_t ci, const kiln_qmap *in, kiln_q
 
 /* ---- forward ------------------------------------------------------------------ */
 
+/* A site that receives exactly the previous site's values (the product with
+ * res_scale 1, the pixel shuffle: a permutation) and has the same frozen
+ * qparams maps every code to itself: fq((q - z) * s) = clamp(rint((q - z) *
+ * s / s) + z) = q, because the relative error of (q - z) * s / s is below
+ * 2^-23 and |q - z| <= 255. The engine skips it, as the simulation does
+ * (runner.c fq_is_noop), and saves a division pass per residual block. */
+static int site_same(const q8site *a, const q8site *b)
+{
+    return memcmp(&a->s, &b->s, sizeof a->s) == 0 && a->zp == b->zp && a->qmin == b->qmin && a->qmax == b->qmax;
+}
+
 kiln_status kiln_int8_forward_chw(kiln_int8 *e, const float *in, int w, int h, float *sr, kiln_pool *pool)
 {
     if (w < 1 || h < 1) return kiln_fail(KILN_ERR_INVALID, "int8 forward: empty input %dx%d", w, h);
@@ -731,8 +902,8 @@ kiln_status kiln_int8_forward_chw(kiln_int8 *e, const float *in, int w, int h, f
     for (int i = 0; i < e->R; i++) {
         TRY(run_conv(e, ci++, cur, &m[M_T], NULL, NULL, 0, pool));
         q8epi ep = {0};
-        ep.s2 = &e->sites[s_mul(i)];
         ep.mul = e->res_scale != 1.0f;
+        if (ep.mul || !site_same(&e->sites[s_mul(i)], &e->sites[s_conv2(i)])) ep.s2 = &e->sites[s_mul(i)];
         ep.mulf = e->res_scale;
         ep.s3 = &e->sites[s_add(i)];
         ep.sr = &e->sites[cur_site];
@@ -751,7 +922,7 @@ kiln_status kiln_int8_forward_chw(kiln_int8 *e, const float *in, int w, int h, f
     }
     for (int j = 0; j < e->n_up; j++) {
         q8epi ep = {0};
-        ep.s2 = &e->sites[s_ps(e, j)];
+        if (!site_same(&e->sites[s_ps(e, j)], &e->sites[s_up(e, j)])) ep.s2 = &e->sites[s_ps(e, j)];
         kiln_qmap *dst = cur == &m[M_PSA] ? &m[M_PSB] : &m[M_PSA];
         TRY(run_conv(e, ci++, cur, dst, &ep, NULL, e->up, pool));
         cur = dst;

@@ -41,15 +41,19 @@
 
 typedef struct kiln_int8 kiln_int8;
 
-/* Kernel families. AUTO: AVX-VNNI when the CPU has it, else AVX2, else the
- * reference; the environment variable KILN_INT8_IMPL=avx2|avxvnni|reference
- * overrides AUTO's choice (avxvnni only where available). All families give
- * bit-identical outputs (integer sums are exact; the epilogue is shared). */
+/* Kernel families. AUTO: AMX when the CPU has AMX-INT8 and AVX-512 (and the
+ * kernel grants the tile state), else AVX-VNNI, else AVX2, else the
+ * reference; the environment variable KILN_INT8_IMPL=amx|avxvnni|avx2|
+ * reference overrides AUTO's choice (only where available), and
+ * KILN_NO_AVX512=1 rules out AMX (valgrind, for one, cannot run it). All
+ * families give bit-identical outputs (integer sums are exact; the epilogues
+ * perform the same float32 operations). */
 typedef enum kiln_int8_impl {
     KILN_INT8_AUTO = 0,
     KILN_INT8_REFERENCE, /* scalar kernels (the oracle of the tests)          */
     KILN_INT8_AVX2,      /* vpmaddwd (any codes) / vpmaddubsw (codes 0..127)  */
     KILN_INT8_AVXVNNI,   /* AVX-VNNI vpdpbusd, 256-bit VEX (no AVX-512)       */
+    KILN_INT8_AMX,       /* AMX-INT8 tiles (tdpbusd/tdpbssd), AVX-512 epilogue */
 } kiln_int8_impl;
 
 /* KILN_OK when the artifact can run on the integer engine; otherwise
@@ -79,7 +83,7 @@ double kiln_int8_macs(const kiln_int8 *e, int h, int w);
  * 1-pixel border holds the zero-point code (real value 0: "same" padding);
  * rowpix >= w + 2 + KILN__Q8_PX so a kernel may run a whole pixel tile past
  * the right edge (those results are dropped); channels past c are 0. */
-#define KILN__Q8_PX 8   /* pixel-tile overrun allowed past the row end     */
+#define KILN__Q8_PX 16  /* pixel-tile overrun allowed past the row end     */
 #define KILN__Q8_OB 16  /* output channels per packed block (AVX2 kernels) */
 
 typedef struct kiln_qmap {
@@ -134,5 +138,17 @@ int kiln__conv_u7_safe(const kiln__q8w *p, int code_lo, int code_hi);
 int kiln__cpu_avxvnni(void);
 void kiln__conv_s8_avxvnni(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);
 void kiln__conv_u8_avxvnni(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);
+/* k = 1 or 3, AMX-INT8 tiles (conv_q8_amx.c): exact for every code. Needs
+ * kiln__cpu_amx() (which also obtains the tile state from Linux) and
+ * kiln__conv_amx_ok(p) (cinp <= 64 or a multiple of 64). */
+int kiln__cpu_amx(void);
+int kiln__q8_avx512(void); /* AVX-512 F/BW/DQ/VL usable (and not KILN_NO_AVX512=1) */
+int kiln__conv_amx_ok(const kiln__q8w *p);
+void kiln__conv_s8_amx(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);
+void kiln__conv_u8_amx(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);
+/* The AVX-512 epilogue's fake quantization (reciprocal with an exact
+ * fallback near ties), exposed for its test: out[i] = clamp(rint(t[i] / s)
+ * + z, lo, hi) with p = {s, z, lo, hi}; bit-identical to the division. */
+void kiln__q8_fq_avx512(const float *t, size_t n, const float p[4], float *out);
 
 #endif

@@ -220,6 +220,21 @@ TEST(reference_equals_avx2)
             CHECK_EQ_INT(kiln_int8_create(g_art[k], KILN_INT8_AVXVNNI, &ev), KILN_ERR_UNSUPPORTED);
         }
         kiln_int8_destroy(ev);
+        ev = NULL;
+        if (kiln__cpu_amx()) {
+            CHECK_OK(kiln_int8_create(g_art[k], KILN_INT8_AMX, &ev));
+            if (ev) {
+                CHECK_EQ_INT(kiln_int8_impl_of(ev), KILN_INT8_AMX);
+                CHECK_OK(kiln_int8_forward_chw(ev, in, w, h, b, g_pool));
+                CHECK(memcmp(a, b, m * sizeof *a) == 0);
+                /* and single-threaded, the same bits */
+                CHECK_OK(kiln_int8_forward_chw(ev, in, w, h, b, NULL));
+                CHECK(memcmp(a, b, m * sizeof *a) == 0);
+            }
+        } else {
+            CHECK_EQ_INT(kiln_int8_create(g_art[k], KILN_INT8_AMX, &ev), KILN_ERR_UNSUPPORTED);
+        }
+        kiln_int8_destroy(ev);
         free(a);
         free(b);
         kiln_int8_destroy(er);

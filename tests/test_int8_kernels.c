@@ -1,6 +1,6 @@
 /*
  * test_int8_kernels.c — the integer conv kernels (core/kernels/conv_[su]8*.c:
- * AVX2 vpmaddwd s8/u8, AVX2 vpmaddubsw u7, AVX-VNNI s8/u8) against the scalar
+ * AVX2 vpmaddwd s8/u8, AVX2 vpmaddubsw u7, AVX-VNNI s8/u8, AMX s8/u8) against the scalar
  * references, bit for bit.
  *
  * Every kernel fills acc[npx][coutp] for one output row; the AVX2 kernels
@@ -12,6 +12,7 @@
  * Also: the u7 (vpmaddubsw) kernel's safety predicate, and a demonstration
  * that the predicate is needed (with codes up to 255 vpmaddubsw saturates).
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,21 +57,21 @@ static void fill_weights(int8_t *w, size_t n, int pat, unsigned *seed)
     }
 }
 
-typedef enum { K_S8, K_U8, K_U7, K_S8_VNNI, K_U8_VNNI } kind;
+typedef enum { K_S8, K_U8, K_U7, K_S8_VNNI, K_U8_VNNI, K_S8_AMX, K_U8_AMX } kind;
 
 /* Compare one kernel with its reference on every row; returns mismatches. */
-static long compare(kind kd, int cout, int cin, int h, int w, int apat, int wpat, unsigned *seed)
+static long compare_k(kind kd, int k, int cout, int cin, int h, int w, int apat, int wpat, unsigned *seed)
 {
     kiln_qmap m = {0};
     kiln__q8w p;
     long bad = 0;
-    int8_t *wt = malloc((size_t)cout * cin * 9);
+    int8_t *wt = malloc((size_t)cout * cin * k * k);
     CHECK_OK(kiln__qmap_reshape(&m, cin, h, w));
-    fill_weights(wt, (size_t)cout * cin * 9, wpat, seed);
-    CHECK_OK(kiln__q8w_pack(&p, cout, cin, 3, wt));
-    const int sgn = kd == K_S8 || kd == K_S8_VNNI;
+    fill_weights(wt, (size_t)cout * cin * k * k, wpat, seed);
+    CHECK_OK(kiln__q8w_pack(&p, cout, cin, k, wt));
+    const int sgn = kd == K_S8 || kd == K_S8_VNNI || kd == K_S8_AMX;
     int lo = sgn ? -128 : 0, hi = sgn ? 127 : kd == K_U7 ? 127 : 255;
-    fill_map(&m, lo, hi, apat, kd == K_U8 || kd == K_U8_VNNI ? 128 : 0, seed);
+    fill_map(&m, lo, hi, apat, kd == K_U8 || kd == K_U8_VNNI || kd == K_U8_AMX ? 128 : 0, seed);
     const int npx = (w + KILN__Q8_PX - 1) / KILN__Q8_PX * KILN__Q8_PX;
     size_t na = (size_t)npx * p.coutp;
     int32_t *ref = malloc(na * sizeof *ref), *got = aligned_alloc(64, (na * sizeof *got + 63) / 64 * 64);
@@ -89,6 +90,12 @@ static long compare(kind kd, int cout, int cin, int h, int w, int apat, int wpat
         } else if (kd == K_S8_VNNI) {
             kiln__conv_s8_ref(&p, &m, y, ref);
             kiln__conv_s8_avxvnni(&p, &m, y, got);
+        } else if (kd == K_S8_AMX) {
+            kiln__conv_s8_ref(&p, &m, y, ref);
+            kiln__conv_s8_amx(&p, &m, y, got);
+        } else if (kd == K_U8_AMX) {
+            kiln__conv_u8_ref(&p, &m, y, ref);
+            kiln__conv_u8_amx(&p, &m, y, got);
         } else {
             kiln__conv_u8_ref(&p, &m, y, ref);
             kiln__conv_u8_avxvnni(&p, &m, y, got);
@@ -102,6 +109,11 @@ static long compare(kind kd, int cout, int cin, int h, int w, int apat, int wpat
     kiln__q8w_free(&p);
     kiln__qmap_free(&m);
     return bad;
+}
+
+static long compare(kind kd, int cout, int cin, int h, int w, int apat, int wpat, unsigned *seed)
+{
+    return compare_k(kd, 3, cout, cin, h, w, apat, wpat, seed);
 }
 
 static const int kCout[] = {1, 3, 8, 9, 16, 17, 40, 64};
@@ -149,6 +161,103 @@ TEST(u8_avxvnni_equals_reference)
     else fprintf(stderr, "(no AVX-VNNI on this CPU: kernel not run) ");
 }
 
+/* AMX also takes 1x1 convs and channel counts in chunks of 64: widths
+ * around the 16-pixel tile (15, 16, 17, 31, 32, 33, 48, 241), 1..4 channel
+ * blocks (odd counts take the 1-block path), 128 and 256 input channels. */
+static void sweep_amx(kind kd)
+{
+    static const int cout[] = {3, 16, 33, 64, 256};
+    static const int cin[] = {3, 64, 128, 256};
+    static const int wh[][2] = {{15, 2}, {16, 1}, {17, 3}, {31, 2}, {33, 2}, {48, 1}, {241, 2}};
+    unsigned seed = 99u + (unsigned)kd;
+    long cases = 0;
+    for (int k = 1; k <= 3; k += 2)
+        for (size_t a = 0; a < sizeof cout / sizeof *cout; a++)
+            for (size_t b = 0; b < sizeof cin / sizeof *cin; b++)
+                for (size_t s = 0; s < sizeof wh / sizeof *wh; s++) {
+                    int pat = (int)((a + b + s + (size_t)k) % PAT_COUNT);
+                    long bad = compare_k(kd, k, cout[a], cin[b], wh[s][1], wh[s][0], pat, (pat + 2) % PAT_COUNT, &seed);
+                    CHECK_MSG(bad == 0, "amx kind %d k %d cout %d cin %d %dx%d: %ld sums differ", (int)kd, k, cout[a],
+                              cin[b], wh[s][0], wh[s][1], bad);
+                    cases++;
+                }
+    CHECK(cases == 2 * 5 * 4 * 7);
+}
+
+/* AMX is optional hardware (and needs the OS to grant the tile state):
+ * without it the engine refuses the AMX kernels (checked in test_int8). */
+TEST(s8_amx_equals_reference)
+{
+    if (!kiln__cpu_amx()) {
+        fprintf(stderr, "(no AMX on this CPU: kernel not run) ");
+        return;
+    }
+    sweep(K_S8_AMX);
+    sweep_amx(K_S8_AMX);
+}
+TEST(u8_amx_equals_reference)
+{
+    if (!kiln__cpu_amx()) {
+        fprintf(stderr, "(no AMX on this CPU: kernel not run) ");
+        return;
+    }
+    sweep(K_U8_AMX);
+    sweep_amx(K_U8_AMX);
+}
+
+/* The AVX-512 epilogue's fake quantization multiplies by 1/s and falls
+ * back to the division near half-integers: it must equal the division form
+ * bit for bit. Inputs: exact ties (k + 1/2) * s for scales where that
+ * product is exact, values one ulp either side of them, random values over
+ * the whole code range and beyond (clamping), zeros and signed zeros. */
+static float fq_div(float t, const float p[4])
+{
+    t = nearbyintf(t / p[0]) + p[1];
+    t = t > p[2] ? t : p[2];
+    return t < p[3] ? t : p[3];
+}
+
+TEST(fq_reciprocal_equals_division)
+{
+    enum { N = 1 << 16 };
+    float *t = malloc(N * sizeof *t), *got = malloc(N * sizeof *got);
+    unsigned seed = 4242;
+    long bad = 0, ties = 0;
+    const float scales[] = {0.5f, 0.0078125f, 0.1f, 0.0173f, 1.0f / 3.0f, 0.02336f, 3.1e-3f, 7.77f};
+    for (size_t si = 0; si < sizeof scales / sizeof *scales; si++) {
+        const float p[4] = {scales[si], (float)(si % 3 == 0 ? 0 : 128), si % 3 == 0 ? -128.0f : 0.0f,
+                            si % 3 == 0 ? 127.0f : 255.0f};
+        for (int i = 0; i < N; i++) {
+            int k = (int)(kiln_test_rand(&seed) % 600u) - 300;
+            float v;
+            switch (i % 6) {
+            case 0: v = ((float)k + 0.5f) * p[0]; break;                       /* (near-)tie */
+            case 1: v = nextafterf(((float)k + 0.5f) * p[0], INFINITY); break;
+            case 2: v = nextafterf(((float)k + 0.5f) * p[0], -INFINITY); break;
+            case 3: v = (float)k * p[0]; break;                                /* on the grid */
+            case 4: v = i % 12 == 4 ? -0.0f : 0.0f; break;
+            default: v = ((float)(kiln_test_rand(&seed) % 2000001u) / 1000000.0f - 1.0f) * 300.0f * p[0]; break;
+            }
+            t[i] = v;
+            if (i % 6 == 0 && fabsf(v / p[0] - nearbyintf(v / p[0])) == 0.5f) ties++;
+        }
+        kiln__q8_fq_avx512(t, N, p, got);
+        for (int i = 0; i < N; i++) {
+            float want = fq_div(t[i], p);
+            if (memcmp(&want, &got[i], sizeof want) != 0) {
+                if (bad < 5)
+                    fprintf(stderr, "\n  fq(%a / %a): want %g got %g", (double)t[i], (double)p[0], (double)want,
+                            (double)got[i]);
+                bad++;
+            }
+        }
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK(ties > 1000); /* the exact-tie inputs really were ties */
+    free(t);
+    free(got);
+}
+
 /* The largest magnitudes: every code at the extreme of its range against
  * every weight at -128 gives the exact (not wrapped, not saturated) sum. */
 TEST(extreme_sums_exact)
@@ -163,7 +272,7 @@ TEST(extreme_sums_exact)
     CHECK_OK(kiln__qmap_reshape(&m, cin, h, w));
     CHECK_EQ_INT(p.wmin, -128);
     CHECK_EQ_INT(p.wmax, -128);
-    int32_t acc[8 * 16];
+    int32_t acc[KILN__Q8_PX * 16];
     void *scr = aligned_alloc(64, (kiln__q8_scratch_bytes(&m) + 63) / 64 * 64);
     /* centre pixel (1, 1) sees all 9 taps */
     fill_map(&m, -128, 127, PAT_MIN, 0, &seed);
@@ -181,6 +290,14 @@ TEST(extreme_sums_exact)
         CHECK_EQ_INT(acc[1 * 16 + 3], 9L * 64 * 128 * 128);
         fill_map(&m, 0, 255, PAT_MAX, 0, &seed);
         kiln__conv_u8_avxvnni(&p, &m, 1, acc);
+        CHECK_EQ_INT(acc[1 * 16 + 7], -9L * 64 * 255 * 128);
+    }
+    if (kiln__cpu_amx()) {
+        fill_map(&m, -128, 127, PAT_MIN, 0, &seed);
+        kiln__conv_s8_amx(&p, &m, 1, acc);
+        CHECK_EQ_INT(acc[1 * 16 + 3], 9L * 64 * 128 * 128);
+        fill_map(&m, 0, 255, PAT_MAX, 0, &seed);
+        kiln__conv_u8_amx(&p, &m, 1, acc);
         CHECK_EQ_INT(acc[1 * 16 + 7], -9L * 64 * 255 * 128);
     }
     free(scr);
@@ -204,7 +321,7 @@ TEST(u7_predicate_and_saturation)
     kiln_qmap m = {0};
     CHECK_OK(kiln__qmap_reshape(&m, 4, 3, 3));
     fill_map(&m, 0, 255, PAT_MAX, 0, &seed);
-    int32_t ref[8 * 16], got[8 * 16];
+    int32_t ref[KILN__Q8_PX * 16], got[KILN__Q8_PX * 16];
     kiln__conv_u8_ref(&p, &m, 1, ref);
     kiln__conv_u7_avx2(&p, &m, 1, got);
     CHECK_EQ_INT(ref[16], 9L * 4 * 255 * 127);
@@ -255,7 +372,7 @@ TEST(reference_1x1)
     px[0] = (uint8_t)-128;
     px[1] = 127;
     px[2] = (uint8_t)-5;
-    int32_t acc[8 * 16];
+    int32_t acc[KILN__Q8_PX * 16];
     kiln__conv_s8_ref(&p, &m, 1, acc);
     CHECK_EQ_INT(acc[1 * 16 + 0], 127 * -128);
     CHECK_EQ_INT(acc[1 * 16 + 1], -128 * 127);
@@ -278,6 +395,9 @@ int main(void)
     RUN(u7_avx2_equals_reference);
     RUN(s8_avxvnni_equals_reference);
     RUN(u8_avxvnni_equals_reference);
+    RUN(s8_amx_equals_reference);
+    RUN(u8_amx_equals_reference);
+    RUN(fq_reciprocal_equals_division);
     RUN(extreme_sums_exact);
     RUN(u7_predicate_and_saturation);
     RUN(pack_layout_and_limits);
