@@ -10,6 +10,10 @@
  * Winograd (KILN_IMPL_WINOGRAD) gets the same 1e-4 relative bound, but its
  * magnitude also floors at the RMS of the reference output map:
  * |wino - ref| <= 1e-4 * max(1, |ref|, rms(ref)) (measured worst: ~4.4e-5).
+ *
+ * Instruction sets: every SIMD test runs once per kernel family the CPU has
+ * (KILN_CONV_ISA=avx512, then avx2; see conv.h). Without AVX-512 the avx512
+ * pass is skipped with a note and the AVX2 pass still runs.
  */
 #include <stdint.h>
 
@@ -158,6 +162,9 @@ static int check_shape(shape s, run_opts o, kiln_pool *pool)
     return ok;
 }
 
+/* The ISA pass running (KILN_CONV_ISA value), for messages. */
+static const char *isa_pass = "auto";
+
 static const int CH[] = {1, 3, 5, 8, 12, 16, 64, 67, 256};
 static const int WS[] = {1, 2, 7, 8, 9, 15, 17, 33, 240};
 static const int HS[] = {1, 2, 3, 5, 160};
@@ -276,7 +283,10 @@ TEST(nonfinite_inputs)
 /* Outputs are bit-identical for NULL pool and pools of 1, 2 and 3 threads. */
 TEST(thread_count_bit_identical)
 {
-    const shape shapes[] = {{64, 64, 3, 37, 61}, {67, 12, 3, 2, 240}, {256, 16, 1, 5, 33}, {3, 64, 3, 1, 9}};
+    /* 300 wide: two Winograd chunks in both kernels (AVX2 192, AVX-512 256
+     * pixels), the second cut by the row end. */
+    const shape shapes[] = {{64, 64, 3, 37, 61}, {67, 12, 3, 2, 240}, {256, 16, 1, 5, 33}, {3, 64, 3, 1, 9},
+                            {20, 17, 3, 9, 300}};
     kiln_pool *pools[4] = {NULL, NULL, NULL, NULL};
     for (int t = 1; t <= 3; t++) CHECK_OK(kiln_pool_create(t, &pools[t]));
     for (int impl = KILN_IMPL_REFERENCE; impl <= KILN_IMPL_WINOGRAD; impl++)
@@ -297,7 +307,8 @@ TEST(thread_count_bit_identical)
             }
             for (int t = 1; t < 4; t++)
                 CHECK_MSG(memcmp(out[0].data, out[t].data, kiln_fmap_total(&out[0]) * sizeof(float)) == 0,
-                          "%s shape %zu: %d threads differ from inline", kiln_impl_name((kiln_impl)impl), si, t);
+                          "%s (%s) shape %zu: %d threads differ from inline", kiln_impl_name((kiln_impl)impl),
+                          kiln_conv_isa(c), si, t);
             for (int t = 0; t < 4; t++) kiln_fmap_free(&out[t]);
             kiln_conv_destroy(c);
             kiln_fmap_free(&in);
@@ -497,7 +508,7 @@ TEST(winograd_nonfinite_never_hidden)
 
 static void report_worst(const char *what)
 {
-    fprintf(stderr, "[%s: worst |simd-ref|/max(scale,|ref|) = %.3g] ", what, worst_seen);
+    fprintf(stderr, "[%s %s: worst |simd-ref|/max(scale,|ref|) = %.3g] ", isa_pass, what, worst_seen);
     worst_seen = 0;
 }
 
@@ -519,6 +530,97 @@ TEST(winograd_sweeps)
     tol_rel = 1e-4;
 }
 
+/* Every width 1..37 (tile and vector remainders of both kernels), heights
+ * cycling through 1..37, channel counts that are not multiples of any
+ * kernel's block (AVX2 4, AVX-512 Winograd 6), and widths around the
+ * Winograd chunk ends (AVX2 48 tiles = 192 px, AVX-512 64 tiles = 256 px),
+ * with every epilogue; for the direct and the Winograd implementation. */
+TEST(odd_sizes)
+{
+    int fails = 0, n = 0;
+    const kiln_impl impls[] = {KILN_IMPL_AVX2, KILN_IMPL_WINOGRAD};
+    const int wide[] = {190, 191, 192, 193, 255, 256, 257, 259, 300};
+    for (size_t ii = 0; ii < 2; ii++) {
+        simd_impl = impls[ii];
+        rms_floor = impls[ii] == KILN_IMPL_WINOGRAD;
+        for (int w = 1; w <= 37 + N(wide); w++, n++) {
+            int ww = w <= 37 ? w : wide[w - 38];
+            int h = w <= 37 ? (w * 7) % 37 + 1 : 1 + n % 6;
+            shape s = {n % 3 == 0 ? 13 : n % 3 == 1 ? 7 : 19, n % 2 ? 17 : 5, 3, h, ww};
+            fails += !check_shape(s, normal_opts(n), pool2);
+        }
+    }
+    report_worst("odd sizes");
+    simd_impl = KILN_IMPL_AVX2;
+    rms_floor = 0;
+    CHECK_EQ_INT(fails, 0);
+}
+
+/* Which kernel family a conv gets: AVX-512 Winograd when the CPU has it
+ * (unless KILN_CONV_ISA=avx2), the direct method on AVX2, errors for bad
+ * KILN_CONV_ISA values. Restores the environment it found. */
+TEST(isa_dispatch)
+{
+    static float w[64 * 64 * 9];
+    const int has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    const char *env = getenv("KILN_CONV_ISA");
+    char *saved = env ? strdup(env) : NULL;
+    const struct { const char *isa; kiln_impl impl; int k; const char *want; } cases[] = {
+        {"", KILN_IMPL_WINOGRAD, 3, has512 ? "avx512" : "avx2"},
+        {"auto", KILN_IMPL_AUTO, 3, has512 ? "avx512" : "avx2"}, /* AUTO -> Winograd for 64->64 */
+        {"avx2", KILN_IMPL_WINOGRAD, 3, "avx2"},
+        {"avx2", KILN_IMPL_AUTO, 3, "avx2"},
+        {"auto", KILN_IMPL_AVX2, 3, "avx2"},      /* the direct method is AVX2 only */
+        {"auto", KILN_IMPL_WINOGRAD, 1, "avx2"},  /* 1x1 falls back to direct */
+        {"avx2", KILN_IMPL_REFERENCE, 3, "scalar"},
+        {"avx512", KILN_IMPL_REFERENCE, 3, "scalar"}, /* not consulted for REFERENCE */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        setenv("KILN_CONV_ISA", cases[i].isa, 1);
+        kiln_conv *c = NULL;
+        CHECK_OK(kiln_conv_create(64, 64, cases[i].k, w, NULL, cases[i].impl, &c));
+        if (c) CHECK_MSG(strcmp(kiln_conv_isa(c), cases[i].want) == 0, "case %zu: isa %s, want %s", i,
+                         kiln_conv_isa(c), cases[i].want);
+        kiln_conv_destroy(c);
+    }
+    kiln_conv *c = (kiln_conv *)1;
+    setenv("KILN_CONV_ISA", "sse9", 1);
+    CHECK_EQ_INT(kiln_conv_create(64, 64, 3, w, NULL, KILN_IMPL_WINOGRAD, &c), KILN_ERR_INVALID);
+    CHECK(c == NULL);
+    CHECK(strstr(kiln_errmsg(), "KILN_CONV_ISA") != NULL && strstr(kiln_errmsg(), "sse9") != NULL);
+    setenv("KILN_CONV_ISA", "avx512", 1);
+    kiln_status st = kiln_conv_create(64, 64, 3, w, NULL, KILN_IMPL_WINOGRAD, &c);
+    CHECK_EQ_INT(st, has512 ? KILN_OK : KILN_ERR_UNSUPPORTED);
+    if (st == KILN_OK) {
+        CHECK_STR(kiln_conv_isa(c), "avx512");
+        kiln_conv_destroy(c);
+    }
+    if (saved) setenv("KILN_CONV_ISA", saved, 1);
+    else unsetenv("KILN_CONV_ISA");
+    free(saved);
+}
+
+/* Every SIMD test under one KILN_CONV_ISA value. */
+static void simd_suite(const char *isa)
+{
+    isa_pass = isa;
+    setenv("KILN_CONV_ISA", isa, 1);
+    fprintf(stderr, "[KILN_CONV_ISA=%s]\n", isa);
+    RUN(known_values);
+    RUN(channels_sweep);
+    RUN(spatial_sweep);
+    RUN(edsr_shapes);
+    RUN(extreme_magnitudes);
+    RUN(nonfinite_inputs);
+    RUN(thread_count_bit_identical);
+    report_worst("direct all");
+    RUN(winograd_sweeps);
+    RUN(winograd_nonfinite_never_hidden);
+    RUN(odd_sizes);
+    unsetenv("KILN_CONV_ISA");
+}
+
 int main(void)
 {
     if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) {
@@ -527,17 +629,15 @@ int main(void)
     }
     if (kiln_pool_create(2, &pool2) != KILN_OK) return 1;
     RUN(fmap_layout);
-    RUN(known_values);
     RUN(api_errors_and_metadata);
-    RUN(channels_sweep);
-    RUN(spatial_sweep);
-    RUN(edsr_shapes);
-    RUN(extreme_magnitudes);
-    RUN(nonfinite_inputs);
-    RUN(thread_count_bit_identical);
-    report_worst("avx2 all");
-    RUN(winograd_sweeps);
-    RUN(winograd_nonfinite_never_hidden);
+    RUN(isa_dispatch);
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        simd_suite("avx512");
+    else
+        fprintf(stderr, "test_conv: NOTE: this CPU lacks AVX-512F/DQ/BW/VL; the AVX-512 kernels are not "
+                        "tested here (the AVX2 pass still runs)\n");
+    simd_suite("avx2");
     kiln_pool_destroy(pool2);
     return check_summary();
 }
