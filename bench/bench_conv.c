@@ -2,7 +2,10 @@
  * bench_conv.c — GFLOP/s of the FP32 convolution implementations.
  *
  * Fixed seed and shapes. Default case: EDSR's dominant layer, 3x3 64->64 on a
- * 160x240 map, with 1 and 2 threads, reference vs every SIMD implementation;
+ * 160x240 map, with 1 and 2 threads, reference vs every SIMD implementation
+ * on every instruction set the CPU has (the Winograd kernel with
+ * KILN_CONV_ISA=avx2 and =avx512, see conv.h; the isa column names the
+ * kernel family that ran);
  * also the other EDSR-baseline x2 layer shapes (head 3->64, upsampler
  * 64->256, tail 64->3, MeanShift 1x1 3->3) with the default implementation.
  * Each figure is the median of RUNS timed runs after one warm-up run (the
@@ -55,10 +58,14 @@ static int die(const char *what, kiln_status st)
     exit(1);
 }
 
-/* Median seconds of `runs` runs; prints one line. */
+/* Median seconds of `runs` runs; prints one line. isa: the KILN_CONV_ISA
+ * the conv is created under (NULL: the environment as it is). */
 static double bench_case(const char *label, int cout, int cin, int k, int h, int w, kiln_impl impl,
-                         int threads, int runs, int relu)
+                         const char *isa, int threads, int runs, int relu)
 {
+    const char *env = getenv("KILN_CONV_ISA");
+    char saved[64] = "";
+    if (env) snprintf(saved, sizeof saved, "%s", env);
     size_t nw = (size_t)cout * cin * k * k;
     float *wt = malloc(nw * sizeof *wt), *bias = malloc((size_t)cout * sizeof *bias);
     for (size_t i = 0; i < nw; i++) wt[i] = frand() * 0.1f;
@@ -71,7 +78,13 @@ static double bench_case(const char *label, int cout, int cin, int k, int h, int
         for (int y = 0; y < h; y++)
             for (int x = 0; x < w; x++) *kiln_fmap_at(&in, c, y, x) = frand();
     kiln_conv *conv;
-    if ((st = kiln_conv_create(cout, cin, k, wt, bias, impl, &conv))) die("conv_create", st);
+    if (isa) setenv("KILN_CONV_ISA", isa, 1);
+    st = kiln_conv_create(cout, cin, k, wt, bias, impl, &conv);
+    if (isa) {
+        if (env) setenv("KILN_CONV_ISA", saved, 1);
+        else unsetenv("KILN_CONV_ISA");
+    }
+    if (st) die("conv_create", st);
     kiln_pool *pool;
     if ((st = kiln_pool_create(threads, &pool))) die("pool_create", st);
     kiln_conv_epilogue ep = {.relu = relu};
@@ -88,8 +101,9 @@ static double bench_case(const char *label, int cout, int cin, int k, int h, int
     double med = t[runs / 2];
     double gf = kiln_conv_flops(conv, h, w) / med * 1e-9;
     double best = kiln_conv_flops(conv, h, w) / t[0] * 1e-9;
-    printf("conv %-10s %dx%d %3d->%-3d %dx%d  %-9s threads=%d  median %8.3f ms %7.1f GFLOP/s  (best %7.1f)",
-           label, k, k, cin, cout, h, w, kiln_impl_name(kiln_conv_impl(conv)), threads, med * 1e3, gf, best);
+    printf("conv %-10s %dx%d %3d->%-3d %dx%d  %-9s %-6s threads=%d  median %8.3f ms %7.1f GFLOP/s  (best %7.1f)",
+           label, k, k, cin, cout, h, w, kiln_impl_name(kiln_conv_impl(conv)), kiln_conv_isa(conv), threads,
+           med * 1e3, gf, best);
     if (threads == 1)
         printf("  cpu-time %7.1f GFLOP/s", kiln_conv_flops(conv, h, w) / tc[runs / 2] * 1e-9);
     printf("\n");
@@ -111,20 +125,25 @@ int main(int argc, char **argv)
     if (runs < 1) runs = 1;
     const char *q = getenv("KILN_BENCH_QUICK");
     int quick = q && strcmp(q, "1") == 0;
-    const kiln_impl simd[] = {KILN_IMPL_AVX2, KILN_IMPL_WINOGRAD};
+    __builtin_cpu_init();
+    const int has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    const struct { kiln_impl impl; const char *isa; } simd[] = {
+        {KILN_IMPL_AVX2, "avx2"}, {KILN_IMPL_WINOGRAD, "avx2"}, {KILN_IMPL_WINOGRAD, "avx512"}};
     for (int threads = 1; threads <= 2; threads++) {
-        bench_case("body", 64, 64, 3, 160, 240, KILN_IMPL_REFERENCE, threads, quick ? 1 : 3, 1);
+        bench_case("body", 64, 64, 3, 160, 240, KILN_IMPL_REFERENCE, NULL, threads, quick ? 1 : 3, 1);
         for (size_t i = 0; i < sizeof simd / sizeof simd[0]; i++)
-            bench_case("body", 64, 64, 3, 160, 240, simd[i], threads, runs, 1);
+            if (has512 || strcmp(simd[i].isa, "avx512") != 0)
+                bench_case("body", 64, 64, 3, 160, 240, simd[i].impl, simd[i].isa, threads, runs, 1);
     }
     if (quick) return 0;
     /* The other EDSR-baseline x2 layers, each implementation, 2 threads. */
     const kiln_impl impls[] = {KILN_IMPL_AVX2, KILN_IMPL_WINOGRAD, KILN_IMPL_AUTO};
     for (size_t i = 0; i < sizeof impls / sizeof impls[0]; i++) {
-        bench_case("head", 64, 3, 3, 160, 240, impls[i], 2, runs, 0);
-        bench_case("upsampler", 256, 64, 3, 160, 240, impls[i], 2, runs, 0);
-        bench_case("tail", 3, 64, 3, 320, 480, impls[i], 2, runs, 0);
-        bench_case("meanshift", 3, 3, 1, 160, 240, impls[i], 2, runs, 0);
+        bench_case("head", 64, 3, 3, 160, 240, impls[i], NULL, 2, runs, 0);
+        bench_case("upsampler", 256, 64, 3, 160, 240, impls[i], NULL, 2, runs, 0);
+        bench_case("tail", 3, 64, 3, 320, 480, impls[i], NULL, 2, runs, 0);
+        bench_case("meanshift", 3, 3, 1, 160, 240, impls[i], NULL, 2, runs, 0);
     }
     return 0;
 }
