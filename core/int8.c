@@ -609,21 +609,22 @@ AVX512 static inline __m512 vclamp16(__m512 t, const vsite16 *s)
 
 /* fq(t) = clamp(rint(t / s) + z) without a division in the common case.
  * y = t * fl(1/s) is within 3.02 * 2^-24 * |y| of fl(t / s) (two roundings
- * of the reciprocal and product, one of the quotient), so when y is farther
- * than 2^-20 * |y| from every half-integer both round to the same integer
- * and rint(y) is exact. Lanes that are not that far (about 1 in 10^4, and
- * every tie, inf or NaN) make the whole vector take the true division.
- * d = |y - rint(y)| is exact (Sterbenz), and so is 0.5 - d for d >= 1/4,
+ * for the reciprocal and the product, one for the quotient). Only |y| < 512
+ * matters: beyond, both values clamp to the same end of any 8-bit range
+ * (|z| <= 255). So when y is farther than 2^-11 >= 512 * 2^-20 from every
+ * half-integer, both round to the same integer and rint(y) is exact. Lanes
+ * that are not that far (about 1 in 10^3, and every tie, inf or NaN) make
+ * the whole vector take the true division. d = y - rint(y) is exact
+ * (Sterbenz) and lies in [-1/2, 1/2]; 1/2 - |d| is exact for |d| >= 1/4,
  * the only case where it can be small. Bit-identical to the division form
  * (tests/test_int8_kernels.c drives ties and near-ties through it). */
 AVX512 static inline __m512 vfq16(__m512 t, const vsite16 *s)
 {
-    const __m512 half = _mm512_set1_ps(0.5f), eps = _mm512_set1_ps(0x1p-20f);
+    const __m512 half = _mm512_set1_ps(0.5f), tol = _mm512_set1_ps(0x1p-11f);
     __m512 y = _mm512_mul_ps(t, s->r);
     __m512 ry = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 d = _mm512_abs_ps(_mm512_sub_ps(y, ry));
-    __m512 gap = _mm512_abs_ps(_mm512_sub_ps(half, d));
-    __mmask16 far = _mm512_cmp_ps_mask(gap, _mm512_mul_ps(_mm512_abs_ps(y), eps), _CMP_GT_OQ);
+    __m512 gap = _mm512_sub_ps(half, _mm512_abs_ps(_mm512_sub_ps(y, ry)));
+    __mmask16 far = _mm512_cmp_ps_mask(gap, tol, _CMP_GT_OQ);
     if (__builtin_expect(far != 0xffff, 0))
         ry = _mm512_roundscale_ps(_mm512_div_ps(t, s->s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     return vclamp16(_mm512_add_ps(ry, s->z), s);
@@ -647,6 +648,15 @@ void kiln__q8_fq_avx512(const float *t, size_t n, const float p[4], float *out)
     fq_avx512_run(t, n, &qs, out);
 }
 
+/* 16 clamped codes (floats) -> bytes; the narrowing never saturates. */
+AVX512 static inline void store16(uint8_t *dp, __mmask16 m, __m512 q, int osigned)
+{
+    __m512i qi = _mm512_cvtps_epi32(q);
+    __m128i b8 = osigned ? _mm512_cvtsepi32_epi8(qi) : _mm512_cvtusepi32_epi8(qi);
+    if (m == 0xffff) _mm_storeu_si128((__m128i *)dp, b8);
+    else _mm_mask_storeu_epi8(dp, m, b8);
+}
+
 /* AVX-512 epilogue: epi_one's float operations 16 channels at a time, the
  * last partial group under a lane mask (no scalar tail). The stages are
  * compile-time flags (RELU, S2, MUL, S3) so each fused chain runs without
@@ -667,6 +677,7 @@ AVX512 static inline __attribute__((always_inline)) void epi512_body(const q8epi
     const int rsigned = S3 && ep->sr->qmin < 0;
     const q8site *fin = S3 ? ep->s3 : S2 ? ep->s2 : ep->s1;
     const int osigned = fin->qmin < 0;
+    const __m512 lo1z = _mm512_sub_ps(v1.lo, v1.z), hi1z = _mm512_sub_ps(v1.hi, v1.z);
     for (int o = 0; o < cout; o += 16) {
         const __mmask16 m = cout - o >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cout - o)) - 1);
         const __m512i corr = _mm512_loadu_si512(cv->corr + o); /* coutp is a multiple of 16 */
@@ -676,28 +687,29 @@ AVX512 static inline __attribute__((always_inline)) void epi512_body(const q8epi
             __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_loadu_si512(a), corr)), M);
             v = _mm512_add_ps(v, B);
             if (RELU) v = _mm512_max_ps(v, zero);
-            __m512 q = vclamp16(
-                _mm512_add_ps(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), v1.z), &v1);
+            v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            if (!S2 && !S3) {
+                store16(dst + (size_t)x * dstride + o, m, vclamp16(_mm512_add_ps(v, v1.z), &v1), osigned);
+                continue;
+            }
+            /* q - z1 = clamp(rint(v), lo1 - z1, hi1 - z1): small integers,
+             * exact either way, two operations fewer */
+            __m512 q = _mm512_min_ps(_mm512_max_ps(v, lo1z), hi1z);
             const vsite16 *prev = &v1;
             if (S2) {
-                __m512 t = _mm512_mul_ps(_mm512_sub_ps(q, prev->z), prev->s);
+                __m512 t = _mm512_mul_ps(q, prev->s);
                 if (MUL) t = _mm512_mul_ps(t, vmul);
                 q = vfq16(t, &v2);
                 prev = &v2;
             }
             if (S3) {
-                __m512 t = _mm512_mul_ps(_mm512_sub_ps(q, prev->z), prev->s);
+                __m512 t = S2 ? _mm512_mul_ps(_mm512_sub_ps(q, prev->z), prev->s) : _mm512_mul_ps(q, prev->s);
                 __m128i rb = _mm_maskz_loadu_epi8(m, res + (size_t)x * rstride + o);
                 __m512i ri = rsigned ? _mm512_cvtepi8_epi32(rb) : _mm512_cvtepu8_epi32(rb);
                 __m512 r = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(ri), vr.z), vr.s);
                 q = vfq16(_mm512_add_ps(t, r), &v3);
             }
-            /* q holds clamped codes: the narrowing never saturates */
-            __m512i qi = _mm512_cvtps_epi32(q);
-            __m128i b8 = osigned ? _mm512_cvtsepi32_epi8(qi) : _mm512_cvtusepi32_epi8(qi);
-            uint8_t *dp = dst + (size_t)x * dstride + o;
-            if (m == 0xffff) _mm_storeu_si128((__m128i *)dp, b8);
-            else _mm_mask_storeu_epi8(dp, m, b8);
+            store16(dst + (size_t)x * dstride + o, m, q, osigned);
         }
     }
 }
@@ -736,6 +748,31 @@ static void epi_row_avx512(const q8epi *ep, const int32_t *acc, int w, const uin
 }
 
 /* ---- running a conv ----------------------------------------------------------- */
+
+/* Pixel shuffle x2 of one row of codes: tmp[x][ch * 4 + dy * 2 + dx] goes
+ * to output pixel (2x + dx, 2y + dy), channel ch. One vpermb turns 64 bytes
+ * (16 channels x 4 sub-pixels) into 4 lanes of 16 channels, one per
+ * sub-pixel; each lane is one 16-byte store. c must be a multiple of 16. */
+AVX512 static void shuffle2_avx512(const uint8_t *tmp, int w, int c, kiln_qmap *out, int y)
+{
+    uint8_t idx[64];
+    for (int k = 0; k < 4; k++)
+        for (int l = 0; l < 16; l++) idx[k * 16 + l] = (uint8_t)(l * 4 + k);
+    const __m512i perm = _mm512_loadu_si512(idx);
+    const size_t cp = (size_t)out->cpad;
+    uint8_t *row0 = kiln__qmap_px(out, 2 * y, 0), *row1 = kiln__qmap_px(out, 2 * y + 1, 0);
+    for (int x = 0; x < w; x++) {
+        const uint8_t *ip = tmp + (size_t)x * (size_t)c * 4;
+        uint8_t *o0 = row0 + (size_t)(2 * x) * cp, *o1 = row1 + (size_t)(2 * x) * cp;
+        for (int j = 0; j < c / 16; j++) {
+            __m512i v = _mm512_permutexvar_epi8(perm, _mm512_loadu_si512(ip + 64 * j));
+            _mm_storeu_si128((__m128i *)(o0 + 16 * j), _mm512_castsi512_si128(v));          /* dy 0, dx 0 */
+            _mm_storeu_si128((__m128i *)(o0 + cp + 16 * j), _mm512_extracti32x4_epi32(v, 1)); /* dy 0, dx 1 */
+            _mm_storeu_si128((__m128i *)(o1 + 16 * j), _mm512_extracti32x4_epi32(v, 2));      /* dy 1, dx 0 */
+            _mm_storeu_si128((__m128i *)(o1 + cp + 16 * j), _mm512_extracti32x4_epi32(v, 3)); /* dy 1, dx 1 */
+        }
+    }
+}
 
 typedef struct convjob {
     kiln_int8 *e;
@@ -789,6 +826,10 @@ static void conv_row(void *ctx, int y, int tid)
     else epi_row_scalar(&j->ep, acc, w, res, rstride, dst, dstride, 0);
     if (j->shuffle) {
         const int r = j->shuffle, r2 = r * r, c = cv->w.cout / r2;
+        if (j->impl == KILN_INT8_AMX && r == 2 && c % 16 == 0) {
+            shuffle2_avx512(tmp, w, c, j->out, y);
+            return;
+        }
         for (int dy = 0; dy < r; dy++) {
             uint8_t *orow = kiln__qmap_px(j->out, y * r + dy, 0);
             for (int x = 0; x < w; x++)

@@ -142,7 +142,7 @@ void kiln__conv_u8_avxvnni(const kiln__q8w *p, const kiln_qmap *in, int y, int32
  * kiln__cpu_amx() (which also obtains the tile state from Linux) and
  * kiln__conv_amx_ok(p) (cinp <= 64 or a multiple of 64). */
 int kiln__cpu_amx(void);
-int kiln__q8_avx512(void); /* AVX-512 F/BW/DQ/VL usable (and not KILN_NO_AVX512=1) */
+int kiln__q8_avx512(void); /* AVX-512 F/BW/DQ/VL/VBMI usable (and not KILN_NO_AVX512=1) */
 int kiln__conv_amx_ok(const kiln__q8w *p);
 void kiln__conv_s8_amx(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);
 void kiln__conv_u8_amx(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);

@@ -74,7 +74,8 @@ int kiln__q8_avx512(void)
     if (v < 0) {
         __builtin_cpu_init();
         v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx512vbmi");
         const char *off = getenv("KILN_NO_AVX512");
         if (off && strcmp(off, "1") == 0) v = 0;
         __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
