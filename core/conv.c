@@ -117,6 +117,34 @@ kiln_status kiln_fmap_reshape(kiln_fmap *m, int c, int h, int w)
     return KILN_OK;
 }
 
+kiln_status kiln_fmap_reshape_output(kiln_fmap *m, int c, int h, int w)
+{
+    size_t stride, plane, total;
+    kiln_status st = fmap_geometry(c, h, w, &stride, &plane, &total);
+    if (st) return st;
+    if (!m->data || total > m->capacity) return kiln_fmap_reshape(m, c, h, w);
+    m->c = c;
+    m->h = h;
+    m->w = w;
+    m->stride = stride;
+    m->plane = plane;
+    /* The old contents may have had another geometry, so any float can sit
+     * where the new padding is: zero all of it, leave the interior. */
+    const size_t tail = stride - (size_t)w - 1; /* right border + spare columns */
+    for (int ch = 0; ch < c; ch++) {
+        float *p = m->data + (size_t)ch * plane;
+        memset(p, 0, (stride + 1) * sizeof(float)); /* top row + left border of row 1 */
+        for (int y = 1; y <= h; y++) {
+            float *r = p + (size_t)y * stride;
+            /* right padding of row y and left border of row y + 1 */
+            memset(r + 1 + w, 0, (tail + 1) * sizeof(float));
+        }
+        /* bottom row: its first float was zeroed above (left border of row h + 1) */
+        memset(p + (size_t)(h + 1) * stride, 0, stride * sizeof(float));
+    }
+    return KILN_OK;
+}
+
 void kiln_fmap_free(kiln_fmap *m)
 {
     if (!m) return;

@@ -62,6 +62,12 @@ typedef struct kiln_fmap {
 kiln_status kiln_fmap_alloc(kiln_fmap *m, int c, int h, int w);
 /* Re-shape an existing map, reusing its memory when big enough (zeroed). */
 kiln_status kiln_fmap_reshape(kiln_fmap *m, int c, int h, int w);
+/* Like kiln_fmap_reshape, for a map whose whole interior is written next
+ * (the output of kiln_conv_run): only the padding (border rows, border and
+ * spare columns) is zeroed; the interior keeps whatever the memory held. On
+ * EDSR this saves zeroing a 10-40 MB map before every conv (~9% of the FP32
+ * forward). A fresh allocation is zeroed as by kiln_fmap_alloc. */
+kiln_status kiln_fmap_reshape_output(kiln_fmap *m, int c, int h, int w);
 void kiln_fmap_free(kiln_fmap *m);
 static inline size_t kiln_fmap_total(const kiln_fmap *m) { return (size_t)m->c * m->plane; }
 static inline float *kiln_fmap_at(const kiln_fmap *m, int c, int y, int x)

@@ -410,6 +410,52 @@ TEST(fmap_layout)
     CHECK_EQ_INT(kiln_fmap_alloc(&m, 1 << 21, 5, 5), KILN_ERR_LIMIT);
 }
 
+/* kiln_fmap_reshape_output zeroes exactly the padding: after garbage in
+ * every float, any new geometry has a clean border, and a conv into it gives
+ * the same bits as into a fresh map. */
+TEST(fmap_reshape_output)
+{
+    kiln_fmap m, fresh, in;
+    CHECK_OK(kiln_fmap_alloc(&m, 8, 20, 30));
+    const struct { int c, h, w; } geo[] = {{8, 20, 30}, {3, 7, 13}, {5, 11, 1}, {1, 1, 45}, {2, 30, 6}};
+    for (size_t i = 0; i < sizeof geo / sizeof geo[0]; i++) {
+        float *old = m.data;
+        for (size_t k = 0; k < m.capacity; k++) m.data[k] = -7.5f; /* garbage everywhere */
+        CHECK_OK(kiln_fmap_reshape_output(&m, geo[i].c, geo[i].h, geo[i].w));
+        CHECK(m.data == old);
+        CHECK_EQ_INT(m.c, geo[i].c);
+        CHECK_EQ_INT(m.stride, ((size_t)geo[i].w + 2 + 7) / 8 * 8);
+        CHECK_EQ_INT(m.plane, ((size_t)geo[i].h + 2) * m.stride);
+        CHECK_MSG(border_dirt(&m) == 0, "geometry %zu: %zu dirty padding floats", i, border_dirt(&m));
+        size_t interior_kept = 0;
+        for (int c = 0; c < m.c; c++)
+            for (int y = 0; y < m.h; y++)
+                for (int x = 0; x < m.w; x++) interior_kept += *kiln_fmap_at(&m, c, y, x) == -7.5f;
+        CHECK_EQ_INT(interior_kept, (size_t)m.c * m.h * m.w); /* not zeroed: that is the point */
+        /* a conv's output into it equals one into a fresh map */
+        float *w = rand_array((size_t)geo[i].c * 4 * 9, -1, 1);
+        CHECK_OK(kiln_fmap_alloc(&in, 4, geo[i].h, geo[i].w));
+        CHECK_OK(kiln_fmap_alloc(&fresh, geo[i].c, geo[i].h, geo[i].w));
+        fill_map(&in, -1, 1);
+        kiln_conv *cv = NULL;
+        CHECK_OK(kiln_conv_create(geo[i].c, 4, 3, w, NULL, KILN_IMPL_AUTO, &cv));
+        CHECK_OK(kiln_conv_run(cv, &in, &m, NULL, NULL));
+        CHECK_OK(kiln_conv_run(cv, &in, &fresh, NULL, NULL));
+        CHECK(memcmp(m.data, fresh.data, kiln_fmap_total(&m) * sizeof(float)) == 0);
+        kiln_conv_destroy(cv);
+        kiln_fmap_free(&in);
+        kiln_fmap_free(&fresh);
+        free(w);
+    }
+    /* growing past the capacity reallocates, zeroed */
+    CHECK_OK(kiln_fmap_reshape_output(&m, 64, 40, 50));
+    size_t nz = 0;
+    for (size_t k = 0; k < kiln_fmap_total(&m); k++) nz += m.data[k] != 0;
+    CHECK_EQ_INT(nz, 0);
+    CHECK_EQ_INT(kiln_fmap_reshape_output(&m, 0, 4, 4), KILN_ERR_INVALID);
+    kiln_fmap_free(&m);
+}
+
 TEST(api_errors_and_metadata)
 {
     float w[64 * 9] = {0};
@@ -629,6 +675,7 @@ int main(void)
     }
     if (kiln_pool_create(2, &pool2) != KILN_OK) return 1;
     RUN(fmap_layout);
+    RUN(fmap_reshape_output);
     RUN(api_errors_and_metadata);
     RUN(isa_dispatch);
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
