@@ -20,6 +20,8 @@
  *                              3 runs, no large-input case)
  * env: KILN_DATA (default ../shared/data), KILN_BENCH_ARTIFACT, KILN_BENCH_BIG,
  *      KILN_BENCH_IMPL (auto|avx2|winograd|reference, default auto).
+ *      KILN_CONV_ISA (auto|avx2|avx512: the conv kernels' instruction set,
+ *      see conv.h; e.g. KILN_CONV_ISA=avx2 for the AVX2 figures).
  * Lines starting "model " are parsed by bench/pytorch_edsr.py.
  */
 #include <stdio.h>
@@ -217,8 +219,11 @@ int main(int argc, char **argv)
     double flops = kiln_model_flops(m, IN_H, IN_W);
     /* AUTO is resolved per conv by conv.c (direct or Winograd by shape), so
      * name what was asked for; GFLOP/s counts direct-convolution FLOPs. */
-    printf("EDSR r%df%d x%d, %dx%d (HxW) input, %.1f GFLOP per pass (direct conv count), conv impl %s, %d runs\n",
-           kiln_model_resblocks(m), kiln_model_features(m), s, IN_H, IN_W, flops * 1e-9, kiln_impl_name(impl), runs);
+    const char *isa = getenv("KILN_CONV_ISA");
+    printf("EDSR r%df%d x%d, %dx%d (HxW) input, %.1f GFLOP per pass (direct conv count), conv impl %s, "
+           "KILN_CONV_ISA=%s, %d runs\n",
+           kiln_model_resblocks(m), kiln_model_features(m), s, IN_H, IN_W, flops * 1e-9, kiln_impl_name(impl),
+           isa && *isa ? isa : "auto", runs);
 
     for (int threads = quick ? 2 : 1; threads <= 2; threads++) {
         kiln_pool *pool;
