@@ -138,6 +138,7 @@ int main(int argc, char **argv)
            flops / tf.median * 1e-9, 1.0 / tf.median, tf.best, tf.cpu, psnr);
 
     static const kiln_int8_impl impls[] = {KILN_INT8_AVX2, KILN_INT8_AVXVNNI, KILN_INT8_AMX, KILN_INT8_REFERENCE};
+    double med[sizeof impls / sizeof impls[0]] = {0};
     for (size_t q = 0; q < sizeof impls / sizeof impls[0]; q++) {
         kiln_int8_impl impl = impls[q];
         if (impl == KILN_INT8_REFERENCE && quick) break;
@@ -160,9 +161,19 @@ int main(int argc, char **argv)
                lr.w, lr.h, kiln_int8_impl_name(kiln_int8_impl_of(c.e)), kiln_pool_threads(pool), ti.median,
                2 * macs / ti.median * 1e-9, 1.0 / ti.median, ti.best, ti.cpu, psnr, tf.median / ti.median,
                tf.cpu / ti.cpu);
+        med[q] = ti.median;
         kiln_int8_destroy(c.e);
         c.e = NULL;
     }
+    /* the figure users get: the kernels AUTO picks on this CPU */
+    if ((st = kiln_int8_create(a, KILN_INT8_AUTO, &c.e)) != KILN_OK) return fail("int8 engine", st);
+    kiln_int8_impl autoimpl = kiln_int8_impl_of(c.e);
+    kiln_int8_destroy(c.e);
+    c.e = NULL;
+    for (size_t q = 0; q < sizeof impls / sizeof impls[0]; q++)
+        if (impls[q] == autoimpl && med[q] > 0)
+            printf("int8 engine default (auto = %s) threads=%d median %.3f s  %.2f images/s  %.2fx kiln fp32\n",
+                   kiln_int8_impl_name(autoimpl), kiln_pool_threads(pool), med[q], 1.0 / med[q], tf.median / med[q]);
     free(sr);
     kiln_image_free(&lr);
     kiln_image_free(&hr);

@@ -161,14 +161,15 @@ def kiln_figures(args):
             for m in re.finditer(r'^model fp32 \d+x\d+ threads=(\d+) median +([\d.]+) ms', text, re.M)}
     m = re.search(r'^model w8a8-simulate \d+x\d+ threads=2 median +([\d.]+) ms', text, re.M)
     sim = float(m.group(1)) / 1e3 if m else None
-    # kiln's INT8 engine (bench_int8, AVX2 kernels: what AUTO runs), from
-    # its log beside bench_model's when bench/run.sh wrote both.
+    # kiln's INT8 engine with the kernels AUTO picks on this CPU (bench_int8's
+    # 'int8 engine default' line), from its log beside bench_model's when
+    # bench/run.sh wrote both.
     int8 = None
     if args.kiln_log:
         p = os.path.join(os.path.dirname(args.kiln_log), 'bench_int8.log')
         if os.path.exists(p):
-            m = re.search(r'^edsr x2 \S+ int8 \(avx2\s*\) threads=2\s+median\s+([\d.]+) s', open(p).read(), re.M)
-            int8 = float(m.group(1)) if m else None
+            m = re.search(r'^int8 engine default \(auto = (\S+)\) threads=2 median ([\d.]+) s', open(p).read(), re.M)
+            int8 = (m.group(1), float(m.group(2))) if m else None
     return fp32, sim, int8
 
 
@@ -238,8 +239,8 @@ def main():
             print('ratio fp32 threads=%d: torch %.1f ms / kiln %.1f ms = %.2f (>1: kiln faster)'
                   % (threads, torch_fp32[threads] * 1e3, kfp32[threads] * 1e3, torch_fp32[threads] / kfp32[threads]))
     if torch_int8 and kint8:
-        print('ratio int8: torch int8 %.1f ms / kiln int8 engine (avx2) %.1f ms = %.2f (>1: kiln faster)'
-              % (torch_int8 * 1e3, kint8 * 1e3, torch_int8 / kint8))
+        print('ratio int8: torch int8 %.1f ms / kiln int8 engine (%s) %.1f ms = %.2f (>1: kiln faster)'
+              % (torch_int8 * 1e3, kint8[0], kint8[1] * 1e3, torch_int8 / kint8[1]))
     if torch_int8 and ksim:
         print('ratio int8: torch int8 %.1f ms / kiln w8a8 simulate %.1f ms = %.2f'
               % (torch_int8 * 1e3, ksim * 1e3, torch_int8 / ksim))
