@@ -441,7 +441,7 @@ static kiln_status run_conv(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_
                             const kiln_fmap *residual, float res_scale, kiln_pool *pool)
 {
     const mconv *c = &m->convs[ci];
-    kiln_status st = kiln_fmap_reshape(out, c->cout, in->h, in->w);
+    kiln_status st = kiln_fmap_reshape_output(out, c->cout, in->h, in->w);
     if (st != KILN_OK) return st;
     kiln_conv_epilogue ep = {relu, residual, res_scale};
     return kiln_conv_run(c->packed, in, out, &ep, pool);
@@ -555,7 +555,7 @@ static void add_inplace(kiln_fmap *f, const kiln_fmap *g, kiln_pool *pool)
 static kiln_status pixel_shuffle(const kiln_fmap *in, int r, kiln_fmap *out)
 {
     int c = in->c / (r * r);
-    kiln_status st = kiln_fmap_reshape(out, c, in->h * r, in->w * r);
+    kiln_status st = kiln_fmap_reshape_output(out, c, in->h * r, in->w * r);
     if (st != KILN_OK) return st;
     for (int ch = 0; ch < c; ch++)
         for (int dy = 0; dy < r; dy++)
