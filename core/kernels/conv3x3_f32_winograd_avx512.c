@@ -132,58 +132,82 @@ static inline __mmask16 lanes_mask(long avail)
     return (__mmask16)((1u << avail) - 1u);
 }
 
-/* One group of 16 tiles of one input channel: the six 6-wide windows of
- * each of the 6 rows as 6 vectors, B^T d B, 36 stores into V. MASKED (a
- * compile-time constant) selects masked loads for groups that reach the end
- * of a row; interior groups use plain loads (the masks' kmov would compete
- * with the shuffles for port 5). The zero row is long enough for both. */
-T512_INLINE void group_transform(const float *const rows[6], int g, const __mmask16 mk[6], float *Vg,
-                                 size_t xstride, const int MASKED)
+/* Horizontal half of B^T d B for one row jj of the vertically transformed
+ * window rows: v[0..3] hold 64 consecutive floats, v[4], v[5] (lane 0) the
+ * next two. Columns 0..3 of the 16 six-wide windows are a stride-4
+ * deinterleave (two rounds of vpermt2ps), columns 4 and 5 are columns 0 and
+ * 1 shifted by one tile (valignd); then B^T across them and 6 stores. */
+T512_INLINE void hrow(const __m512 v[6], float *Vj, size_t xstride)
 {
     const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    __m512 tmp[6][6];
+    __m512 eab = _mm512_permutex2var_ps(v[0], ev, v[1]), oab = _mm512_permutex2var_ps(v[0], od, v[1]);
+    __m512 ecd = _mm512_permutex2var_ps(v[2], ev, v[3]), ocd = _mm512_permutex2var_ps(v[2], od, v[3]);
+    __m512 col[6], o[6];
+    col[0] = _mm512_permutex2var_ps(eab, ev, ecd);
+    col[2] = _mm512_permutex2var_ps(eab, od, ecd);
+    col[1] = _mm512_permutex2var_ps(oab, ev, ocd);
+    col[3] = _mm512_permutex2var_ps(oab, od, ocd);
+    col[4] = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(v[4]), _mm512_castps_si512(col[0]), 1));
+    col[5] = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(v[5]), _mm512_castps_si512(col[1]), 1));
+    bt6(col, o);
 #pragma GCC unroll 6
-    for (int r = 0; r < 6; r++) {
-        const float *p = rows[r] + (size_t)g * 64;
-        __m512 a, b, c, d, q4, q5;
-        if (MASKED) {
-            a = _mm512_maskz_loadu_ps(mk[0], p);
-            b = _mm512_maskz_loadu_ps(mk[1], p + 16);
-            c = _mm512_maskz_loadu_ps(mk[2], p + 32);
-            d = _mm512_maskz_loadu_ps(mk[3], p + 48);
-            q4 = _mm512_maskz_loadu_ps(mk[4], p + 64);
-            q5 = _mm512_maskz_loadu_ps(mk[5], p + 65);
-        } else {
-            a = _mm512_loadu_ps(p);
-            b = _mm512_loadu_ps(p + 16);
-            c = _mm512_loadu_ps(p + 32);
-            d = _mm512_loadu_ps(p + 48);
-            /* Only lane 0 matters (valignd below): a broadcast load needs
-             * no shuffle port. */
-            q4 = _mm512_set1_ps(p[64]);
-            q5 = _mm512_set1_ps(p[65]);
-        }
-        __m512 eab = _mm512_permutex2var_ps(a, ev, b), oab = _mm512_permutex2var_ps(a, od, b);
-        __m512 ecd = _mm512_permutex2var_ps(c, ev, d), ocd = _mm512_permutex2var_ps(c, od, d);
-        __m512 col[6];
-        col[0] = _mm512_permutex2var_ps(eab, ev, ecd);
-        col[2] = _mm512_permutex2var_ps(eab, od, ecd);
-        col[1] = _mm512_permutex2var_ps(oab, ev, ocd);
-        col[3] = _mm512_permutex2var_ps(oab, od, ocd);
-        col[4] = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(q4), _mm512_castps_si512(col[0]), 1));
-        col[5] = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(q5), _mm512_castps_si512(col[1]), 1));
-        bt6(col, tmp[r]);
+    for (int i = 0; i < 6; i++) _mm512_store_ps(Vj + (size_t)i * xstride, o[i]);
+}
+
+/* Vector k (0..5, see hrow) of window row r. MASKED (compile-time) selects
+ * masked loads for groups that reach the end of a row; interior groups use
+ * plain loads (a mask's kmov would compete with the shuffles for port 5)
+ * and broadcast loads for the two single floats (only lane 0 matters). The
+ * zero row is long enough for both. */
+T512_INLINE __m512 ld(const float *const rows[6], int r, int k, const __mmask16 mk[6], const int MASKED)
+{
+    const float *p = rows[r];
+    if (MASKED) return _mm512_maskz_loadu_ps(mk[k], p + (k < 4 ? 16 * k : 60 + k));
+    return k < 4 ? _mm512_loadu_ps(p + 16 * k) : _mm512_set1_ps(p[60 + k]);
+}
+
+/* One group of 16 tiles of one input channel: B^T d B, vertical first, one
+ * or two output rows jj at a time (sharing B^T's common terms), so that
+ * only ~12 vectors are live and nothing spills; the window rows are
+ * reloaded from L1 instead. rows[] point at the group's first column. */
+T512_INLINE void group_transform(const float *const rows[6], const __mmask16 mk[6], float *Vg, size_t xstride,
+                                 const int MASKED)
+{
+    const __m512 four = _mm512_set1_ps(4.0f), mfive = _mm512_set1_ps(-5.0f), mfour = _mm512_set1_ps(-4.0f),
+                 two = _mm512_set1_ps(2.0f);
+    const size_t js = 6 * xstride; /* V distance between rows jj and jj + 1 */
+    __m512 v1[6], v2[6];
+#pragma GCC unroll 6
+    for (int k = 0; k < 6; k++)
+        v1[k] = _mm512_fmadd_ps(four, ld(rows, 0, k, mk, MASKED),
+                                _mm512_fmadd_ps(mfive, ld(rows, 2, k, mk, MASKED), ld(rows, 4, k, mk, MASKED)));
+    hrow(v1, Vg, xstride);
+#pragma GCC unroll 6
+    for (int k = 0; k < 6; k++) {
+        __m512 d1 = ld(rows, 1, k, mk, MASKED), d2 = ld(rows, 2, k, mk, MASKED);
+        __m512 d3 = ld(rows, 3, k, mk, MASKED), d4 = ld(rows, 4, k, mk, MASKED);
+        __m512 a = _mm512_fmadd_ps(mfour, d2, d4), b = _mm512_fmadd_ps(mfour, d1, d3);
+        v1[k] = _mm512_add_ps(a, b);
+        v2[k] = _mm512_sub_ps(a, b);
     }
+    hrow(v1, Vg + js, xstride);
+    hrow(v2, Vg + 2 * js, xstride);
 #pragma GCC unroll 6
-    for (int i = 0; i < 6; i++) {
-        __m512 cv[6], o[6];
-#pragma GCC unroll 6
-        for (int r = 0; r < 6; r++) cv[r] = tmp[r][i];
-        bt6(cv, o);
-#pragma GCC unroll 6
-        for (int jj = 0; jj < 6; jj++) _mm512_store_ps(Vg + (size_t)(jj * 6 + i) * xstride, o[jj]);
+    for (int k = 0; k < 6; k++) {
+        __m512 d1 = ld(rows, 1, k, mk, MASKED), d2 = ld(rows, 2, k, mk, MASKED);
+        __m512 d3 = ld(rows, 3, k, mk, MASKED), d4 = ld(rows, 4, k, mk, MASKED);
+        __m512 c = _mm512_sub_ps(d4, d2), e = _mm512_mul_ps(two, _mm512_sub_ps(d3, d1));
+        v1[k] = _mm512_add_ps(c, e);
+        v2[k] = _mm512_sub_ps(c, e);
     }
+    hrow(v1, Vg + 3 * js, xstride);
+    hrow(v2, Vg + 4 * js, xstride);
+#pragma GCC unroll 6
+    for (int k = 0; k < 6; k++)
+        v1[k] = _mm512_fmadd_ps(four, ld(rows, 1, k, mk, MASKED),
+                                _mm512_fmadd_ps(mfive, ld(rows, 3, k, mk, MASKED), ld(rows, 5, k, mk, MASKED)));
+    hrow(v1, Vg + 5 * js, xstride);
 }
 
 /* Step 1: V[xi][ci][t] for tiles tx0 .. tx0+ntp-1 of band ty. */
@@ -214,10 +238,12 @@ static T512 void input_transform(const kiln__conv_job *j, int ty, int tx0, int n
         }
         for (int g = 0; g < ng; g++) {
             float *Vg = V + (size_t)ci * XT + (size_t)g * 16;
+            const float *gr[6];
+            for (int r = 0; r < 6; r++) gr[r] = rows[r] + (size_t)g * 64;
             if (interior[g])
-                group_transform(rows, g, mk[g], Vg, xstride, 0);
+                group_transform(gr, mk[g], Vg, xstride, 0);
             else
-                group_transform(rows, g, mk[g], Vg, xstride, 1);
+                group_transform(gr, mk[g], Vg, xstride, 1);
         }
     }
 }
@@ -261,8 +287,26 @@ DEFINE_GEMM(3)
 DEFINE_GEMM(4)
 static const gemm_fn gemms[NVMAX] = {gemm1, gemm2, gemm3, gemm4};
 
+/* Prefetch the 4 output rows (for writing) and residual rows of channel co
+ * in this band: both maps are far bigger than L2. */
+static inline __attribute__((always_inline)) void prefetch_out(const kiln__conv_job *j, int co, int ty, int x0,
+                                                               long bytes)
+{
+    for (int r = 0; r < 4; r++) {
+        const int y = ty * 4 + r;
+        if (y >= j->out->h) break;
+        const size_t off0 = (size_t)(y + 1) * j->out->stride + 1 + (size_t)x0;
+        const char *op = (const char *)(j->out->data + (size_t)co * j->out->plane + off0);
+        for (long off = 0; off < bytes; off += 64) __builtin_prefetch(op + off, 1, 3);
+        if (j->res) {
+            const char *rp = (const char *)(j->res->data + (size_t)co * j->res->plane + off0);
+            for (long off = 0; off < bytes; off += 64) __builtin_prefetch(rp + off, 0, 3);
+        }
+    }
+}
+
 /* Step 3: output transform of block b's M, epilogue, stores. */
-static T512 void output_transform(const kiln__conv_job *j, int ty, int tx0, int ntp, int b, const float *M)
+static __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma,prfchw"))) void output_transform(const kiln__conv_job *j, int ty, int tx0, int ntp, int b, const float *M)
 {
     kiln_fmap *out = j->out;
     const int h = out->h, w = out->w;
@@ -275,6 +319,10 @@ static T512 void output_transform(const kiln__conv_job *j, int ty, int tx0, int 
         const int co = b * OB + o;
         if (co >= j->cout) break;
         const __m512 bias = _mm512_set1_ps(j->bias[co]);
+        if (co + 1 < j->cout) {
+            const int xs = tx0 * 4, xe = (tx0 + ntp) * 4 < w ? (tx0 + ntp) * 4 : w;
+            if (xe > xs) prefetch_out(j, co + 1, ty, xs, (long)(xe - xs) * 4);
+        }
         for (int g = 0; g < ntp / 16; g++) {
             const int x0 = (tx0 + g * 16) * 4; /* first output column of the group */
             if (x0 >= w) break;
