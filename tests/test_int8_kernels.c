@@ -186,24 +186,17 @@ static void sweep_amx(kind kd)
 
 /* AMX is optional hardware (and needs the OS to grant the tile state):
  * without it the engine refuses the AMX kernels (checked in test_int8). */
-TEST(s8_amx_equals_reference)
+static void amx_sweeps(kind kd)
 {
     if (!kiln__cpu_amx()) {
         fprintf(stderr, "(no AMX on this CPU: kernel not run) ");
         return;
     }
-    sweep(K_S8_AMX);
-    sweep_amx(K_S8_AMX);
+    sweep(kd);
+    sweep_amx(kd);
 }
-TEST(u8_amx_equals_reference)
-{
-    if (!kiln__cpu_amx()) {
-        fprintf(stderr, "(no AMX on this CPU: kernel not run) ");
-        return;
-    }
-    sweep(K_U8_AMX);
-    sweep_amx(K_U8_AMX);
-}
+TEST(s8_amx_equals_reference) { amx_sweeps(K_S8_AMX); }
+TEST(u8_amx_equals_reference) { amx_sweeps(K_U8_AMX); }
 
 /* The AVX-512 epilogue's fake quantization multiplies by 1/s and falls
  * back to the division near half-integers: it must equal the division form
