@@ -278,20 +278,20 @@ TEST(extreme_sums_exact)
     fill_map(&m, 0, 127, PAT_MAX, 0, &seed);
     kiln__conv_u7_avx2(&p, &m, 1, acc);
     CHECK_EQ_INT(acc[1 * 16 + 15], -9L * 64 * 127 * 128);
-    if (kiln__cpu_avxvnni()) {
+    /* the optional kernel families, each where the CPU has it */
+    typedef void (*kfn)(const kiln__q8w *, const kiln_qmap *, int, int32_t *);
+    const struct {
+        int have;
+        kfn s8, u8;
+    } opt[] = {{kiln__cpu_avxvnni(), kiln__conv_s8_avxvnni, kiln__conv_u8_avxvnni},
+               {kiln__cpu_amx(), kiln__conv_s8_amx, kiln__conv_u8_amx}};
+    for (size_t i = 0; i < sizeof opt / sizeof *opt; i++) {
+        if (!opt[i].have) continue;
         fill_map(&m, -128, 127, PAT_MIN, 0, &seed);
-        kiln__conv_s8_avxvnni(&p, &m, 1, acc);
+        opt[i].s8(&p, &m, 1, acc);
         CHECK_EQ_INT(acc[1 * 16 + 3], 9L * 64 * 128 * 128);
         fill_map(&m, 0, 255, PAT_MAX, 0, &seed);
-        kiln__conv_u8_avxvnni(&p, &m, 1, acc);
-        CHECK_EQ_INT(acc[1 * 16 + 7], -9L * 64 * 255 * 128);
-    }
-    if (kiln__cpu_amx()) {
-        fill_map(&m, -128, 127, PAT_MIN, 0, &seed);
-        kiln__conv_s8_amx(&p, &m, 1, acc);
-        CHECK_EQ_INT(acc[1 * 16 + 3], 9L * 64 * 128 * 128);
-        fill_map(&m, 0, 255, PAT_MAX, 0, &seed);
-        kiln__conv_u8_amx(&p, &m, 1, acc);
+        opt[i].u8(&p, &m, 1, acc);
         CHECK_EQ_INT(acc[1 * 16 + 7], -9L * 64 * 255 * 128);
     }
     free(scr);
