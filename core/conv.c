@@ -252,8 +252,6 @@ kiln_status kiln_conv_create(int cout, int cin, int k, const float *weights, con
     if (r != KILN_IMPL_REFERENCE) {
         kiln_status st = simd_isa(&isa);
         if (st) return st;
-        /* The direct method has only an AVX2 kernel. */
-        if (r == KILN_IMPL_AVX2) isa = ISA_AVX2;
     }
 
     kiln_conv *c = calloc(1, sizeof *c);
@@ -393,6 +391,16 @@ static void avx2_item(void *vctx, int i)
     kiln__conv_avx2_rows(&a->job, y, b0, b1);
 }
 
+/* Same items, the AVX-512 direct kernel (same packed weights). */
+static void avx512_item(void *vctx, int i)
+{
+    const avx2_ctx *a = vctx;
+    int y = i / a->groups, g = i % a->groups;
+    int b0 = g * a->group_blocks;
+    int b1 = b0 + a->group_blocks < a->job.nblocks ? b0 + a->group_blocks : a->job.nblocks;
+    kiln__conv_avx512_rows(&a->job, y, b0, b1);
+}
+
 /* ---- Winograd ----------------------------------------------------------- */
 
 typedef struct wino_ctx {
@@ -482,6 +490,6 @@ kiln_status kiln_conv_run(const kiln_conv *c, const kiln_fmap *in, kiln_fmap *ou
      * get work. Depends on the shape only. */
     a.group_blocks = in->h >= 16 ? c->nblocks : 4;
     a.groups = (c->nblocks + a.group_blocks - 1) / a.group_blocks;
-    kiln_pool_run(pool, in->h * a.groups, avx2_item, &a);
+    kiln_pool_run(pool, in->h * a.groups, c->isa == ISA_AVX512 ? avx512_item : avx2_item, &a);
     return KILN_OK;
 }

@@ -617,8 +617,9 @@ TEST(isa_dispatch)
         {"auto", KILN_IMPL_AUTO, 3, has512 ? "avx512" : "avx2"}, /* AUTO -> Winograd for 64->64 */
         {"avx2", KILN_IMPL_WINOGRAD, 3, "avx2"},
         {"avx2", KILN_IMPL_AUTO, 3, "avx2"},
-        {"auto", KILN_IMPL_AVX2, 3, "avx2"},      /* the direct method is AVX2 only */
-        {"auto", KILN_IMPL_WINOGRAD, 1, "avx2"},  /* 1x1 falls back to direct */
+        {"auto", KILN_IMPL_AVX2, 3, has512 ? "avx512" : "avx2"},     /* direct method */
+        {"auto", KILN_IMPL_WINOGRAD, 1, has512 ? "avx512" : "avx2"}, /* 1x1 falls back to direct */
+        {"avx2", KILN_IMPL_AVX2, 1, "avx2"},
         {"avx2", KILN_IMPL_REFERENCE, 3, "scalar"},
         {"avx512", KILN_IMPL_REFERENCE, 3, "scalar"}, /* not consulted for REFERENCE */
     };
@@ -642,6 +643,58 @@ TEST(isa_dispatch)
         CHECK_STR(kiln_conv_isa(c), "avx512");
         kiln_conv_destroy(c);
     }
+    if (saved) setenv("KILN_CONV_ISA", saved, 1);
+    else unsetenv("KILN_CONV_ISA");
+    free(saved);
+}
+
+/* The AVX-512 direct kernel accumulates every output in the AVX2 kernel's
+ * order with the same epilogue instructions: the bits must match exactly,
+ * on every width remainder (1..40, 240, 480), both kernel sizes and every
+ * epilogue. */
+TEST(direct_avx512_matches_avx2_bits)
+{
+    const char *env = getenv("KILN_CONV_ISA");
+    char *saved = env ? strdup(env) : NULL;
+    int n = 0, differ = 0;
+    for (int k = 1; k <= 3; k += 2)
+        for (int w = 1; w <= 42; w++, n++) {
+            int ww = w <= 40 ? w : w == 41 ? 240 : 480;
+            shape s = {n % 3 == 0 ? 3 : n % 3 == 1 ? 9 : 64, n % 2 ? 3 : 19, k, 1 + n % 5, ww};
+            float *wt = rand_array((size_t)s.cout * s.cin * k * k, -1, 1), *b = rand_array((size_t)s.cout, -1, 1);
+            kiln_fmap in, res, o2, o5;
+            CHECK_OK(kiln_fmap_alloc(&in, s.cin, s.h, s.w));
+            CHECK_OK(kiln_fmap_alloc(&res, s.cout, s.h, s.w));
+            CHECK_OK(kiln_fmap_alloc(&o2, s.cout, s.h, s.w));
+            CHECK_OK(kiln_fmap_alloc(&o5, s.cout, s.h, s.w));
+            fill_map(&in, -1, 1);
+            fill_map(&res, -1, 1);
+            kiln_conv *c2 = NULL, *c5 = NULL;
+            setenv("KILN_CONV_ISA", "avx2", 1);
+            CHECK_OK(kiln_conv_create(s.cout, s.cin, k, wt, b, KILN_IMPL_AVX2, &c2));
+            setenv("KILN_CONV_ISA", "avx512", 1);
+            CHECK_OK(kiln_conv_create(s.cout, s.cin, k, wt, b, KILN_IMPL_AVX2, &c5));
+            if (c2 && c5) {
+                CHECK_STR(kiln_conv_isa(c5), "avx512");
+                kiln_conv_epilogue ep = {.relu = n & 1, .residual = n & 2 ? &res : NULL, .res_scale = 0.25f};
+                CHECK_OK(kiln_conv_run(c2, &in, &o2, &ep, pool2));
+                CHECK_OK(kiln_conv_run(c5, &in, &o5, &ep, pool2));
+                if (memcmp(o2.data, o5.data, kiln_fmap_total(&o2) * sizeof(float)) != 0) {
+                    differ++;
+                    CHECK_MSG(0, "k=%d cin=%d cout=%d h=%d w=%d: AVX-512 and AVX2 direct outputs differ", k, s.cin,
+                              s.cout, s.h, s.w);
+                }
+            }
+            kiln_conv_destroy(c2);
+            kiln_conv_destroy(c5);
+            kiln_fmap_free(&in);
+            kiln_fmap_free(&res);
+            kiln_fmap_free(&o2);
+            kiln_fmap_free(&o5);
+            free(wt);
+            free(b);
+        }
+    CHECK_EQ_INT(differ, 0);
     if (saved) setenv("KILN_CONV_ISA", saved, 1);
     else unsetenv("KILN_CONV_ISA");
     free(saved);
@@ -679,9 +732,10 @@ int main(void)
     RUN(api_errors_and_metadata);
     RUN(isa_dispatch);
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
         simd_suite("avx512");
-    else
+        RUN(direct_avx512_matches_avx2_bits);
+    } else
         fprintf(stderr, "test_conv: NOTE: this CPU lacks AVX-512F/DQ/BW/VL; the AVX-512 kernels are not "
                         "tested here (the AVX2 pass still runs)\n");
     simd_suite("avx2");

@@ -37,6 +37,11 @@ void kiln__conv_avx2_pack(int cout, int cin, int k, const float *oihw, float *pa
 /* Output row y (0-based interior row), output-channel blocks [b0, b1). */
 void kiln__conv_avx2_rows(const kiln__conv_job *job, int y, int b0, int b1);
 
+/* Direct AVX-512F+FMA convolution (k = 1 or 3): same packed layout and
+ * packer as the AVX2 kernel (OB = KILN__AVX2_OB), same bits, 16-pixel
+ * vectors. Output row y, output-channel blocks [b0, b1). */
+void kiln__conv_avx512_rows(const kiln__conv_job *job, int y, int b0, int b1);
+
 /* Winograd F(4x4, 3x3), AVX2+FMA (k = 3 only).
  * Packed layout: [xi < 36][block b][ci][o < OB], the transformed weights
  * U = G g G^T. Work items are (band of 4 rows, chunk of XT 4-pixel tiles);
