@@ -23,7 +23,7 @@
  * method with the thread pool (the name is historical): on AVX-512 when the
  * CPU has it (16-pixel vectors, ~1.5x on EDSR's head and tail), else on
  * AVX2+FMA — both kernels give the same bits. KILN_IMPL_WINOGRAD is F(4x4,3x3)
- * for 3x3 convs (1x1 convs run the direct AVX2 kernel) on the best
+ * for 3x3 convs (1x1 convs run the direct method) on the best
  * instruction set the CPU has: AVX-512 (F/DQ/BW/VL + FMA: 16-tile vectors,
  * ~2x the AVX2 Winograd kernel on 64-channel layers) or AVX2+FMA; it is
  * about 2x (AVX2) to 4x (AVX-512) faster than the direct method on
