@@ -237,5 +237,12 @@ void kiln__fake_quant_avx2(float *x, size_t n, float scale, int32_t zp, int qmin
                            int multiply_by_inverse);
 size_t kiln__minmax0_scalar(const float *x, size_t n, float *min, float *max);
 size_t kiln__minmax0_avx2(const float *x, size_t n, float *min, float *max);
+/* AVX-512 F/BW/DQ/VL usable (and not disabled by KILN_NO_AVX512=1; valgrind
+ * cannot run AVX-512). The AVX-512 kernels are bit-identical to the scalar
+ * ones; kiln_fake_quant and kiln_minmax0 prefer them. */
+int kiln__cpu_avx512(void);
+void kiln__fake_quant_avx512(float *x, size_t n, float scale, int32_t zp, int qmin, int qmax,
+                             int multiply_by_inverse);
+size_t kiln__minmax0_avx512(const float *x, size_t n, float *min, float *max);
 
 #endif

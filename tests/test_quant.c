@@ -167,12 +167,10 @@ TEST(fake_quant_nonfinite)
 
 /* Random + extreme values, every length 0..70 and a long one, both modes:
  * the AVX2 kernel must agree with the scalar reference bit for bit. */
-TEST(fake_quant_avx2_matches_scalar)
+typedef void (*fq_fn)(float *, size_t, float, int32_t, int, int, int);
+
+static void fq_simd_matches_scalar(fq_fn simd)
 {
-    if (!kiln__cpu_avx2()) {
-        fprintf(stderr, "(no AVX2: scalar only) ");
-        return;
-    }
     unsigned rs = 12345;
     size_t N = 10007;
     float *a = malloc(N * sizeof *a), *b = malloc(N * sizeof *b), *src = malloc(N * sizeof *src);
@@ -195,17 +193,63 @@ TEST(fake_quant_avx2_matches_scalar)
                 memcpy(a, src, (len + off) * sizeof *a);
                 memcpy(b, src, (len + off) * sizeof *b);
                 kiln__fake_quant_scalar(a + off, len, cfg[c].s, cfg[c].z, cfg[c].lo, cfg[c].hi, inv);
-                kiln__fake_quant_avx2(b + off, len, cfg[c].s, cfg[c].z, cfg[c].lo, cfg[c].hi, inv);
+                simd(b + off, len, cfg[c].s, cfg[c].z, cfg[c].lo, cfg[c].hi, inv);
                 if (memcmp(a, b, (len + off) * sizeof *a) != 0) bad++;
             }
             memcpy(a, src, N * sizeof *a);
             memcpy(b, src, N * sizeof *b);
             kiln__fake_quant_scalar(a, N, cfg[c].s, cfg[c].z, cfg[c].lo, cfg[c].hi, inv);
-            kiln__fake_quant_avx2(b, N, cfg[c].s, cfg[c].z, cfg[c].lo, cfg[c].hi, inv);
+            simd(b, N, cfg[c].s, cfg[c].z, cfg[c].lo, cfg[c].hi, inv);
             if (memcmp(a, b, N * sizeof *a) != 0) bad++;
         }
     CHECK_EQ_INT(bad, 0);
     free(a); free(b); free(src);
+}
+
+TEST(fake_quant_avx2_matches_scalar)
+{
+    if (!kiln__cpu_avx2()) {
+        fprintf(stderr, "(no AVX2: scalar only) ");
+        return;
+    }
+    fq_simd_matches_scalar(kiln__fake_quant_avx2);
+}
+
+/* The AVX-512 kernel divides only near ties (reciprocal otherwise): the
+ * same sweep, plus a dense one of exact ties and their neighbours. */
+TEST(fake_quant_avx512_matches_scalar)
+{
+    if (!kiln__cpu_avx512()) {
+        fprintf(stderr, "(no AVX-512 on this CPU: kernel not run) ");
+        return;
+    }
+    fq_simd_matches_scalar(kiln__fake_quant_avx512);
+    const float scales[] = {0.02f, 0.013f, 1.0f / 3.0f, 0.0173f, 3.3e-5f, 1e-38f};
+    enum { M = 3 * 4001 };
+    float *a = malloc(M * sizeof *a), *b = malloc(M * sizeof *b);
+    long bad = 0;
+    for (size_t si = 0; si < sizeof scales / sizeof *scales; si++) {
+        float s = scales[si];
+        for (int k = -2000; k <= 2000; k++) {
+            float t = ((float)k + 0.5f) * s;
+            size_t j = (size_t)(k + 2000) * 3;
+            a[j] = t;
+            a[j + 1] = nextafterf(t, INFINITY);
+            a[j + 2] = nextafterf(t, -INFINITY);
+        }
+        for (int inv = 0; inv < 2; inv++) {
+            memcpy(b, a, M * sizeof *a);
+            float *c = malloc(M * sizeof *c);
+            memcpy(c, a, M * sizeof *a);
+            kiln__fake_quant_scalar(b, M, s, 0, -128, 127, inv);
+            kiln__fake_quant_avx512(c, M, s, 0, -128, 127, inv);
+            bad += memcmp(b, c, M * sizeof *b) != 0;
+            free(c);
+        }
+    }
+    CHECK_EQ_INT(bad, 0);
+    free(a);
+    free(b);
 }
 
 /* Division and multiplication by the inverse differ on some values (SPEC
@@ -251,6 +295,18 @@ TEST(minmax_avx2_matches_scalar)
         }
         for (size_t i = 0; i < N; i++) x[i] = -x[i];
         nb = kiln__minmax0_avx2(x, N, &mn2, &mx2);
+        CHECK_EQ_INT(nb, 4);
+        CHECK(mn2 == -9.5f && same_bits(mx2, 0.0f));
+        for (size_t i = 0; i < N; i++) x[i] = -x[i];
+    }
+    if (kiln__cpu_avx512()) {
+        for (size_t len = 0; len <= N; len += (len < 80 ? 1 : 613)) {
+            size_t b1 = kiln__minmax0_scalar(x, len, &mn, &mx);
+            size_t b2 = kiln__minmax0_avx512(x, len, &mn2, &mx2);
+            CHECK_MSG(b1 == b2 && same_bits(mn, mn2) && same_bits(mx, mx2), "avx512 len %zu", len);
+        }
+        for (size_t i = 0; i < N; i++) x[i] = -x[i];
+        nb = kiln__minmax0_avx512(x, N, &mn2, &mx2);
         CHECK_EQ_INT(nb, 4);
         CHECK(mn2 == -9.5f && same_bits(mx2, 0.0f));
     }
@@ -578,7 +634,7 @@ TEST(fake_quant_speed)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double dt = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
     fprintf(stderr, "[fake_quant %.2f Gfloat/s%s] ", (double)N * reps / dt * 1e-9,
-            kiln__cpu_avx2() ? " avx2" : " scalar");
+            kiln__cpu_avx512() ? " avx512" : kiln__cpu_avx2() ? " avx2" : " scalar");
     float mn, mx;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int r = 0; r < reps; r++) kiln_minmax0(x, N, &mn, &mx);
@@ -599,6 +655,7 @@ int main(void)
     RUN(fake_quant_half_even);
     RUN(fake_quant_nonfinite);
     RUN(fake_quant_avx2_matches_scalar);
+    RUN(fake_quant_avx512_matches_scalar);
     RUN(fake_quant_divide_vs_inverse);
     RUN(minmax_avx2_matches_scalar);
     RUN(weight_per_channel);

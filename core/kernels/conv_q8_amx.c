@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "int8.h"
+#include "quant.h"
 
 #define OB KILN__Q8_OB
 
@@ -69,18 +70,8 @@ int kiln__cpu_amx(void)
 
 int kiln__q8_avx512(void)
 {
-    static int cached = -1;
-    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (v < 0) {
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-            __builtin_cpu_supports("avx512vbmi");
-        const char *off = getenv("KILN_NO_AVX512");
-        if (off && strcmp(off, "1") == 0) v = 0;
-        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
-    }
-    return v;
+    /* quant.c's AVX-512 test (F/BW/DQ/VL, KILN_NO_AVX512) plus VBMI (vpermb) */
+    return kiln__cpu_avx512() && __builtin_cpu_supports("avx512vbmi");
 }
 
 int kiln__conv_amx_ok(const kiln__q8w *p) { return p->cinp <= 64 || p->cinp % 64 == 0; }
