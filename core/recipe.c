@@ -79,18 +79,22 @@ typedef struct qslot {
     kiln_qspec spec;
 } qslot;
 
+/* What every op_type / op_name entry has; the first member of both kinds,
+ * so parse_entries can fill and sort either. */
+typedef struct ehead {
+    char *key;                  /* op type name or op_name pattern */
+    int is_null;                /* the whole op exempt             */
+    int exact, literals, stars; /* specificity of a pattern        */
+} ehead;
+
 typedef struct qentry {
-    char *key;   /* op type name or op_name pattern */
-    int is_null; /* the whole op exempt             */
+    ehead h;
     qslot role[N_ROLES];
-    int exact, literals, stars; /* specificity of a pattern */
 } qentry;
 
 typedef struct pentry {
-    char *key;
-    int is_null;
+    ehead h;
     kiln_pspec p;
-    int exact, literals, stars;
 } pentry;
 
 struct kiln_recipe {
@@ -748,16 +752,9 @@ static int cmp_spec(int ea, int la, int sa, const char *ka, int eb, int lb, int 
     return strcmp(ka, kb);
 }
 
-static int cmp_qentry(const void *a, const void *b)
+static int cmp_entry(const void *a, const void *b)
 {
-    const qentry *x = a, *y = b;
-    return cmp_spec(x->exact, x->literals, x->stars, x->key, y->exact, y->literals, y->stars,
-                    y->key);
-}
-
-static int cmp_pentry(const void *a, const void *b)
-{
-    const pentry *x = a, *y = b;
+    const ehead *x = a, *y = b; /* every entry starts with its ehead */
     return cmp_spec(x->exact, x->literals, x->stars, x->key, y->exact, y->literals, y->stars,
                     y->key);
 }
@@ -858,52 +855,85 @@ static void parse_qscope(pctx *c, json_t *v, int kind, int type, const char *pat
     }
 }
 
-static int parse_qentries(pctx *c, json_t *obj, int by_name, qentry **out, size_t *nout)
+/* An op_type or op_name object of either section. The caller has reported
+ * unknown op types; here every kept key (op types: type_of(key) >= 0;
+ * patterns: check_pattern against ptype) becomes an entry of esize bytes
+ * whose ehead is filled and scored and whose body fill() parses from a
+ * non-null value. Entries are sorted most specific first. Returns 0 only
+ * when out of memory (*out may hold the entries made so far). */
+typedef void (*entry_fill)(pctx *c, json_t *v, void *entry, int type, const char *key, int by_name);
+
+static int parse_entries(pctx *c, json_t *obj, int by_name, size_t esize, int (*type_of)(const char *),
+                         int ptype, entry_fill fill, void **out, size_t *nout)
 {
-    if (!json_is_object(obj)) {
-        err(c, "expected an object (%s → scope), got %s", by_name ? "op name pattern" : "op type",
-            type_name(obj));
-        return 1;
-    }
     size_t n = json_object_size(obj);
-    if (n > MAX_PATTERNS) {
-        err(c, "%zu entries, limit %d", n, MAX_PATTERNS);
-        return 1;
-    }
-    if (!by_name) check_keys(c, obj, op_type_names);
-    qentry *e = calloc(n ? n : 1, sizeof *e);
+    char *e = calloc(n ? n : 1, esize);
     if (!e) return 0;
     *out = e;
     const char *key;
     json_t *v;
     size_t k = 0;
     json_object_foreach(obj, key, v) {
-        int type = -1;
-        if (!by_name) {
-            for (int t = 0; t < N_TYPES; t++)
-                if (strcmp(key, op_type_names[t]) == 0) type = t;
-            if (type < 0) continue; /* reported by check_keys */
-        }
+        int type = by_name ? -1 : type_of(key);
+        if (!by_name && type < 0) continue; /* reported by the caller */
         size_t old = push(c, key);
-        if (by_name && !check_pattern(c, key, -1)) {
+        if (by_name && !check_pattern(c, key, ptype)) {
             pop(c, old);
             continue;
         }
-        qentry *q = &e[k];
-        if (!(q->key = xstrdup(key))) {
+        ehead *h = (ehead *)(e + k * esize);
+        if (!(h->key = xstrdup(key))) {
             pop(c, old);
             *nout = k;
             return 0;
         }
         k++;
-        pattern_score(key, &q->exact, &q->literals, &q->stars);
-        if (json_is_null(v)) q->is_null = 1;
-        else parse_qscope(c, v, by_name ? 2 : 1, type, key, q->role);
+        pattern_score(key, &h->exact, &h->literals, &h->stars);
+        if (json_is_null(v)) h->is_null = 1;
+        else fill(c, v, h, type, key, by_name);
         pop(c, old);
     }
     *nout = k;
-    qsort(e, k, sizeof *e, cmp_qentry);
+    qsort(e, k, esize, cmp_entry);
     return 1;
+}
+
+/* The checks both sections make of an op_type / op_name object. */
+static int entries_object_ok(pctx *c, json_t *obj, int by_name, const char *what)
+{
+    if (!json_is_object(obj)) {
+        err(c, "expected an object (%s → %s), got %s", by_name ? "op name pattern" : "op type", what,
+            type_name(obj));
+        return 0;
+    }
+    size_t n = json_object_size(obj);
+    if (n > MAX_PATTERNS) {
+        err(c, "%zu entries, limit %d", n, MAX_PATTERNS);
+        return 0;
+    }
+    return 1;
+}
+
+static int op_type_of(const char *key)
+{
+    for (int t = 0; t < N_TYPES; t++)
+        if (strcmp(key, op_type_names[t]) == 0) return t;
+    return -1;
+}
+
+static void fill_qentry(pctx *c, json_t *v, void *entry, int type, const char *key, int by_name)
+{
+    parse_qscope(c, v, by_name ? 2 : 1, type, key, ((qentry *)entry)->role);
+}
+
+static int parse_qentries(pctx *c, json_t *obj, int by_name, qentry **out, size_t *nout)
+{
+    if (!entries_object_ok(c, obj, by_name, "scope")) return 1;
+    if (!by_name) check_keys(c, obj, op_type_names);
+    void *e = NULL;
+    int ok = parse_entries(c, obj, by_name, sizeof(qentry), op_type_of, -1, fill_qentry, &e, nout);
+    *out = e;
+    return ok;
 }
 
 static int parse_quantization(pctx *c, json_t *v, kiln_recipe *r)
@@ -1026,19 +1056,20 @@ static void parse_pspec(pctx *c, json_t *v, kiln_pspec *p)
     if (p->granularity == KILN_PG_PER_TENSOR) p->group_size = 16;
 }
 
+static int conv_type_of(const char *key) { return strcmp(key, "conv") == 0 ? T_CONV : -1; }
+
+static void fill_pentry(pctx *c, json_t *v, void *entry, int type, const char *key, int by_name)
+{
+    (void)type;
+    (void)key;
+    (void)by_name;
+    parse_pspec(c, v, &((pentry *)entry)->p);
+}
+
 static int parse_pentries(pctx *c, json_t *obj, int by_name, pentry **out, size_t *nout)
 {
     static const char *const ptypes[] = {"conv", NULL};
-    if (!json_is_object(obj)) {
-        err(c, "expected an object (%s → spec), got %s", by_name ? "op name pattern" : "op type",
-            type_name(obj));
-        return 1;
-    }
-    size_t n = json_object_size(obj);
-    if (n > MAX_PATTERNS) {
-        err(c, "%zu entries, limit %d", n, MAX_PATTERNS);
-        return 1;
-    }
+    if (!entries_object_ok(c, obj, by_name, "spec")) return 1;
     if (!by_name) {
         /* Only convs have weights: name the other op types precisely. */
         const char *key;
@@ -1057,34 +1088,10 @@ static int parse_pentries(pctx *c, json_t *obj, int by_name, pentry **out, size_
             pop(c, old);
         }
     }
-    pentry *e = calloc(n ? n : 1, sizeof *e);
-    if (!e) return 0;
+    void *e = NULL;
+    int ok = parse_entries(c, obj, by_name, sizeof(pentry), conv_type_of, T_CONV, fill_pentry, &e, nout);
     *out = e;
-    const char *key;
-    json_t *v;
-    size_t k = 0;
-    json_object_foreach(obj, key, v) {
-        if (!by_name && strcmp(key, "conv") != 0) continue;
-        size_t old = push(c, key);
-        if (by_name && !check_pattern(c, key, T_CONV)) {
-            pop(c, old);
-            continue;
-        }
-        pentry *p = &e[k];
-        if (!(p->key = xstrdup(key))) {
-            pop(c, old);
-            *nout = k;
-            return 0;
-        }
-        k++;
-        pattern_score(key, &p->exact, &p->literals, &p->stars);
-        if (json_is_null(v)) p->is_null = 1;
-        else parse_pspec(c, v, &p->p);
-        pop(c, old);
-    }
-    *nout = k;
-    qsort(e, k, sizeof *e, cmp_pentry);
-    return 1;
+    return ok;
 }
 
 static int parse_palettization(pctx *c, json_t *v, kiln_recipe *r)
@@ -1099,7 +1106,7 @@ static int parse_palettization(pctx *c, json_t *v, kiln_recipe *r)
     size_t old;
     if ((x = json_object_get(v, "global")) && !json_is_null(x)) {
         old = push(c, "global");
-        r->pglobal.is_null = 0;
+        r->pglobal.h.is_null = 0;
         parse_pspec(c, x, &r->pglobal.p);
         pop(c, old);
     }
@@ -1183,15 +1190,15 @@ static qsrc resolve_role(const kiln_recipe *r, const char *name, int type, int r
     qsrc s = {NULL, 0, NULL};
     for (size_t i = 0; i < r->n_qname; i++) {
         const qentry *e = &r->qname[i];
-        if (!match(e->key, name)) continue;
-        if (e->is_null) return (qsrc){NULL, 2, e->key};
-        if (e->role[role].state != SLOT_UNSET) return (qsrc){&e->role[role], 2, e->key};
+        if (!match(e->h.key, name)) continue;
+        if (e->h.is_null) return (qsrc){NULL, 2, e->h.key};
+        if (e->role[role].state != SLOT_UNSET) return (qsrc){&e->role[role], 2, e->h.key};
     }
     for (size_t i = 0; type >= 0 && i < r->n_qtype; i++) {
         const qentry *e = &r->qtype[i];
-        if (strcmp(e->key, op_type_names[type]) != 0) continue;
-        if (e->is_null) return (qsrc){NULL, 1, e->key};
-        if (e->role[role].state != SLOT_UNSET) return (qsrc){&e->role[role], 1, e->key};
+        if (strcmp(e->h.key, op_type_names[type]) != 0) continue;
+        if (e->h.is_null) return (qsrc){NULL, 1, e->h.key};
+        if (e->role[role].state != SLOT_UNSET) return (qsrc){&e->role[role], 1, e->h.key};
     }
     s.slot = &r->qglobal[role];
     return s;
@@ -1207,11 +1214,11 @@ static psrc resolve_pal(const kiln_recipe *r, const char *name, int type)
 {
     if (type != T_CONV) return (psrc){NULL, 0, NULL};
     for (size_t i = 0; i < r->n_pname; i++)
-        if (match(r->pname[i].key, name))
-            return (psrc){r->pname[i].is_null ? NULL : &r->pname[i].p, 2, r->pname[i].key};
+        if (match(r->pname[i].h.key, name))
+            return (psrc){r->pname[i].h.is_null ? NULL : &r->pname[i].p, 2, r->pname[i].h.key};
     if (r->n_ptype) /* only "conv" is accepted in palettization.op_type */
-        return (psrc){r->ptype[0].is_null ? NULL : &r->ptype[0].p, 1, r->ptype[0].key};
-    return (psrc){r->pglobal.is_null ? NULL : &r->pglobal.p, 0, NULL};
+        return (psrc){r->ptype[0].h.is_null ? NULL : &r->ptype[0].p, 1, r->ptype[0].h.key};
+    return (psrc){r->pglobal.h.is_null ? NULL : &r->pglobal.p, 0, NULL};
 }
 
 static int type_arg(const char *op_name, const char *op_type)
@@ -1382,7 +1389,7 @@ static json_t *qentries_json(const qentry *e, size_t n)
 {
     json_t *o = json_object();
     for (size_t i = 0; o && i < n; i++)
-        if (!set_new(o, e[i].key, e[i].is_null ? json_null() : qscope_json(e[i].role, 0))) {
+        if (!set_new(o, e[i].h.key, e[i].h.is_null ? json_null() : qscope_json(e[i].role, 0))) {
             json_decref(o);
             return NULL;
         }
@@ -1407,7 +1414,7 @@ static json_t *pentries_json(const pentry *e, size_t n)
 {
     json_t *o = json_object();
     for (size_t i = 0; o && i < n; i++)
-        if (!set_new(o, e[i].key, e[i].is_null ? json_null() : pspec_json(&e[i].p))) {
+        if (!set_new(o, e[i].h.key, e[i].h.is_null ? json_null() : pspec_json(&e[i].p))) {
             json_decref(o);
             return NULL;
         }
@@ -1426,10 +1433,10 @@ static json_t *recipe_json(const kiln_recipe *r)
                           "global", qscope_json(r->qglobal, 1), "op_type",
                           qentries_json(r->qtype, r->n_qtype), "op_name",
                           qentries_json(r->qname, r->n_qname));
-    if (r->pglobal.is_null && r->n_ptype == 0 && r->n_pname == 0) pal = json_null();
+    if (r->pglobal.h.is_null && r->n_ptype == 0 && r->n_pname == 0) pal = json_null();
     else
         pal = json_pack("{s:o,s:o,s:o}", "global",
-                        r->pglobal.is_null ? json_null() : pspec_json(&r->pglobal.p), "op_type",
+                        r->pglobal.h.is_null ? json_null() : pspec_json(&r->pglobal.p), "op_type",
                         pentries_json(r->ptype, r->n_ptype), "op_name",
                         pentries_json(r->pname, r->n_pname));
     json_t *opt = json_pack("{s:b,s:b}", "bias_correction", r->opt.bias_correction,
@@ -1463,10 +1470,10 @@ void kiln_recipe_hash(const kiln_recipe *r, char hex[65])
 void kiln_recipe_destroy(kiln_recipe *r)
 {
     if (!r) return;
-    for (size_t i = 0; i < r->n_qtype; i++) free(r->qtype[i].key);
-    for (size_t i = 0; i < r->n_qname; i++) free(r->qname[i].key);
-    for (size_t i = 0; i < r->n_ptype; i++) free(r->ptype[i].key);
-    for (size_t i = 0; i < r->n_pname; i++) free(r->pname[i].key);
+    for (size_t i = 0; i < r->n_qtype; i++) free(r->qtype[i].h.key);
+    for (size_t i = 0; i < r->n_qname; i++) free(r->qname[i].h.key);
+    for (size_t i = 0; i < r->n_ptype; i++) free(r->ptype[i].h.key);
+    for (size_t i = 0; i < r->n_pname; i++) free(r->pname[i].h.key);
     free(r->qtype), free(r->qname), free(r->ptype), free(r->pname);
     free(r->name);
     free(r->canon);
@@ -1547,7 +1554,7 @@ kiln_status kiln_recipe_parse(const char *json, size_t len, kiln_recipe **out,
         return kiln_fail(KILN_ERR_NOMEM, "config: out of memory");
     }
     c->e = e;
-    r->pglobal.is_null = 1;
+    r->pglobal.h.is_null = 1;
 
     json_error_t jerr;
     json_t *root = json_loadb(json ? json : "", len, JSON_REJECT_DUPLICATES, &jerr);
