@@ -8,9 +8,12 @@
  * floats it holds so kiln_fmap_reshape can reuse it.
  *
  * A kiln_conv owns copies of the weights: the OIHW original (used by the
- * reference path) and, for AVX2, the kernel's packed layout, built once at
- * create time. kiln_conv_run allocates only the Winograd path's per-thread
- * scratch (freed before it returns).
+ * reference path) and, for the SIMD paths, the kernel's packed layout, built
+ * once at create time. The kernel family (AVX2 or AVX-512) is fixed at
+ * create time too (the best the CPU has, capped by KILN_CONV_ISA): the
+ * packed layout belongs to it. The direct kernels share one layout; the two
+ * Winograd kernels have their own block sizes. kiln_conv_run allocates only
+ * the Winograd path's per-thread scratch (freed before it returns).
  *
  * Reference: plain C, per output element the sum over ci, ky, kx in that
  * order, accumulated in float, then + bias, ReLU, * res_scale + residual, each
@@ -43,7 +46,7 @@ struct kiln_conv {
     kiln_impl impl;    /* resolved: REFERENCE, AVX2 or WINOGRAD */
     conv_isa isa;      /* kernel family of `packed` */
     float *w;          /* OIHW copy [cout][cin][k][k] */
-    float *bias;       /* [nblocks * OB], zero past cout */
+    float *bias;       /* cout rounded up to the larger OB, zero past cout */
     float *packed;     /* kernel layout, NULL for REFERENCE */
     int nblocks;       /* output-channel blocks of the kernel's OB */
 };
