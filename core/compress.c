@@ -161,7 +161,7 @@ static kiln_status activation_importance(kiln_model *m, const kiln_recipe *recip
     }
     if (st == KILN_OK && needed) {
         if (count == 0) st = kiln_fail(KILN_ERR_INVALID, "compress: activation-weighted k-means needs calibration images");
-        kiln_site_hook hook = {sq_hook, &st_, 0};
+        kiln_site_hook hook = {.fn = sq_hook, .ctx = &st_, .elementwise = 0};
         kiln_eval_opts eo = {.hook = &hook, .cancel = opts ? opts->cancel : NULL};
         for (size_t k = 0; st == KILN_OK && k < count; k++) {
             kiln_eval_result r;

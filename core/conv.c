@@ -28,11 +28,13 @@
  */
 #include "conv.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/kernels.h"
+#include "quant.h"
 
 #define KILN_FMAP_MAX_DIM (1 << 20)
 #define KILN_CONV_MAX_CH (1 << 16)
@@ -126,6 +128,9 @@ kiln_status kiln_fmap_reshape_output(kiln_fmap *m, int c, int h, int w)
     kiln_status st = fmap_geometry(c, h, w, &stride, &plane, &total);
     if (st) return st;
     if (!m->data || total > m->capacity) return kiln_fmap_reshape(m, c, h, w);
+    /* Same geometry as before: the padding is still zero, since every
+     * writer of a map keeps it so (the layout contract in conv.h). */
+    if (m->c == c && m->h == h && m->w == w && m->stride == stride) return KILN_OK;
     m->c = c;
     m->h = h;
     m->w = w;
@@ -379,10 +384,83 @@ static void ref_channel(void *vctx, int co)
 
 /* ---- AVX2 --------------------------------------------------------------- */
 
+/* The epilogue's fake-quantization stages on output rows [y0, y1), for
+ * kernels that do not fuse them: the kernel stored act(conv + bias) and no
+ * residual. Per channel the padded rows y0+1 .. y1 are one range; their
+ * border columns are zeros, which every stage keeps zero. */
+static void fq_band(const kiln_conv_epilogue *ep, kiln_fmap *out, int y0, int y1)
+{
+    const kiln_fmap *res = ep->residual;
+    const size_t lo = (size_t)(y0 + 1) * out->stride, n = (size_t)(y1 - y0) * out->stride;
+    for (int c = 0; c < out->c; c++) {
+        float *d = out->data + (size_t)c * out->plane + lo;
+        const kiln_conv_fq *q = &ep->fq_out;
+        if (q->on) kiln_fake_quant(d, n, q->scale, q->zp, q->qmin, q->qmax, 0);
+        if (!res) continue;
+        const float *r = res->data + (size_t)c * res->plane + lo, rs = ep->res_scale;
+        for (size_t k = 0; k < n; k++) d[k] = d[k] * rs;
+        q = &ep->fq_scaled;
+        if (q->on) kiln_fake_quant(d, n, q->scale, q->zp, q->qmin, q->qmax, 0);
+        for (size_t k = 0; k < n; k++) d[k] = d[k] + r[k];
+        q = &ep->fq_sum;
+        if (q->on) kiln_fake_quant(d, n, q->scale, q->zp, q->qmin, q->qmax, 0);
+    }
+}
+
+static int fq_any(const kiln_conv_epilogue *ep)
+{
+    return ep && (ep->fq_out.on || ep->fq_scaled.on || ep->fq_sum.on);
+}
+
+/* Work per finished band of output rows: the fake-quantization stages when
+ * the kernel does not fuse them, then kiln_conv_epilogue.rows_done. A band
+ * is covered by `parts` work items; the item that completes the count does
+ * the work (acq_rel on the counter: it sees the other items' stores). */
+typedef struct band_done {
+    const kiln_conv_epilogue *ep; /* NULL: nothing to do per band */
+    kiln_fmap *out;
+    int post_fq;      /* run fq_band here */
+    atomic_int *left; /* [nbands] items still running, or NULL (parts == 1) */
+    int parts, rows, h;  /* items per band, rows per band, map height */
+} band_done;
+
+static kiln_status band_done_init(band_done *d, const kiln_conv_epilogue *ep, kiln_fmap *out, int post_fq,
+                                  int nbands, int parts, int rows, int h)
+{
+    d->ep = ep && (ep->rows_done || post_fq) ? ep : NULL;
+    d->out = out;
+    d->post_fq = post_fq;
+    d->left = NULL;
+    d->parts = parts;
+    d->rows = rows;
+    d->h = h;
+    if (d->ep && parts > 1) {
+        d->left = malloc((size_t)nbands * sizeof *d->left);
+        if (!d->left) return kiln_fail(KILN_ERR_NOMEM, "conv: out of memory for %d band counters", nbands);
+        for (int b = 0; b < nbands; b++) atomic_init(&d->left[b], parts);
+    }
+    return KILN_OK;
+}
+
+static void band_complete(const band_done *d, int y0, int y1)
+{
+    if (d->post_fq) fq_band(d->ep, d->out, y0, y1);
+    if (d->ep->rows_done) d->ep->rows_done(d->ep->rows_ctx, y0, y1);
+}
+
+static void band_finished_part(const band_done *d, int band)
+{
+    if (!d->ep) return;
+    if (d->left && atomic_fetch_sub_explicit(&d->left[band], 1, memory_order_acq_rel) != 1) return;
+    const int y0 = band * d->rows, y1 = y0 + d->rows < d->h ? y0 + d->rows : d->h;
+    band_complete(d, y0, y1);
+}
+
 typedef struct avx2_ctx {
     kiln__conv_job job;
     int groups;       /* output-channel block groups per row */
     int group_blocks; /* blocks per group */
+    band_done done;   /* bands of 1 row, `groups` items each */
 } avx2_ctx;
 
 static void avx2_item(void *vctx, int i)
@@ -392,6 +470,7 @@ static void avx2_item(void *vctx, int i)
     int b0 = g * a->group_blocks;
     int b1 = b0 + a->group_blocks < a->job.nblocks ? b0 + a->group_blocks : a->job.nblocks;
     kiln__conv_avx2_rows(&a->job, y, b0, b1);
+    band_finished_part(&a->done, y);
 }
 
 /* Same items, the AVX-512 direct kernel (same packed weights). */
@@ -402,6 +481,7 @@ static void avx512_item(void *vctx, int i)
     int b0 = g * a->group_blocks;
     int b1 = b0 + a->group_blocks < a->job.nblocks ? b0 + a->group_blocks : a->job.nblocks;
     kiln__conv_avx512_rows(&a->job, y, b0, b1);
+    band_finished_part(&a->done, y);
 }
 
 /* ---- Winograd ----------------------------------------------------------- */
@@ -411,18 +491,21 @@ typedef struct wino_ctx {
     int chunks;         /* tile chunks per band */
     float *scratch;     /* nthreads slices */
     size_t slice;       /* floats per slice, multiple of 16 */
+    band_done done;     /* bands of 4 rows, `chunks` items each */
 } wino_ctx;
 
 static void wino_item(void *vctx, int i, int tid)
 {
     const wino_ctx *a = vctx;
     kiln__wino_item(&a->job, i / a->chunks, i % a->chunks, a->scratch + (size_t)tid * a->slice);
+    band_finished_part(&a->done, i / a->chunks);
 }
 
 static void wino512_item(void *vctx, int i, int tid)
 {
     const wino_ctx *a = vctx;
     kiln__wino512_item(&a->job, i / a->chunks, i % a->chunks, a->scratch + (size_t)tid * a->slice);
+    band_finished_part(&a->done, i / a->chunks);
 }
 
 /* ---- run ---------------------------------------------------------------- */
@@ -459,16 +542,30 @@ kiln_status kiln_conv_run(const kiln_conv *c, const kiln_fmap *in, kiln_fmap *ou
         if (res->data == out->data) return kiln_fail(KILN_ERR_INVALID, "conv: residual and output alias");
     }
 
+    /* Fake-quantization stages: fused by the AVX-512 Winograd kernel; for
+     * every other kernel, the kernel stores act(conv + bias) only and
+     * fq_band finishes each band (residual included). */
+    const int fused_fq = c->impl == KILN_IMPL_WINOGRAD && c->isa == ISA_AVX512;
+    const int post_fq = fq_any(ep) && !fused_fq;
+    const kiln_conv_fq fqs[3] = {ep ? ep->fq_out : (kiln_conv_fq){0}, ep ? ep->fq_scaled : (kiln_conv_fq){0},
+                                 ep ? ep->fq_sum : (kiln_conv_fq){0}};
+
     if (c->impl == KILN_IMPL_REFERENCE) {
-        ref_ctx r = {c, in, out, ep};
+        kiln_conv_epilogue kep = ep ? *ep : (kiln_conv_epilogue){0};
+        if (post_fq) kep.residual = NULL;
+        ref_ctx r = {c, in, out, &kep};
         kiln_pool_run(pool, c->cout, ref_channel, &r);
+        band_done d;
+        if ((st = band_done_init(&d, ep, out, post_fq, 1, 1, in->h, in->h)) != KILN_OK) return st;
+        if (d.ep) band_complete(&d, 0, in->h); /* one band: all rows */
         return KILN_OK;
     }
 
     const kiln__conv_job job = {
-        .packed = c->packed, .bias = c->bias, .in = in, .out = out, .res = res,
+        .packed = c->packed, .bias = c->bias, .in = in, .out = out, .res = post_fq ? NULL : res,
         .cin = c->cin, .cout = c->cout, .k = c->k, .nblocks = c->nblocks,
-        .relu = ep ? ep->relu : 0, .res_scale = res ? ep->res_scale : 1.0f,
+        .relu = ep ? ep->relu : 0, .res_scale = res && !post_fq ? ep->res_scale : 1.0f,
+        .fq = fq_any(ep) && fused_fq ? fqs : NULL,
     };
     if (c->impl == KILN_IMPL_WINOGRAD) {
         /* Scratch per thread and per run: the conv stays immutable and
@@ -477,12 +574,17 @@ kiln_status kiln_conv_run(const kiln_conv *c, const kiln_fmap *in, kiln_fmap *ou
         wino_ctx a = {.job = job, .chunks = w512 ? kiln__wino512_chunks(in->w) : kiln__wino_chunks(in->w)};
         a.slice = ((w512 ? kiln__wino512_scratch_floats(c->cin) : kiln__wino_scratch_floats(c->cin)) + 15) / 16 * 16;
         int nt = kiln_pool_threads(pool);
+        const int nbands = (in->h + 3) / 4;
+        if ((st = band_done_init(&a.done, ep, out, post_fq, nbands, a.chunks, 4, in->h)) != KILN_OK) return st;
         a.scratch = aligned_alloc(64, (size_t)nt * a.slice * sizeof(float));
-        if (!a.scratch)
+        if (!a.scratch) {
+            free(a.done.left);
             return kiln_fail(KILN_ERR_NOMEM, "conv: out of memory for Winograd scratch (%d threads x %zu floats)",
                              nt, a.slice);
-        kiln_pool_run_tid(pool, (in->h + 3) / 4 * a.chunks, w512 ? wino512_item : wino_item, &a);
+        }
+        kiln_pool_run_tid(pool, nbands * a.chunks, w512 ? wino512_item : wino_item, &a);
         free(a.scratch);
+        free(a.done.left);
         return KILN_OK;
     }
 
@@ -493,6 +595,8 @@ kiln_status kiln_conv_run(const kiln_conv *c, const kiln_fmap *in, kiln_fmap *ou
      * get work. Depends on the shape only. */
     a.group_blocks = in->h >= 16 ? c->nblocks : 4;
     a.groups = (c->nblocks + a.group_blocks - 1) / a.group_blocks;
+    if ((st = band_done_init(&a.done, ep, out, post_fq, in->h, a.groups, 1, in->h)) != KILN_OK) return st;
     kiln_pool_run(pool, in->h * a.groups, c->isa == ISA_AVX512 ? avx512_item : avx2_item, &a);
+    free(a.done.left);
     return KILN_OK;
 }

@@ -66,7 +66,9 @@ kiln_status kiln_fmap_alloc(kiln_fmap *m, int c, int h, int w);
 kiln_status kiln_fmap_reshape(kiln_fmap *m, int c, int h, int w);
 /* Like kiln_fmap_reshape, for a map whose whole interior is written next
  * (the output of kiln_conv_run): only the padding (border rows, border and
- * spare columns) is zeroed; the interior keeps whatever the memory held. On
+ * spare columns) is zeroed, and not even that when the geometry is the same
+ * as the map's current one (its padding is zero by the layout contract);
+ * the interior keeps whatever the memory held. On
  * EDSR this saves zeroing a 10-40 MB map before every conv (~9% of the FP32
  * forward). A fresh allocation is zeroed as by kiln_fmap_alloc. */
 kiln_status kiln_fmap_reshape_output(kiln_fmap *m, int c, int h, int w);
@@ -100,10 +102,34 @@ kiln_status kiln_conv_create(int cout, int cin, int k, const float *weights,
                              const float *bias, kiln_impl impl, kiln_conv **out);
 void kiln_conv_destroy(kiln_conv *conv);
 
+/* Fake quantization of one activation site inside the epilogue: the
+ * division form of kiln_fake_quant (quant.h), bit for bit. on = 0: none. */
+typedef struct kiln_conv_fq {
+    int on;
+    float scale;
+    int zp, qmin, qmax;
+} kiln_conv_fq;
+
 typedef struct kiln_conv_epilogue {
     int relu;                 /* apply ReLU after the bias                 */
     const kiln_fmap *residual; /* NULL, or same shape as the output         */
     float res_scale;          /* used only with residual                    */
+    /* Simulated quantization of the sites along the epilogue (the model's
+     * W8A8 simulation). When any is on the epilogue is, elementwise,
+     *     v = fq_out(act(conv(x) + bias))
+     *     with a residual: v = fq_sum(fq_scaled(v * res_scale) + residual)
+     * rounding after the product and after the sum (no fused multiply-add),
+     * exactly as fake-quantizing between separate passes would. */
+    kiln_conv_fq fq_out, fq_scaled, fq_sum;
+    /* Optional: rows_done(rows_ctx, y0, y1) runs once for each band of
+     * output rows [y0, y1) as soon as every channel and column of the band
+     * is final, on the thread that finished it (several bands may run at
+     * once on different threads; the bands of one run are disjoint and
+     * cover 0..h). Meant for elementwise work on the band while it is still
+     * in cache (the model's fake-quantization chains). It may modify those
+     * rows of the output only; the conv does not read its output. */
+    void (*rows_done)(void *rows_ctx, int y0, int y1);
+    void *rows_ctx;
 } kiln_conv_epilogue;
 
 /* out must be allocated with c = cout and in's h, w; in->c must equal cin.

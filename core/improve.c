@@ -260,7 +260,7 @@ kiln_status kiln_improve_stats_observe(kiln_improve_stats *s, kiln_model *m, con
     s->lr_w = lr->w;
     s->lr_h = lr->h;
     s->pass_st = KILN_OK;
-    kiln_site_hook hook = {stats_hook, s, 0};
+    kiln_site_hook hook = {.fn = stats_hook, .ctx = s, .elementwise = 0};
     kiln_status st = kiln_model_forward(m, lr, sr, pool, &hook);
     free(sr);
     if (s->pass_st != KILN_OK) return s->pass_st;

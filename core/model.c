@@ -17,11 +17,14 @@
  */
 #include "model.h"
 
+#include <immintrin.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "quant.h"
 
 #define NAME_MAX_LEN 64
 
@@ -437,14 +440,30 @@ double kiln_model_flops(const kiln_model *m, int h, int w)
 
 /* ---- forward -------------------------------------------------------------- */
 
-static kiln_status run_conv(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_fmap *out, int relu,
-                            const kiln_fmap *residual, float res_scale, kiln_pool *pool)
+static kiln_status run_conv_ep(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_fmap *out,
+                               const kiln_conv_epilogue *ep, kiln_pool *pool)
 {
     const mconv *c = &m->convs[ci];
     kiln_status st = kiln_fmap_reshape_output(out, c->cout, in->h, in->w);
     if (st != KILN_OK) return st;
-    kiln_conv_epilogue ep = {relu, residual, res_scale};
-    return kiln_conv_run(c->packed, in, out, &ep, pool);
+    return kiln_conv_run(c->packed, in, out, ep, pool);
+}
+
+static kiln_status run_conv(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_fmap *out, int relu,
+                            const kiln_fmap *residual, float res_scale, kiln_pool *pool)
+{
+    kiln_conv_epilogue ep = {.relu = relu, .residual = residual, .res_scale = res_scale};
+    return run_conv_ep(m, ci, in, out, &ep, pool);
+}
+
+/* The hook's fake-quantization parameters for n consecutive sites from s,
+ * when it can describe every one of them (kiln_site_hook.fq_params). */
+static int hook_fq(const kiln_site_hook *hook, size_t s, size_t n, kiln_conv_fq *q)
+{
+    if (!hook || !hook->fn || !hook->elementwise || !hook->fq_params) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!hook->fq_params(hook->ctx, s + i, &q[i])) return 0;
+    return 1;
 }
 
 /* Elementwise work: a short chain of steps (site hook, scale, add) applied to
@@ -467,16 +486,50 @@ typedef struct ew_job {
     const kiln_site_hook *hook;
     float *data;
     size_t n;
+    size_t plane, stride; int c; /* the map's geometry (ew_rows) */
     int slices, nsteps;
     ew_step steps[EW_MAX_STEPS];
     atomic_int failed;
 } ew_job;
 
-static void ew_slice(void *ctx, int i)
+/* d *= s and d += o, 16 lanes at a time where the CPU has AVX-512 (the same
+ * IEEE operations as the scalar loops, so the same bits). */
+__attribute__((target("avx512f"))) static void ew_scale_512(float *d, size_t n, float s)
 {
-    ew_job *j = ctx;
-    size_t lo = j->n * (size_t)i / (size_t)j->slices, hi = j->n * (size_t)(i + 1) / (size_t)j->slices;
+    const __m512 v = _mm512_set1_ps(s);
+    for (size_t k = 0; k < n; k += 16) {
+        const __mmask16 m = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1);
+        _mm512_mask_storeu_ps(d + k, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, d + k), v));
+    }
+}
+
+__attribute__((target("avx512f"))) static void ew_add_512(float *d, const float *o, size_t n)
+{
+    for (size_t k = 0; k < n; k += 16) {
+        const __mmask16 m = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1);
+        _mm512_mask_storeu_ps(d + k, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, d + k), _mm512_maskz_loadu_ps(m, o + k)));
+    }
+}
+
+static void ew_scale_range(float *d, size_t n, float s)
+{
+    if (kiln__cpu_avx512()) ew_scale_512(d, n, s);
+    else
+        for (size_t k = 0; k < n; k++) d[k] *= s;
+}
+
+static void ew_add_range(float *d, const float *o, size_t n)
+{
+    if (kiln__cpu_avx512()) ew_add_512(d, o, n);
+    else
+        for (size_t k = 0; k < n; k++) d[k] += o[k];
+}
+
+/* The whole chain on elements [lo, hi) of the buffer. */
+static void ew_range(ew_job *j, size_t lo, size_t hi)
+{
     float *d = j->data;
+    if (atomic_load_explicit(&j->failed, memory_order_relaxed)) return;
     for (int t = 0; t < j->nsteps && hi > lo; t++) {
         const ew_step *st = &j->steps[t];
         switch (st->op) {
@@ -487,13 +540,19 @@ static void ew_slice(void *ctx, int i)
             }
             break;
         case EW_SCALE:
-            for (size_t k = lo; k < hi; k++) d[k] *= st->scale;
+            ew_scale_range(d + lo, hi - lo, st->scale);
             break;
         default:
-            for (size_t k = lo; k < hi; k++) d[k] += st->other[k];
+            ew_add_range(d + lo, st->other + lo, hi - lo);
             break;
         }
     }
+}
+
+static void ew_slice(void *ctx, int i)
+{
+    ew_job *j = ctx;
+    ew_range(j, j->n * (size_t)i / (size_t)j->slices, j->n * (size_t)(i + 1) / (size_t)j->slices);
 }
 
 static void ew_init(ew_job *j, const kiln_site_hook *hook, kiln_fmap *f)
@@ -501,6 +560,9 @@ static void ew_init(ew_job *j, const kiln_site_hook *hook, kiln_fmap *f)
     j->hook = hook;
     j->data = f->data;
     j->n = kiln_fmap_total(f);
+    j->plane = f->plane;
+    j->stride = f->stride;
+    j->c = f->c;
     j->nsteps = 0;
 }
 
@@ -516,6 +578,40 @@ static kiln_status ew_run(ew_job *j, kiln_pool *pool)
     if (pool && kiln_pool_threads(pool) > 1 && j->slices > 1) kiln_pool_run(pool, j->slices, ew_slice, j);
     else
         for (int i = 0; i < j->slices; i++) ew_slice(j, i);
+    if (atomic_load(&j->failed)) return kiln_fail(KILN_ERR_CANCELED, "forward pass stopped by a site hook");
+    return KILN_OK;
+}
+
+/* kiln_conv_epilogue.rows_done: the chain on output rows [y0, y1) of every
+ * channel, padded rows y0+1 .. y1 with their border columns (zeros, which
+ * every chain step maps to zero), while the conv's thread has them in cache. */
+static void ew_rows(void *ctx, int y0, int y1)
+{
+    ew_job *j = ctx;
+    for (int c = 0; c < j->c; c++) {
+        size_t base = (size_t)c * j->plane;
+        ew_range(j, base + (size_t)(y0 + 1) * j->stride, base + (size_t)(y1 + 1) * j->stride);
+    }
+}
+
+/* Conv ci into out, then the chain j (whose steps were added before) on
+ * out, band by band inside the conv: the same operations on every element
+ * as running the conv and then the chain, without another trip through
+ * memory. For elementwise hooks only. */
+static kiln_status run_conv_ew(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_fmap *out, int relu,
+                               ew_job *j, kiln_pool *pool)
+{
+    const mconv *c = &m->convs[ci];
+    kiln_status st = kiln_fmap_reshape_output(out, c->cout, in->h, in->w);
+    if (st != KILN_OK) return st;
+    j->data = out->data;
+    j->n = kiln_fmap_total(out);
+    j->plane = out->plane;
+    j->stride = out->stride;
+    j->c = out->c;
+    atomic_init(&j->failed, 0);
+    kiln_conv_epilogue ep = {.relu = relu, .res_scale = 1.0f, .rows_done = ew_rows, .rows_ctx = j};
+    if ((st = kiln_conv_run(c->packed, in, out, &ep, pool)) != KILN_OK) return st;
     if (atomic_load(&j->failed)) return kiln_fail(KILN_ERR_CANCELED, "forward pass stopped by a site hook");
     return KILN_OK;
 }
@@ -536,6 +632,26 @@ static kiln_status site(const kiln_site_hook *hook, size_t s, kiln_fmap *f, kiln
     return KILN_OK;
 }
 
+/* Conv ci, then one site's hook on its output (fused when elementwise). */
+static kiln_status conv_site(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_fmap *out, int relu,
+                             const kiln_site_hook *hook, size_t s, kiln_pool *pool)
+{
+    kiln_conv_fq q;
+    if (hook_fq(hook, s, 1, &q)) {
+        kiln_conv_epilogue ep = {.relu = relu, .fq_out = q};
+        return run_conv_ep(m, ci, in, out, &ep, pool);
+    }
+    if (hook && hook->fn && hook->elementwise) {
+        ew_job j;
+        ew_init(&j, hook, out);
+        ew_hook(&j, s);
+        return run_conv_ew(m, ci, in, out, relu, &j, pool);
+    }
+    kiln_status st = run_conv(m, ci, in, out, relu, NULL, 1.0f, pool);
+    if (st != KILN_OK) return st;
+    return site(hook, s, out, pool);
+}
+
 static void scale_inplace(kiln_fmap *f, float s, kiln_pool *pool)
 {
     ew_job j;
@@ -552,21 +668,57 @@ static void add_inplace(kiln_fmap *f, const kiln_fmap *g, kiln_pool *pool)
     ew_run(&j, pool);
 }
 
-static kiln_status pixel_shuffle(const kiln_fmap *in, int r, kiln_fmap *out)
+/* Pixel shuffle: out channel ch, row y*r + dy, column x*r + dx takes in
+ * channel ch*r*r + dy*r + dx at (y, x). Items are (ch, dy) pairs over the
+ * pool; for r = 2 on AVX-512 two input rows interleave with two permutes. */
+typedef struct shuffle_job {
+    const kiln_fmap *in;
+    kiln_fmap *out;
+    int r;
+} shuffle_job;
+
+__attribute__((target("avx512f"))) static void interleave2_512(const float *a, const float *b, float *dst, int w)
+{
+    static const int lo[16] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
+    static const int hi[16] = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i il = _mm512_loadu_si512(lo), ih = _mm512_loadu_si512(hi);
+    int x = 0;
+    for (; x + 16 <= w; x += 16) {
+        __m512 va = _mm512_loadu_ps(a + x), vb = _mm512_loadu_ps(b + x);
+        _mm512_storeu_ps(dst + 2 * x, _mm512_permutex2var_ps(va, il, vb));
+        _mm512_storeu_ps(dst + 2 * x + 16, _mm512_permutex2var_ps(va, ih, vb));
+    }
+    for (; x < w; x++) {
+        dst[2 * x] = a[x];
+        dst[2 * x + 1] = b[x];
+    }
+}
+
+static void shuffle_item(void *ctx, int i)
+{
+    const shuffle_job *j = ctx;
+    const int r = j->r, ch = i / r, dy = i % r, h = j->in->h, w = j->in->w;
+    for (int y = 0; y < h; y++) {
+        float *dst = kiln_fmap_at(j->out, ch, y * r + dy, 0);
+        const int ic = ch * r * r + dy * r;
+        if (r == 2 && kiln__cpu_avx512()) {
+            interleave2_512(kiln_fmap_at(j->in, ic, y, 0), kiln_fmap_at(j->in, ic + 1, y, 0), dst, w);
+            continue;
+        }
+        for (int dx = 0; dx < r; dx++) {
+            const float *src = kiln_fmap_at(j->in, ic + dx, y, 0);
+            for (int x = 0; x < w; x++) dst[(size_t)x * r + dx] = src[x];
+        }
+    }
+}
+
+static kiln_status pixel_shuffle(const kiln_fmap *in, int r, kiln_fmap *out, kiln_pool *pool)
 {
     int c = in->c / (r * r);
     kiln_status st = kiln_fmap_reshape_output(out, c, in->h * r, in->w * r);
     if (st != KILN_OK) return st;
-    for (int ch = 0; ch < c; ch++)
-        for (int dy = 0; dy < r; dy++)
-            for (int dx = 0; dx < r; dx++) {
-                int ic = ch * r * r + dy * r + dx;
-                for (int y = 0; y < in->h; y++) {
-                    const float *src = kiln_fmap_at(in, ic, y, 0);
-                    float *dst = kiln_fmap_at(out, ch, y * r + dy, dx);
-                    for (int x = 0; x < in->w; x++) dst[(size_t)x * r] = src[x];
-                }
-            }
+    shuffle_job j = {in, out, r};
+    kiln_pool_run(pool, c * r, shuffle_item, &j);
     return KILN_OK;
 }
 
@@ -592,17 +744,20 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
         scale_inplace(&b[B_IN], 255.0f, pool);
         TRY(site(hook, s++, &b[B_IN], pool));          /* mul255 */
     }
-    TRY(run_conv(m, ci_sub(), &b[B_IN], &b[B_IN2], 0, NULL, 1.0f, pool));
-    TRY(site(hook, s++, &b[B_IN2], pool));             /* sub_mean */
-    TRY(run_conv(m, ci_head(), &b[B_IN2], &b[B_H0], 0, NULL, 1.0f, pool));
-    TRY(site(hook, s++, &b[B_H0], pool));              /* head */
+    TRY(conv_site(m, ci_sub(), &b[B_IN], &b[B_IN2], 0, hook, s++, pool));  /* sub_mean */
+    TRY(conv_site(m, ci_head(), &b[B_IN2], &b[B_H0], 0, hook, s++, pool)); /* head */
     kiln_fmap *cur = &b[B_H0], *nxt = &b[B_X];
     for (int i = 0; i < m->R; i++) {
-        TRY(run_conv(m, ci_body1(i), cur, &b[B_T], 1, NULL, 1.0f, pool));
-        TRY(site(hook, s++, &b[B_T], pool));           /* body.i.relu */
-        if (hook && hook->elementwise) {
-            /* conv2 site, ·res_scale, mul site, + h, add site: one pass. */
-            TRY(run_conv(m, ci_body2(i), &b[B_T], nxt, 0, NULL, 1.0f, pool));
+        TRY(conv_site(m, ci_body1(i), cur, &b[B_T], 1, hook, s++, pool)); /* body.i.relu */
+        kiln_conv_fq q[3];
+        if (hook_fq(hook, s, 3, q)) {
+            /* conv2 site, ·res_scale, mul site, + h, add site: in the epilogue */
+            kiln_conv_epilogue ep = {.residual = cur, .res_scale = m->res_scale, .fq_out = q[0], .fq_scaled = q[1],
+                                     .fq_sum = q[2]};
+            TRY(run_conv_ep(m, ci_body2(i), &b[B_T], nxt, &ep, pool));
+            s += 3;
+        } else if (hook && hook->elementwise) {
+            /* conv2 site, ·res_scale, mul site, + h, add site: fused */
             ew_job j;
             ew_init(&j, hook, nxt);
             ew_hook(&j, s++);
@@ -610,7 +765,7 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
             ew_hook(&j, s++);
             ew_add(&j, cur);
             ew_hook(&j, s++);
-            TRY(ew_run(&j, pool));
+            TRY(run_conv_ew(m, ci_body2(i), &b[B_T], nxt, 0, &j, pool));
         } else if (hook) {
             TRY(run_conv(m, ci_body2(i), &b[B_T], nxt, 0, NULL, 1.0f, pool));
             TRY(site(hook, s++, nxt, pool));           /* body.i.conv2 */
@@ -627,14 +782,19 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
         nxt = t;
     }
     /* nxt is free and is not h0 */
-    if (hook && hook->elementwise) {
-        TRY(run_conv(m, ci_bodyconv(m), cur, nxt, 0, NULL, 1.0f, pool));
+    kiln_conv_fq qb[2];
+    if (hook_fq(hook, s, 2, qb)) {
+        /* body_conv site, + h0, global_add site: in the epilogue */
+        kiln_conv_epilogue ep = {.residual = &b[B_H0], .res_scale = 1.0f, .fq_out = qb[0], .fq_sum = qb[1]};
+        TRY(run_conv_ep(m, ci_bodyconv(m), cur, nxt, &ep, pool));
+        s += 2;
+    } else if (hook && hook->elementwise) {
         ew_job j;
         ew_init(&j, hook, nxt);
         ew_hook(&j, s++);                              /* body_conv */
         ew_add(&j, &b[B_H0]);
         ew_hook(&j, s++);                              /* global_add */
-        TRY(ew_run(&j, pool));
+        TRY(run_conv_ew(m, ci_bodyconv(m), cur, nxt, 0, &j, pool));
     } else if (hook) {
         TRY(run_conv(m, ci_bodyconv(m), cur, nxt, 0, NULL, 1.0f, pool));
         TRY(site(hook, s++, nxt, pool));               /* body_conv */
@@ -646,17 +806,14 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
     }
     cur = nxt;
     for (int j = 0; j < m->n_up; j++) {
-        TRY(run_conv(m, ci_up(m, j), cur, &b[B_UP], 0, NULL, 1.0f, pool));
-        TRY(site(hook, s++, &b[B_UP], pool));          /* upsample_conv */
+        TRY(conv_site(m, ci_up(m, j), cur, &b[B_UP], 0, hook, s++, pool)); /* upsample_conv */
         kiln_fmap *dst = cur == &b[B_PS] ? &b[B_X] : &b[B_PS];
-        TRY(pixel_shuffle(&b[B_UP], m->up_factor, dst));
+        TRY(pixel_shuffle(&b[B_UP], m->up_factor, dst, pool));
         TRY(site(hook, s++, dst, pool));               /* pixel_shuffle */
         cur = dst;
     }
-    TRY(run_conv(m, ci_tail(m), cur, &b[B_TAIL], 0, NULL, 1.0f, pool));
-    TRY(site(hook, s++, &b[B_TAIL], pool));            /* tail_conv */
-    TRY(run_conv(m, ci_addmean(m), &b[B_TAIL], &b[B_OUT], 0, NULL, 1.0f, pool));
-    TRY(site(hook, s++, &b[B_OUT], pool));             /* add_mean */
+    TRY(conv_site(m, ci_tail(m), cur, &b[B_TAIL], 0, hook, s++, pool));       /* tail_conv */
+    TRY(conv_site(m, ci_addmean(m), &b[B_TAIL], &b[B_OUT], 0, hook, s++, pool)); /* add_mean */
 #undef TRY
     if (s != m->nsites) return kiln_fail(KILN_ERR_INTERNAL, "forward: visited %zu of %zu sites", s, m->nsites);
     kiln_fmap_to_chw(&b[B_OUT], sr);

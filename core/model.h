@@ -90,6 +90,12 @@ typedef struct kiln_site_hook {
      * slices of a site's buffer (one call per slice, same site index).
      * 0 (observers): exactly one call per site, with the whole buffer. */
     int elementwise;
+    /* Optional, with elementwise = 1: when fn at this site is exactly
+     * kiln_fake_quant(data, n, scale, zp, qmin, qmax, 0) (q->on = 1) or does
+     * nothing (q->on = 0), say so and return 1; the forward pass then fuses
+     * the site into the producing conv's epilogue (conv.h) instead of
+     * calling fn. Return 0 to have fn called. Must be thread-safe. */
+    int (*fq_params)(void *ctx, size_t site, kiln_conv_fq *q);
 } kiln_site_hook;
 
 /* Run the network on an 8-bit LR image. sr receives 3 x (h*s) x (w*s) floats,

@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/fq512.h"
+
 #define KILN_SCALE_FLOOR 1.1920929e-07f
 
 void kiln_qrange(kiln_qdtype dtype, kiln_qscheme scheme, int *qmin, int *qmax)
@@ -154,38 +156,24 @@ __attribute__((target("avx2,fma"))) void kiln__fake_quant_avx2(float *x, size_t 
 
 #define KILN_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
 
-/* AVX-512, 16 lanes. Division form: y = x * fl(1/s) is within 3.02 * 2^-24
- * * |y| of fl(x / s); when y is farther than 2^-20 * |y| from every
- * half-integer both round to the same integer, so rint(y) is exact. Vectors
- * with a lane that is not that far (about 1 in 10^4 for random data; every
- * tie, huge value, inf or NaN) take the true division. Bit-identical to the
- * scalar reference (tests/test_quant.c). */
+/* AVX-512, 16 lanes: the division form through kernels/fq512.h (its
+ * comment has the exactness argument), the inverse form directly. */
 KILN_AVX512 void kiln__fake_quant_avx512(float *x, size_t n, float scale, int32_t zp, int qmin, int qmax,
                                          int multiply_by_inverse)
 {
-    const __m512 vs = _mm512_set1_ps(scale), vinv = _mm512_set1_ps(1.0f / scale);
-    const __m512 vzp = _mm512_set1_ps((float)zp), vlo = _mm512_set1_ps((float)qmin),
-                 vhi = _mm512_set1_ps((float)qmax);
-    const __m512 half = _mm512_set1_ps(0.5f), eps = _mm512_set1_ps(0x1p-20f);
-    size_t i = 0;
-    for (; i < n; i += 16) {
+    const kiln__fq512 q = kiln__fq512_make(scale, zp, qmin, qmax);
+    for (size_t i = 0; i < n; i += 16) {
         const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
         __m512 v = _mm512_maskz_loadu_ps(m, x + i);
-        __m512 t = _mm512_mul_ps(v, vinv);
-        __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         if (!multiply_by_inverse) {
-            __m512 gap = _mm512_sub_ps(half, _mm512_abs_ps(_mm512_sub_ps(t, r)));
-            __mmask16 far = _mm512_cmp_ps_mask(gap, _mm512_mul_ps(_mm512_abs_ps(t), eps), _CMP_GT_OQ);
-            if (__builtin_expect(far != 0xffff, 0)) {
-                t = _mm512_div_ps(v, vs);
-                t = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(t, t, _CMP_ORD_Q), t); /* NaN -> 0 */
-                r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            }
+            v = kiln__fq512_apply(v, &q);
         } else {
+            __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, q.inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(r, r, _CMP_ORD_Q), r); /* NaN -> 0 */
+            r = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(r, q.lo), q.hi), _mm512_setzero_ps());
+            v = _mm512_mul_ps(r, q.s);
         }
-        r = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, vzp), vlo), vhi);
-        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_sub_ps(r, vzp), vs));
+        _mm512_mask_storeu_ps(x + i, m, v);
     }
 }
 

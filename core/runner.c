@@ -43,6 +43,16 @@ static int fq_hook(void *ctx, size_t site, float *data, size_t n)
     return 0;
 }
 
+/* fq_hook's parameters at a site, for the fused conv epilogues. */
+static int fq_params(void *ctx, size_t site, kiln_conv_fq *q)
+{
+    const kiln_runner *r = ctx;
+    const kiln_art_site *s = &r->art->sites[site];
+    *q = (kiln_conv_fq){.on = s->enabled && !r->fq_skip[site], .scale = s->scale, .zp = s->zero_point,
+                        .qmin = s->qmin, .qmax = s->qmax};
+    return 1;
+}
+
 /* A site whose tensor holds exactly the values of the previous site (the
  * ·res_scale product with res_scale 1, the pixel shuffle: a permutation)
  * and whose frozen qparams equal the previous site's gets values that are
@@ -107,7 +117,8 @@ static kiln_status from_artifact_owned(kiln_artifact *a, const kiln_model_opts *
     r->fq_skip = calloc(a->n_sites ? a->n_sites : 1, 1);
     if (!r->fq_skip) return kiln_fail(KILN_ERR_NOMEM, "runner: out of memory");
     for (size_t i = 0; i < a->n_sites; i++) r->fq_skip[i] = (unsigned char)fq_is_noop(a, i);
-    r->hook = (kiln_site_hook){fq_hook, r, 1}; /* elementwise: sliced over the pool */
+    /* elementwise: sliced over the pool, or fused into the convs */
+    r->hook = (kiln_site_hook){.fn = fq_hook, .ctx = r, .elementwise = 1, .fq_params = fq_params};
     r->has_hook = any;
     if (engine == KILN_ENGINE_INT8 || engine == KILN_ENGINE_AUTO) {
         st = kiln_int8_supported(a);

@@ -16,8 +16,10 @@
  * pass is skipped with a note and the AVX2 pass still runs.
  */
 #include <stdint.h>
+#include <string.h>
 
 #include "conv.h"
+#include "quant.h"
 #include "util/check.h"
 
 static unsigned rng = 20240601u;
@@ -412,11 +414,12 @@ TEST(fmap_layout)
 
 /* kiln_fmap_reshape_output zeroes exactly the padding: after garbage in
  * every float, any new geometry has a clean border, and a conv into it gives
- * the same bits as into a fresh map. */
+ * the same bits as into a fresh map; the same geometry again changes nothing. */
 TEST(fmap_reshape_output)
 {
     kiln_fmap m, fresh, in;
-    CHECK_OK(kiln_fmap_alloc(&m, 8, 20, 30));
+    CHECK_OK(kiln_fmap_alloc(&m, 8, 21, 30));
+    /* each geometry differs from the one before it */
     const struct { int c, h, w; } geo[] = {{8, 20, 30}, {3, 7, 13}, {5, 11, 1}, {1, 1, 45}, {2, 30, 6}};
     for (size_t i = 0; i < sizeof geo / sizeof geo[0]; i++) {
         float *old = m.data;
@@ -441,6 +444,9 @@ TEST(fmap_reshape_output)
         CHECK_OK(kiln_conv_create(geo[i].c, 4, 3, w, NULL, KILN_IMPL_AUTO, &cv));
         CHECK_OK(kiln_conv_run(cv, &in, &m, NULL, NULL));
         CHECK_OK(kiln_conv_run(cv, &in, &fresh, NULL, NULL));
+        CHECK(memcmp(m.data, fresh.data, kiln_fmap_total(&m) * sizeof(float)) == 0);
+        /* the same geometry again: nothing to clear, the contents stay */
+        CHECK_OK(kiln_fmap_reshape_output(&m, geo[i].c, geo[i].h, geo[i].w));
         CHECK(memcmp(m.data, fresh.data, kiln_fmap_total(&m) * sizeof(float)) == 0);
         kiln_conv_destroy(cv);
         kiln_fmap_free(&in);
@@ -700,6 +706,109 @@ TEST(direct_avx512_matches_avx2_bits)
     free(saved);
 }
 
+/* The fused fake-quantization epilogue (kiln_conv_epilogue.fq_*) against
+ * the unfused sequence: the same conv with a plain epilogue, then
+ * kiln_fake_quant, * res_scale, kiln_fake_quant, + residual,
+ * kiln_fake_quant on the whole map. Bit for bit, for every implementation
+ * (the AVX-512 Winograd kernel fuses the stages; the others run them per
+ * finished band), every stage combination, res_scale 1 and not, widths
+ * that end in partial vectors and 1-3 threads. rows_done must see disjoint
+ * bands covering every row once, with the stages already applied. */
+typedef struct bands_seen {
+    int *hits;
+    const kiln_fmap *out;
+    const kiln_fmap *want;
+    long early; /* rows whose values were not final when reported */
+} bands_seen;
+
+static void note_band(void *ctx, int y0, int y1)
+{
+    bands_seen *b = ctx;
+    for (int y = y0; y < y1; y++) {
+        __atomic_fetch_add(&b->hits[y], 1, __ATOMIC_RELAXED);
+        for (int c = 0; c < b->out->c; c++)
+            if (memcmp(kiln_fmap_at(b->out, c, y, 0), kiln_fmap_at(b->want, c, y, 0), (size_t)b->out->w * 4) != 0)
+                __atomic_fetch_add(&b->early, 1, __ATOMIC_RELAXED);
+    }
+}
+
+static void fq_map(kiln_fmap *m, const kiln_conv_fq *q)
+{
+    if (q->on) kiln_fake_quant(m->data, kiln_fmap_total(m), q->scale, q->zp, q->qmin, q->qmax, 0);
+}
+
+TEST(fused_fq_epilogue)
+{
+    static const kiln_impl impls[] = {KILN_IMPL_REFERENCE, KILN_IMPL_AVX2, KILN_IMPL_WINOGRAD};
+    static const shape shapes[] = {{64, 64, 3, 9, 37}, {17, 16, 3, 6, 70}, {3, 64, 3, 5, 33}, {16, 16, 1, 7, 19}};
+    const kiln_conv_fq qa = {1, 0.0173f, 0, -128, 127}, qb = {1, 0.021f, 128, 0, 255}, qc = {1, 0.05f, 3, 0, 255};
+    long bad = 0, cases = 0, early = 0, miscount = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        const shape sh = shapes[si];
+        float *wt = rand_array((size_t)sh.cout * sh.cin * sh.k * sh.k, -0.3f, 0.3f), *bias = rand_array((size_t)sh.cout, -0.5f, 0.5f);
+        kiln_fmap in = {0}, res = {0}, got = {0}, want = {0};
+        CHECK_OK(kiln_fmap_alloc(&in, sh.cin, sh.h, sh.w));
+        CHECK_OK(kiln_fmap_alloc(&res, sh.cout, sh.h, sh.w));
+        CHECK_OK(kiln_fmap_alloc(&got, sh.cout, sh.h, sh.w));
+        CHECK_OK(kiln_fmap_alloc(&want, sh.cout, sh.h, sh.w));
+        fill_map(&in, -1.0f, 1.0f);
+        fill_map(&res, -2.0f, 2.0f);
+        for (size_t ii = 0; ii < sizeof impls / sizeof *impls; ii++) {
+            kiln_conv *cv = NULL;
+            CHECK_OK(kiln_conv_create(sh.cout, sh.cin, sh.k, wt, bias, impls[ii], &cv));
+            if (!cv) continue;
+            for (int variant = 0; variant < 6; variant++) {
+                const int with_res = variant >= 2, relu = variant & 1;
+                const float rs = variant >= 4 ? 0.75f : 1.0f;
+                kiln_conv_epilogue ep = {.relu = relu, .fq_out = qa};
+                if (with_res) {
+                    ep.residual = &res;
+                    ep.res_scale = rs;
+                    ep.fq_scaled = variant == 5 ? qc : (kiln_conv_fq){0};
+                    ep.fq_sum = qb;
+                }
+                /* unfused */
+                kiln_conv_epilogue plain = {.relu = relu};
+                CHECK_OK(kiln_conv_run(cv, &in, &want, &plain, pool2));
+                fq_map(&want, &ep.fq_out);
+                if (with_res) {
+                    for (size_t k = 0; k < kiln_fmap_total(&want); k++) want.data[k] = want.data[k] * rs;
+                    fq_map(&want, &ep.fq_scaled);
+                    for (size_t k = 0; k < kiln_fmap_total(&want); k++) want.data[k] = want.data[k] + res.data[k];
+                    fq_map(&want, &ep.fq_sum);
+                }
+                for (int threads = 1; threads <= 3; threads++) {
+                    kiln_pool *p = NULL;
+                    CHECK_OK(kiln_pool_create(threads, &p));
+                    poison_interior(&got);
+                    int *hits = calloc((size_t)sh.h, sizeof *hits);
+                    bands_seen bs = {hits, &got, &want, 0};
+                    ep.rows_done = note_band;
+                    ep.rows_ctx = &bs;
+                    CHECK_OK(kiln_conv_run(cv, &in, &got, &ep, p));
+                    for (int y = 0; y < sh.h; y++) miscount += hits[y] != 1;
+                    early += bs.early;
+                    bad += memcmp(got.data, want.data, kiln_fmap_total(&got) * sizeof(float)) != 0;
+                    cases++;
+                    free(hits);
+                    kiln_pool_destroy(p);
+                }
+            }
+            kiln_conv_destroy(cv);
+        }
+        kiln_fmap_free(&in);
+        kiln_fmap_free(&res);
+        kiln_fmap_free(&got);
+        kiln_fmap_free(&want);
+        free(wt);
+        free(bias);
+    }
+    CHECK_MSG(bad == 0, "[%s] %ld of %ld fused runs differ from the unfused sequence", isa_pass, bad, cases);
+    CHECK_MSG(miscount == 0, "[%s] %ld rows reported by rows_done not exactly once", isa_pass, miscount);
+    CHECK_MSG(early == 0, "[%s] %ld row-channels reported before they were final", isa_pass, early);
+    CHECK(cases == 4 * 3 * 6 * 3);
+}
+
 /* Every SIMD test under one KILN_CONV_ISA value. */
 static void simd_suite(const char *isa)
 {
@@ -717,6 +826,7 @@ static void simd_suite(const char *isa)
     RUN(winograd_sweeps);
     RUN(winograd_nonfinite_never_hidden);
     RUN(odd_sizes);
+    RUN(fused_fq_epilogue);
     unsetenv("KILN_CONV_ISA");
 }
 

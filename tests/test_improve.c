@@ -164,7 +164,7 @@ static void check_taps(kiln_model *m, const char *conv, const kiln_image *lr, in
     if (i < 0) return;
     capture cap = {kiln_model_conv_input_site(m, (size_t)i), NULL, 0};
     CHECK(cap.site >= 0);
-    kiln_site_hook hook = {capture_hook, &cap, 0};
+    kiln_site_hook hook = {.fn = capture_hook, .ctx = &cap, .elementwise = 0};
     size_t n;
     free(forward(m, lr, &hook, &n));
     CHECK(cap.copy != NULL);
@@ -285,7 +285,7 @@ TEST(bias_correction_zeroes_one_conv_mean_error)
             site_means sm = {-1, F, imgs[i].h, imgs[i].w, means[v]};
             for (size_t t = 0; t < kiln_model_site_count(q); t++)
                 if (strcmp(kiln_model_site_name(q, t), "head") == 0) sm.site = (long)t;
-            kiln_site_hook hook = {mean_hook, &sm, 0};
+            kiln_site_hook hook = {.fn = mean_hook, .ctx = &sm, .elementwise = 0};
             size_t n;
             free(forward(nets[v], &imgs[i], &hook, &n));
             pos += (double)imgs[i].w * imgs[i].h;

@@ -12,6 +12,7 @@
 #include "conv.h"
 #include "image.h"
 #include "model.h"
+#include "quant.h"
 #include "pool.h"
 #include "weights.h"
 
@@ -225,13 +226,83 @@ TEST(edsr_matches_reference_output)
     CHECK(memcmp(a, d, rn * sizeof(float)) == 0);
     /* The unfused (hooked) path computes the same network. */
     size_t calls = 0;
-    kiln_site_hook hook = {noop_hook, &calls, 0};
+    kiln_site_hook hook = {.fn = noop_hook, .ctx = &calls, .elementwise = 0};
     float *e = edsr_reference_run(m, 2, &hook, &lr);
     CHECK_EQ_INT(calls, 74);
     CHECK_MSG(max_abs_diff(a, e, rn) <= 1e-5, "hooked vs fused %g", max_abs_diff(a, e, rn));
     free(a); free(b); free(c); free(d); free(e); free(ref);
     kiln_image_free(&lr);
     kiln_model_destroy(m);
+}
+
+/* A fake-quantization hook with fixed per-site parameters, run three ways:
+ * one whole-buffer call per site (elementwise = 0), sliced chains applied
+ * per finished conv band (elementwise = 1), and fused into the conv
+ * epilogues (fq_params). The three must give the same bits: fusing is an
+ * optimisation, not a different network. Sites 3 and 7 are exempt (on = 0),
+ * as a disabled or no-op site is. */
+static void site_fq(size_t site, kiln_conv_fq *q)
+{
+    static const int zps[] = {0, 128, 3};
+    int zp = zps[site % 3];
+    *q = (kiln_conv_fq){.on = site != 3 && site != 7, .scale = 0.5f + 0.0625f * (float)(site % 7), .zp = zp,
+                        .qmin = zp ? 0 : -128, .qmax = zp ? 255 : 127};
+}
+
+static int fq_site_hook(void *ctx, size_t site, float *data, size_t n)
+{
+    kiln_conv_fq q;
+    site_fq(site, &q);
+    if (q.on) kiln_fake_quant(data, n, q.scale, q.zp, q.qmin, q.qmax, 0);
+    return 0;
+}
+
+static int fq_site_params(void *ctx, size_t site, kiln_conv_fq *q)
+{
+    site_fq(site, q);
+    return 1;
+}
+
+static void fused_case(const char *path, float res_scale, int w, int h)
+{
+    kiln_model_opts mo = {.res_scale = res_scale};
+    kiln_model *m = NULL;
+    CHECK_OK(kiln_model_load(kiln_test_data(path), &mo, &m));
+    if (!m) return;
+    kiln_image lr = {0};
+    int warn;
+    CHECK_OK(kiln_png_read(kiln_test_data("B100/LR_bicubic/X2/101085x2.png"), &lr, &warn));
+    float *in = malloc((size_t)3 * lr.w * lr.h * sizeof *in), *crop = malloc((size_t)3 * w * h * sizeof *crop);
+    kiln_image_to_chw(&lr, in);
+    for (int c = 0; c < 3; c++)
+        for (int y = 0; y < h; y++)
+            memcpy(crop + ((size_t)c * h + y) * w, in + ((size_t)c * lr.h + y + 30) * lr.w + 20, (size_t)w * sizeof *crop);
+    const int s = kiln_model_scale(m);
+    size_t n = (size_t)3 * w * s * h * s;
+    float *out[3];
+    const kiln_site_hook hooks[3] = {{.fn = fq_site_hook, .elementwise = 0},
+                                     {.fn = fq_site_hook, .elementwise = 1},
+                                     {.fn = fq_site_hook, .elementwise = 1, .fq_params = fq_site_params}};
+    kiln_pool *pool = NULL;
+    CHECK_OK(kiln_pool_create(2, &pool));
+    for (int k = 0; k < 3; k++) {
+        out[k] = malloc(n * sizeof(float));
+        CHECK_OK(kiln_model_forward_chw(m, crop, w, h, out[k], pool, &hooks[k]));
+    }
+    CHECK_MSG(memcmp(out[0], out[1], n * sizeof(float)) == 0, "%s: band chains differ from whole-buffer calls", path);
+    CHECK_MSG(memcmp(out[0], out[2], n * sizeof(float)) == 0, "%s: fused epilogues differ from whole-buffer calls", path);
+    for (int k = 0; k < 3; k++) free(out[k]);
+    kiln_pool_destroy(pool);
+    free(in);
+    free(crop);
+    kiln_image_free(&lr);
+    kiln_model_destroy(m);
+}
+
+TEST(fake_quant_fusion_bit_identical)
+{
+    fused_case("models/edsr_r16f64_x2.pt", 0.0f, 67, 41);                  /* Winograd 64->64, res_scale 1 */
+    fused_case("models/fixtures/r1f12_x2_resscale0.1_zip.pt", 0.1f, 33, 17); /* res_scale 0.1: fq_scaled stage */
 }
 
 TEST(refuses_broken_architectures)
@@ -317,6 +388,7 @@ int main(void)
     RUN(res_scale_is_not_inferred);
     RUN(edsr_baseline_architecture);
     RUN(edsr_matches_reference_output);
+    RUN(fake_quant_fusion_bit_identical);
     RUN(refuses_broken_architectures);
     RUN(conv_input_sites);
     RUN(tiny_inputs);

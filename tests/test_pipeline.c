@@ -249,7 +249,7 @@ TEST(simulation_skips_only_no_ops)
     kiln_pool *pool = NULL;
     CHECK_OK(kiln_pool_create(2, &pool));
     CHECK_OK(kiln_runner_forward(r, &lr, x, pool));
-    kiln_site_hook every = {fq_every_site, (void *)a, 0};
+    kiln_site_hook every = {.fn = fq_every_site, .ctx = (void *)a, .elementwise = 0};
     CHECK_OK(kiln_model_forward(kiln_runner_model(r), &lr, y, pool, &every));
     CHECK(memcmp(x, y, n * sizeof(float)) == 0);
     free(x);

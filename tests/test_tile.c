@@ -196,7 +196,7 @@ TEST(fake_quant_hook_bit_identical)
     kiln_image lr = {0};
     noise(31, 26, 5u, &lr);
     static const int sizes[] = {4, 9, 12};
-    kiln_site_hook hook = {fq_fixed, NULL, 0};
+    kiln_site_hook hook = {.fn = fq_fixed, .ctx = NULL, .elementwise = 0};
     size_t nd;
     double d = compare(m, &lr, sizes, 3, &hook, &nd);
     CHECK_MSG(nd == 0, "%zu elements differ (max %.3g)", nd, d);
@@ -348,7 +348,7 @@ TEST(errors)
     CHECK_EQ_INT(kiln_tile_run(NULL, NULL, 2, 8, &lr, sr, NULL, 8), KILN_ERR_INVALID);
     /* A hook that aborts: the error names the tile and nothing leaks. */
     int calls = 0;
-    kiln_site_hook h = {stop_at_third, &calls, 0};
+    kiln_site_hook h = {.fn = stop_at_third, .ctx = &calls, .elementwise = 0};
     CHECK_EQ_INT(kiln_forward_tiled(m, &lr, sr, NULL, &h, 8), KILN_ERR_CANCELED);
     CHECK(strstr(kiln_errmsg(), "tile (0,0)") != NULL);
     CHECK_EQ_INT(calls, 3);

@@ -48,6 +48,7 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "kernels/fq512.h"
 #include "kernels/kernels.h"
 
 #define OB KILN__W512_OB
@@ -327,6 +328,12 @@ static __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma,prfchw"))) 
      * of two vectors (x0 y0 x1 y1 ... ). */
     const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    /* the fused fake quantization of the simulated-quantization epilogue */
+    kiln__fq512 F[3] = {0};
+    const int fq = j->fq != NULL;
+    for (int k = 0; fq && k < 3; k++)
+        if (j->fq[k].on) F[k] = kiln__fq512_make(j->fq[k].scale, j->fq[k].zp, j->fq[k].qmin, j->fq[k].qmax);
+    const int fq0 = fq && j->fq[0].on, fq1 = fq && j->fq[1].on, fq2 = fq && j->fq[2].on;
     for (int o = 0; o < OB; o++) {
         const int co = b * OB + o;
         if (co >= j->cout) break;
@@ -378,7 +385,18 @@ static __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma,prfchw"))) 
                     const __mmask16 mask = lanes_mask((long)w - x);
                     __m512 v = _mm512_add_ps(q[k], bias);
                     if (j->relu) v = _mm512_max_ps(v, zero);
-                    if (rp) v = _mm512_fmadd_ps(v, rs, _mm512_maskz_loadu_ps(mask, rp + x));
+                    if (fq) {
+                        /* separate roundings, as between fake-quantized passes */
+                        if (fq0) v = kiln__fq512_apply(v, &F[0]);
+                        if (rp) {
+                            v = _mm512_mul_ps(v, rs);
+                            if (fq1) v = kiln__fq512_apply(v, &F[1]);
+                            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, rp + x));
+                            if (fq2) v = kiln__fq512_apply(v, &F[2]);
+                        }
+                    } else if (rp) {
+                        v = _mm512_fmadd_ps(v, rs, _mm512_maskz_loadu_ps(mask, rp + x));
+                    }
                     _mm512_mask_storeu_ps(op + x, mask, v);
                 }
             }

@@ -27,6 +27,11 @@ typedef struct kiln__conv_job {
     int cin, cout, k, nblocks;
     int relu;
     float res_scale;
+    /* NULL, or the epilogue's three fake-quantization stages {out, scaled,
+     * sum} (conv.h): only kernels that say so apply them (the AVX-512
+     * Winograd kernel); for the others conv.c passes NULL and runs the
+     * stages itself on each finished band. */
+    const kiln_conv_fq *fq;
 } kiln__conv_job;
 
 /* Direct AVX2+FMA convolution (k = 1 or 3).
