@@ -17,11 +17,19 @@
  *     q = clamp(rint(v) + zp_out, qmin, qmax)
  * with M = w_scale * in_scale / out_scale and B = bias / out_scale (float
  * multiplier: acc < 2^24 is exact in float, and one mul + one add keep the
- * scalar and AVX2 epilogues bit-identical). The later stages of a fused
- * epilogue (mul, add, pixel shuffle) dequantize codes ((q - zp) * scale)
- * and requantize with the exact fake-quant formula of quant.c
- * (rint(x / scale) + zp, clamped), in the same float32 operations as the
- * simulation, so they add no difference of their own.
+ * scalar, AVX2 and AVX-512 epilogues bit-identical). The later stages of a
+ * fused epilogue (mul, add, pixel shuffle) dequantize codes ((q - zp) *
+ * scale) and requantize with the exact fake-quant formula of quant.c
+ * (rint(x / scale) + zp, clamped), in the same float32 results as the
+ * simulation, so they add no difference of their own. Sites that the
+ * simulation skips as no-ops (the product with res_scale 1, the pixel
+ * shuffle, when their qparams equal the previous site's) are skipped here.
+ *
+ * Kernels per CPU (AUTO): AMX-INT8 tiles with the AVX-512 epilogue (which
+ * replaces the division by the scale with a multiplication by its inverse
+ * plus an exact fallback near ties, and shuffles pixels with vpermb);
+ * else AVX-VNNI, else AVX2, each with the AVX2 epilogue; the scalar
+ * reference beside them all. Integer sums are exact in every family.
  *
  * Memory: the engine owns packed weights, per-site params, its qmaps
  * (reshaped when the input grows) and per-thread scratch (acc rows, widened
