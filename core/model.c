@@ -694,11 +694,11 @@ __attribute__((target("avx512f"))) static void interleave2_512(const float *a, c
     }
 }
 
-static void shuffle_item(void *ctx, int i)
+/* Output channel ch, sub-row dy, for input rows [y0, y1). */
+static void shuffle_rows_of(const shuffle_job *j, int ch, int dy, int y0, int y1)
 {
-    const shuffle_job *j = ctx;
-    const int r = j->r, ch = i / r, dy = i % r, h = j->in->h, w = j->in->w;
-    for (int y = 0; y < h; y++) {
+    const int r = j->r, w = j->in->w;
+    for (int y = y0; y < y1; y++) {
         float *dst = kiln_fmap_at(j->out, ch, y * r + dy, 0);
         const int ic = ch * r * r + dy * r;
         if (r == 2 && kiln__cpu_avx512()) {
@@ -712,6 +712,12 @@ static void shuffle_item(void *ctx, int i)
     }
 }
 
+static void shuffle_item(void *ctx, int i)
+{
+    const shuffle_job *j = ctx;
+    shuffle_rows_of(j, i / j->r, i % j->r, 0, j->in->h);
+}
+
 static kiln_status pixel_shuffle(const kiln_fmap *in, int r, kiln_fmap *out, kiln_pool *pool)
 {
     int c = in->c / (r * r);
@@ -719,6 +725,58 @@ static kiln_status pixel_shuffle(const kiln_fmap *in, int r, kiln_fmap *out, kil
     if (st != KILN_OK) return st;
     shuffle_job j = {in, out, r};
     kiln_pool_run(pool, c * r, shuffle_item, &j);
+    return KILN_OK;
+}
+
+/* The upsampler conv with the pixel shuffle folded into it: each band of
+ * conv output rows, once final (kiln_conv_epilogue.rows_done), gets its
+ * upsample_conv site chain, is shuffled into dst while it is in cache, and
+ * dst's new rows get the pixel_shuffle site chain. For no hook or an
+ * elementwise one (observers need whole tensors: the caller runs them
+ * unfused). With fq_params the upsample_conv site is in the epilogue. */
+typedef struct conv_shuffle_ctx {
+    shuffle_job sj;
+    ew_job *up_chain, *ps_chain; /* NULL: nothing at that site */
+} conv_shuffle_ctx;
+
+static void conv_shuffle_rows(void *ctx, int y0, int y1)
+{
+    conv_shuffle_ctx *c = ctx;
+    if (c->up_chain) ew_rows(c->up_chain, y0, y1);
+    const int r = c->sj.r, nc = c->sj.out->c;
+    for (int ch = 0; ch < nc; ch++)
+        for (int dy = 0; dy < r; dy++) shuffle_rows_of(&c->sj, ch, dy, y0, y1);
+    if (c->ps_chain) ew_rows(c->ps_chain, y0 * r, y1 * r);
+}
+
+static kiln_status conv_shuffle(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_fmap *up, kiln_fmap *dst,
+                                const kiln_site_hook *hook, size_t s, kiln_pool *pool)
+{
+    const mconv *c = &m->convs[ci];
+    const int r = m->up_factor;
+    kiln_status st = kiln_fmap_reshape_output(up, c->cout, in->h, in->w);
+    if (st == KILN_OK) st = kiln_fmap_reshape_output(dst, c->cout / (r * r), in->h * r, in->w * r);
+    if (st != KILN_OK) return st;
+    kiln_conv_epilogue ep = {.res_scale = 1.0f, .rows_done = conv_shuffle_rows};
+    ew_job upj, psj;
+    conv_shuffle_ctx cs = {{up, dst, r}, NULL, NULL};
+    const int ew = hook && hook->fn && hook->elementwise;
+    if (ew) {
+        if (!hook_fq(hook, s, 1, &ep.fq_out)) {
+            ew_init(&upj, hook, up);
+            ew_hook(&upj, s);
+            atomic_init(&upj.failed, 0);
+            cs.up_chain = &upj;
+        }
+        ew_init(&psj, hook, dst);
+        ew_hook(&psj, s + 1);
+        atomic_init(&psj.failed, 0);
+        cs.ps_chain = &psj;
+    }
+    ep.rows_ctx = &cs;
+    if ((st = kiln_conv_run(c->packed, in, up, &ep, pool)) != KILN_OK) return st;
+    if ((cs.up_chain && atomic_load(&upj.failed)) || (cs.ps_chain && atomic_load(&psj.failed)))
+        return kiln_fail(KILN_ERR_CANCELED, "forward pass stopped by a site hook");
     return KILN_OK;
 }
 
@@ -806,10 +864,15 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
     }
     cur = nxt;
     for (int j = 0; j < m->n_up; j++) {
-        TRY(conv_site(m, ci_up(m, j), cur, &b[B_UP], 0, hook, s++, pool)); /* upsample_conv */
         kiln_fmap *dst = cur == &b[B_PS] ? &b[B_X] : &b[B_PS];
-        TRY(pixel_shuffle(&b[B_UP], m->up_factor, dst, pool));
-        TRY(site(hook, s++, dst, pool));               /* pixel_shuffle */
+        if (!hook || !hook->fn || hook->elementwise) {
+            TRY(conv_shuffle(m, ci_up(m, j), cur, &b[B_UP], dst, hook, s, pool)); /* both sites, folded */
+            s += 2;
+        } else {
+            TRY(conv_site(m, ci_up(m, j), cur, &b[B_UP], 0, hook, s++, pool)); /* upsample_conv */
+            TRY(pixel_shuffle(&b[B_UP], m->up_factor, dst, pool));
+            TRY(site(hook, s++, dst, pool)); /* pixel_shuffle */
+        }
         cur = dst;
     }
     TRY(conv_site(m, ci_tail(m), cur, &b[B_TAIL], 0, hook, s++, pool));       /* tail_conv */
