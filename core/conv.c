@@ -463,26 +463,20 @@ typedef struct avx2_ctx {
     band_done done;   /* bands of 1 row, `groups` items each */
 } avx2_ctx;
 
-static void avx2_item(void *vctx, int i)
+/* Item i = (row y, block group g), on the AVX2 or the AVX-512 direct
+ * kernel (same packed weights). */
+static void direct_item(const avx2_ctx *a, int i,
+                        void (*rows)(const kiln__conv_job *, int, int, int))
 {
-    const avx2_ctx *a = vctx;
     int y = i / a->groups, g = i % a->groups;
     int b0 = g * a->group_blocks;
     int b1 = b0 + a->group_blocks < a->job.nblocks ? b0 + a->group_blocks : a->job.nblocks;
-    kiln__conv_avx2_rows(&a->job, y, b0, b1);
+    rows(&a->job, y, b0, b1);
     band_finished_part(&a->done, y);
 }
 
-/* Same items, the AVX-512 direct kernel (same packed weights). */
-static void avx512_item(void *vctx, int i)
-{
-    const avx2_ctx *a = vctx;
-    int y = i / a->groups, g = i % a->groups;
-    int b0 = g * a->group_blocks;
-    int b1 = b0 + a->group_blocks < a->job.nblocks ? b0 + a->group_blocks : a->job.nblocks;
-    kiln__conv_avx512_rows(&a->job, y, b0, b1);
-    band_finished_part(&a->done, y);
-}
+static void avx2_item(void *vctx, int i) { direct_item(vctx, i, kiln__conv_avx2_rows); }
+static void avx512_item(void *vctx, int i) { direct_item(vctx, i, kiln__conv_avx512_rows); }
 
 /* ---- Winograd ----------------------------------------------------------- */
 

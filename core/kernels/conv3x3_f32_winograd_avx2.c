@@ -35,13 +35,17 @@
 #define XT KILN__WINO_XT /* tiles per chunk, a multiple of 8 */
 #define NX 36            /* 6x6 transform positions */
 
-size_t kiln__wino_packed_floats(int cout, int cin)
+/* The transformed weights U = G g G^T of every (co, ci) pair, in double,
+ * rounded to float, laid out [xi < 36][block b][ci][o < ob] with block b
+ * holding output channels b*ob .. b*ob+ob-1 (zeros past cout). Shared by
+ * the AVX2 (ob = OB) and AVX-512 (ob = KILN__W512_OB) kernels. */
+size_t kiln__wino_packed_floats_ob(int cout, int cin, int ob)
 {
-    size_t nblocks = ((size_t)cout + OB - 1) / OB;
-    return NX * nblocks * (size_t)cin * OB;
+    size_t nblocks = ((size_t)cout + (size_t)ob - 1) / (size_t)ob;
+    return NX * nblocks * (size_t)cin * (size_t)ob;
 }
 
-void kiln__wino_pack(int cout, int cin, const float *oihw, float *packed)
+void kiln__wino_pack_ob(int cout, int cin, int ob, const float *oihw, float *packed)
 {
     static const double G[6][3] = {
         {1.0 / 4, 0, 0},
@@ -51,8 +55,8 @@ void kiln__wino_pack(int cout, int cin, const float *oihw, float *packed)
         {1.0 / 24, -1.0 / 12, 1.0 / 6},
         {0, 0, 1},
     };
-    int nblocks = (cout + OB - 1) / OB;
-    memset(packed, 0, kiln__wino_packed_floats(cout, cin) * sizeof(float));
+    int nblocks = (cout + ob - 1) / ob;
+    memset(packed, 0, kiln__wino_packed_floats_ob(cout, cin, ob) * sizeof(float));
     for (int co = 0; co < cout; co++)
         for (int ci = 0; ci < cin; ci++) {
             const float *g = oihw + ((size_t)co * cin + ci) * 9;
@@ -63,10 +67,17 @@ void kiln__wino_pack(int cout, int cin, const float *oihw, float *packed)
             for (int i = 0; i < 6; i++)
                 for (int j = 0; j < 6; j++)
                     u[i][j] = tmp[i][0] * G[j][0] + tmp[i][1] * G[j][1] + tmp[i][2] * G[j][2];
-            int b = co / OB, o = co % OB;
+            int b = co / ob, o = co % ob;
             for (int xi = 0; xi < NX; xi++)
-                packed[(((size_t)xi * nblocks + b) * cin + ci) * OB + o] = (float)u[xi / 6][xi % 6];
+                packed[(((size_t)xi * nblocks + b) * cin + ci) * ob + o] = (float)u[xi / 6][xi % 6];
         }
+}
+
+size_t kiln__wino_packed_floats(int cout, int cin) { return kiln__wino_packed_floats_ob(cout, cin, OB); }
+
+void kiln__wino_pack(int cout, int cin, const float *oihw, float *packed)
+{
+    kiln__wino_pack_ob(cout, cin, OB, oihw, packed);
 }
 
 #define ROWBUF (4 * XT + 16) /* floats per edge-row buffer */

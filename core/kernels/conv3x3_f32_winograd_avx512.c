@@ -60,38 +60,12 @@
 #define T512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma")))
 #define T512_INLINE static inline __attribute__((always_inline, target("avx512f,avx512dq,avx512vl,avx512bw,fma")))
 
-size_t kiln__wino512_packed_floats(int cout, int cin)
-{
-    size_t nblocks = ((size_t)cout + OB - 1) / OB;
-    return NX * nblocks * (size_t)cin * OB;
-}
+size_t kiln__wino512_packed_floats(int cout, int cin) { return kiln__wino_packed_floats_ob(cout, cin, OB); }
 
+/* U = G g G^T in the AVX2 kernel's layout, with blocks of OB = 6 channels */
 void kiln__wino512_pack(int cout, int cin, const float *oihw, float *packed)
 {
-    static const double G[6][3] = {
-        {1.0 / 4, 0, 0},
-        {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-        {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-        {1.0 / 24, 1.0 / 12, 1.0 / 6},
-        {1.0 / 24, -1.0 / 12, 1.0 / 6},
-        {0, 0, 1},
-    };
-    int nblocks = (cout + OB - 1) / OB;
-    memset(packed, 0, kiln__wino512_packed_floats(cout, cin) * sizeof(float));
-    for (int co = 0; co < cout; co++)
-        for (int ci = 0; ci < cin; ci++) {
-            const float *g = oihw + ((size_t)co * cin + ci) * 9;
-            double tmp[6][3], u[6][6];
-            for (int i = 0; i < 6; i++)
-                for (int kx = 0; kx < 3; kx++)
-                    tmp[i][kx] = G[i][0] * g[kx] + G[i][1] * g[3 + kx] + G[i][2] * g[6 + kx];
-            for (int i = 0; i < 6; i++)
-                for (int j = 0; j < 6; j++)
-                    u[i][j] = tmp[i][0] * G[j][0] + tmp[i][1] * G[j][1] + tmp[i][2] * G[j][2];
-            int b = co / OB, o = co % OB;
-            for (int xi = 0; xi < NX; xi++)
-                packed[(((size_t)xi * nblocks + b) * cin + ci) * OB + o] = (float)u[xi / 6][xi % 6];
-        }
+    kiln__wino_pack_ob(cout, cin, OB, oihw, packed);
 }
 
 /* Floats between consecutive transform positions xi in V: one cache line

@@ -55,6 +55,9 @@ void kiln__conv_avx512_rows(const kiln__conv_job *job, int y, int b0, int b1);
 #define KILN__WINO_XT 48
 size_t kiln__wino_packed_floats(int cout, int cin);
 void kiln__wino_pack(int cout, int cin, const float *oihw, float *packed);
+/* The same packing with blocks of ob output channels (both kernels use it). */
+size_t kiln__wino_packed_floats_ob(int cout, int cin, int ob);
+void kiln__wino_pack_ob(int cout, int cin, int ob, const float *oihw, float *packed);
 size_t kiln__wino_scratch_floats(int cin);
 int kiln__wino_chunks(int w);
 void kiln__wino_item(const kiln__conv_job *job, int ty, int chunk, float *scratch);
