@@ -41,14 +41,13 @@ static inline __attribute__((always_inline, target("avx512f"))) kiln__fq512 kiln
 static inline __attribute__((always_inline, target("avx512f"))) __m512 kiln__fq512_apply(__m512 v,
                                                                                        const kiln__fq512 *q)
 {
-    const int rn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     __m512 t = _mm512_mul_ps(v, q->inv);
-    __m512 r = _mm512_roundscale_ps(t, rn);
+    __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 gap = _mm512_sub_ps(_mm512_set1_ps(0.5f), _mm512_abs_ps(_mm512_sub_ps(t, r)));
     if (__builtin_expect(_mm512_cmp_ps_mask(gap, q->tol, _CMP_GT_OQ) != 0xffff, 0)) {
         t = _mm512_div_ps(v, q->s);
         t = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(t, t, _CMP_ORD_Q), t); /* NaN -> 0 */
-        r = _mm512_roundscale_ps(t, rn);
+        r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     }
     r = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(r, q->lo), q->hi), _mm512_setzero_ps());
     return _mm512_mul_ps(r, q->s);
