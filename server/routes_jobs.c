@@ -7,6 +7,7 @@
  * Submitting only inserts a queued row and wakes a worker; compression never
  * runs in these (libmicrohttpd) threads.
  */
+#include <errno.h>
 #include <ctype.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -263,8 +264,9 @@ void kiln_route_jobs_list(kiln_req *r)
     const char *cur = kiln_req_query(r, "cursor");
     if (cur) {
         char *end;
+        errno = 0;
         long long c = strtoll(cur, &end, 10);
-        if (!*cur || *end || c <= 0) {
+        if (!*cur || *end || c <= 0 || errno == ERANGE) { /* ERANGE: beyond any sequence number */
             kiln_reply_error(r, 400, "invalid_request", "cursor", "cursor: not a cursor returned by this API");
             return;
         }
