@@ -804,7 +804,7 @@ static void conv_row(void *ctx, int y, int tid)
     } else if (j->impl == KILN_INT8_REFERENCE || cv->w.k != 3) {
         if (is_signed) kiln__conv_s8_ref(&cv->w, j->in, y, acc);
         else kiln__conv_u8_ref(&cv->w, j->in, y, acc);
-    } else if (j->impl == KILN_INT8_AVXVNNI || j->impl == KILN_INT8_AMX) {
+    } else if (j->impl == KILN_INT8_AVXVNNI || (j->impl == KILN_INT8_AMX && kiln__cpu_avxvnni())) {
         if (is_signed) kiln__conv_s8_avxvnni(&cv->w, j->in, y, acc);
         else kiln__conv_u8_avxvnni(&cv->w, j->in, y, acc);
     } else if (cv->u7) {
