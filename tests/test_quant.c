@@ -274,7 +274,7 @@ TEST(fake_quant_divide_vs_inverse)
     CHECK(found);
 }
 
-TEST(minmax_avx2_matches_scalar)
+TEST(minmax_simd_matches_scalar)
 {
     unsigned rs = 99;
     size_t N = 5003;
@@ -287,28 +287,24 @@ TEST(minmax_avx2_matches_scalar)
     CHECK_EQ_INT(nb, 4);
     CHECK(same_bits(mn, 0.0f)); /* clamped to include 0, +0 */
     CHECK(mx == 9.5f);
-    if (kiln__cpu_avx2()) {
+    /* each SIMD kernel the CPU has, against the scalar one */
+    const struct {
+        int have;
+        size_t (*fn)(const float *, size_t, float *, float *);
+        const char *name;
+    } simd[] = {{kiln__cpu_avx2(), kiln__minmax0_avx2, "avx2"}, {kiln__cpu_avx512(), kiln__minmax0_avx512, "avx512"}};
+    for (size_t k = 0; k < sizeof simd / sizeof *simd; k++) {
+        if (!simd[k].have) continue;
         for (size_t len = 0; len <= N; len += (len < 80 ? 1 : 613)) {
             size_t b1 = kiln__minmax0_scalar(x, len, &mn, &mx);
-            size_t b2 = kiln__minmax0_avx2(x, len, &mn2, &mx2);
-            CHECK_MSG(b1 == b2 && same_bits(mn, mn2) && same_bits(mx, mx2), "len %zu", len);
+            size_t b2 = simd[k].fn(x, len, &mn2, &mx2);
+            CHECK_MSG(b1 == b2 && same_bits(mn, mn2) && same_bits(mx, mx2), "%s len %zu", simd[k].name, len);
         }
         for (size_t i = 0; i < N; i++) x[i] = -x[i];
-        nb = kiln__minmax0_avx2(x, N, &mn2, &mx2);
+        nb = simd[k].fn(x, N, &mn2, &mx2);
         CHECK_EQ_INT(nb, 4);
         CHECK(mn2 == -9.5f && same_bits(mx2, 0.0f));
         for (size_t i = 0; i < N; i++) x[i] = -x[i];
-    }
-    if (kiln__cpu_avx512()) {
-        for (size_t len = 0; len <= N; len += (len < 80 ? 1 : 613)) {
-            size_t b1 = kiln__minmax0_scalar(x, len, &mn, &mx);
-            size_t b2 = kiln__minmax0_avx512(x, len, &mn2, &mx2);
-            CHECK_MSG(b1 == b2 && same_bits(mn, mn2) && same_bits(mx, mx2), "avx512 len %zu", len);
-        }
-        for (size_t i = 0; i < N; i++) x[i] = -x[i];
-        nb = kiln__minmax0_avx512(x, N, &mn2, &mx2);
-        CHECK_EQ_INT(nb, 4);
-        CHECK(mn2 == -9.5f && same_bits(mx2, 0.0f));
     }
     free(x);
 }
@@ -657,7 +653,7 @@ int main(void)
     RUN(fake_quant_avx2_matches_scalar);
     RUN(fake_quant_avx512_matches_scalar);
     RUN(fake_quant_divide_vs_inverse);
-    RUN(minmax_avx2_matches_scalar);
+    RUN(minmax_simd_matches_scalar);
     RUN(weight_per_channel);
     RUN(weight_per_tensor_and_block);
     RUN(weight_nonfinite_refused);
