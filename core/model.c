@@ -456,11 +456,14 @@ static kiln_status run_conv(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_
     return run_conv_ep(m, ci, in, out, &ep, pool);
 }
 
+/* A hook that may be called on slices (and fused into the convs). */
+static int hook_ew(const kiln_site_hook *hook) { return hook && hook->fn && hook->elementwise; }
+
 /* The hook's fake-quantization parameters for n consecutive sites from s,
  * when it can describe every one of them (kiln_site_hook.fq_params). */
 static int hook_fq(const kiln_site_hook *hook, size_t s, size_t n, kiln_conv_fq *q)
 {
-    if (!hook || !hook->fn || !hook->elementwise || !hook->fq_params) return 0;
+    if (!hook_ew(hook) || !hook->fq_params) return 0;
     for (size_t i = 0; i < n; i++)
         if (!hook->fq_params(hook->ctx, s + i, &q[i])) return 0;
     return 1;
@@ -484,9 +487,7 @@ typedef struct ew_step {
 
 typedef struct ew_job {
     const kiln_site_hook *hook;
-    float *data;
-    size_t n;
-    size_t plane, stride; int c; /* the map's geometry (ew_rows) */
+    const kiln_fmap *map; /* read at run time: a conv may reshape it first */
     int slices, nsteps;
     ew_step steps[EW_MAX_STEPS];
     atomic_int failed;
@@ -528,7 +529,7 @@ static void ew_add_range(float *d, const float *o, size_t n)
 /* The whole chain on elements [lo, hi) of the buffer. */
 static void ew_range(ew_job *j, size_t lo, size_t hi)
 {
-    float *d = j->data;
+    float *d = j->map->data;
     if (atomic_load_explicit(&j->failed, memory_order_relaxed)) return;
     for (int t = 0; t < j->nsteps && hi > lo; t++) {
         const ew_step *st = &j->steps[t];
@@ -552,19 +553,24 @@ static void ew_range(ew_job *j, size_t lo, size_t hi)
 static void ew_slice(void *ctx, int i)
 {
     ew_job *j = ctx;
-    ew_range(j, j->n * (size_t)i / (size_t)j->slices, j->n * (size_t)(i + 1) / (size_t)j->slices);
+    const size_t n = kiln_fmap_total(j->map);
+    ew_range(j, n * (size_t)i / (size_t)j->slices, n * (size_t)(i + 1) / (size_t)j->slices);
 }
 
 static void ew_init(ew_job *j, const kiln_site_hook *hook, kiln_fmap *f)
 {
     j->hook = hook;
-    j->data = f->data;
-    j->n = kiln_fmap_total(f);
-    j->plane = f->plane;
-    j->stride = f->stride;
-    j->c = f->c;
+    j->map = f;
     j->nsteps = 0;
+    atomic_init(&j->failed, 0);
 }
+
+static kiln_status ew_status(ew_job *j)
+{
+    if (atomic_load(&j->failed)) return kiln_fail(KILN_ERR_CANCELED, "forward pass stopped by a site hook");
+    return KILN_OK;
+}
+
 
 static void ew_hook(ew_job *j, size_t site) { j->steps[j->nsteps++] = (ew_step){EW_HOOK, site, 0, NULL}; }
 static void ew_scale(ew_job *j, float s) { j->steps[j->nsteps++] = (ew_step){EW_SCALE, 0, s, NULL}; }
@@ -572,14 +578,12 @@ static void ew_add(ew_job *j, const kiln_fmap *g) { j->steps[j->nsteps++] = (ew_
 
 static kiln_status ew_run(ew_job *j, kiln_pool *pool)
 {
-    atomic_init(&j->failed, 0);
-    size_t slices = j->n / EW_SLICE_FLOATS;
+    size_t slices = kiln_fmap_total(j->map) / EW_SLICE_FLOATS;
     j->slices = slices < 1 ? 1 : slices > 1024 ? 1024 : (int)slices;
     if (pool && kiln_pool_threads(pool) > 1 && j->slices > 1) kiln_pool_run(pool, j->slices, ew_slice, j);
     else
         for (int i = 0; i < j->slices; i++) ew_slice(j, i);
-    if (atomic_load(&j->failed)) return kiln_fail(KILN_ERR_CANCELED, "forward pass stopped by a site hook");
-    return KILN_OK;
+    return ew_status(j);
 }
 
 /* kiln_conv_epilogue.rows_done: the chain on output rows [y0, y1) of every
@@ -588,9 +592,10 @@ static kiln_status ew_run(ew_job *j, kiln_pool *pool)
 static void ew_rows(void *ctx, int y0, int y1)
 {
     ew_job *j = ctx;
-    for (int c = 0; c < j->c; c++) {
-        size_t base = (size_t)c * j->plane;
-        ew_range(j, base + (size_t)(y0 + 1) * j->stride, base + (size_t)(y1 + 1) * j->stride);
+    const kiln_fmap *f = j->map;
+    for (int c = 0; c < f->c; c++) {
+        size_t base = (size_t)c * f->plane;
+        ew_range(j, base + (size_t)(y0 + 1) * f->stride, base + (size_t)(y1 + 1) * f->stride);
     }
 }
 
@@ -601,19 +606,9 @@ static void ew_rows(void *ctx, int y0, int y1)
 static kiln_status run_conv_ew(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_fmap *out, int relu,
                                ew_job *j, kiln_pool *pool)
 {
-    const mconv *c = &m->convs[ci];
-    kiln_status st = kiln_fmap_reshape_output(out, c->cout, in->h, in->w);
-    if (st != KILN_OK) return st;
-    j->data = out->data;
-    j->n = kiln_fmap_total(out);
-    j->plane = out->plane;
-    j->stride = out->stride;
-    j->c = out->c;
-    atomic_init(&j->failed, 0);
     kiln_conv_epilogue ep = {.relu = relu, .res_scale = 1.0f, .rows_done = ew_rows, .rows_ctx = j};
-    if ((st = kiln_conv_run(c->packed, in, out, &ep, pool)) != KILN_OK) return st;
-    if (atomic_load(&j->failed)) return kiln_fail(KILN_ERR_CANCELED, "forward pass stopped by a site hook");
-    return KILN_OK;
+    kiln_status st = run_conv_ep(m, ci, in, out, &ep, pool);
+    return st != KILN_OK ? st : ew_status(j);
 }
 
 /* One site's hook: sliced when the hook is elementwise, else one call with
@@ -641,7 +636,7 @@ static kiln_status conv_site(kiln_model *m, size_t ci, const kiln_fmap *in, kiln
         kiln_conv_epilogue ep = {.relu = relu, .fq_out = q};
         return run_conv_ep(m, ci, in, out, &ep, pool);
     }
-    if (hook && hook->fn && hook->elementwise) {
+    if (hook_ew(hook)) {
         ew_job j;
         ew_init(&j, hook, out);
         ew_hook(&j, s);
@@ -752,32 +747,26 @@ static void conv_shuffle_rows(void *ctx, int y0, int y1)
 static kiln_status conv_shuffle(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_fmap *up, kiln_fmap *dst,
                                 const kiln_site_hook *hook, size_t s, kiln_pool *pool)
 {
-    const mconv *c = &m->convs[ci];
-    const int r = m->up_factor;
-    kiln_status st = kiln_fmap_reshape_output(up, c->cout, in->h, in->w);
-    if (st == KILN_OK) st = kiln_fmap_reshape_output(dst, c->cout / (r * r), in->h * r, in->w * r);
+    const int r = m->up_factor, cout = m->convs[ci].cout;
+    kiln_status st = kiln_fmap_reshape_output(dst, cout / (r * r), in->h * r, in->w * r);
     if (st != KILN_OK) return st;
     kiln_conv_epilogue ep = {.res_scale = 1.0f, .rows_done = conv_shuffle_rows};
     ew_job upj, psj;
     conv_shuffle_ctx cs = {{up, dst, r}, NULL, NULL};
-    const int ew = hook && hook->fn && hook->elementwise;
-    if (ew) {
+    if (hook_ew(hook)) {
         if (!hook_fq(hook, s, 1, &ep.fq_out)) {
             ew_init(&upj, hook, up);
             ew_hook(&upj, s);
-            atomic_init(&upj.failed, 0);
             cs.up_chain = &upj;
         }
         ew_init(&psj, hook, dst);
         ew_hook(&psj, s + 1);
-        atomic_init(&psj.failed, 0);
         cs.ps_chain = &psj;
     }
     ep.rows_ctx = &cs;
-    if ((st = kiln_conv_run(c->packed, in, up, &ep, pool)) != KILN_OK) return st;
-    if ((cs.up_chain && atomic_load(&upj.failed)) || (cs.ps_chain && atomic_load(&psj.failed)))
-        return kiln_fail(KILN_ERR_CANCELED, "forward pass stopped by a site hook");
-    return KILN_OK;
+    if ((st = run_conv_ep(m, ci, in, up, &ep, pool)) != KILN_OK) return st;
+    if (cs.up_chain && (st = ew_status(&upj)) != KILN_OK) return st;
+    return cs.ps_chain ? ew_status(&psj) : KILN_OK;
 }
 
 kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h, float *sr,
@@ -790,7 +779,7 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
     kiln_fmap_from_chw(&b[B_IN], in);
     size_t s = 0;
 #define TRY(x) do { if ((st = (x)) != KILN_OK) return st; } while (0)
-    if (hook && hook->elementwise) {
+    if (hook_ew(hook)) {
         ew_job j;                                      /* input, ·255, mul255 */
         ew_init(&j, hook, &b[B_IN]);
         ew_hook(&j, s++);
@@ -814,7 +803,7 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
                                      .fq_sum = q[2]};
             TRY(run_conv_ep(m, ci_body2(i), &b[B_T], nxt, &ep, pool));
             s += 3;
-        } else if (hook && hook->elementwise) {
+        } else if (hook_ew(hook)) {
             /* conv2 site, ·res_scale, mul site, + h, add site: fused */
             ew_job j;
             ew_init(&j, hook, nxt);
@@ -846,7 +835,7 @@ kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h,
         kiln_conv_epilogue ep = {.residual = &b[B_H0], .res_scale = 1.0f, .fq_out = qb[0], .fq_sum = qb[1]};
         TRY(run_conv_ep(m, ci_bodyconv(m), cur, nxt, &ep, pool));
         s += 2;
-    } else if (hook && hook->elementwise) {
+    } else if (hook_ew(hook)) {
         ew_job j;
         ew_init(&j, hook, nxt);
         ew_hook(&j, s++);                              /* body_conv */
