@@ -184,12 +184,9 @@ static int cpu_has_avx2_fma(void)
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
-static int cpu_has_avx512(void)
-{
-    __builtin_cpu_init();
-    return cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-}
+/* AVX-512 F/DQ/BW/VL, and not ruled out by KILN_NO_AVX512=1 (quant.c's
+ * probe, shared by every AVX-512 path of the library). */
+static int cpu_has_avx512(void) { return cpu_has_avx2_fma() && kiln__cpu_avx512(); }
 
 /* The SIMD instruction set a new conv may use: the best the CPU has, capped
  * by KILN_CONV_ISA (read at every create, so tests can switch it). */

@@ -40,7 +40,9 @@
  * kiln_conv_create, caps the SIMD kernels: "avx2" forces the AVX2 kernels
  * (to test or compare them on an AVX-512 CPU), "avx512" requires AVX-512
  * (KILN_ERR_UNSUPPORTED without it), unset / "" / "auto" takes the best the
- * CPU has; anything else is KILN_ERR_INVALID. kiln_conv_isa tells what a
+ * CPU has (KILN_NO_AVX512=1 makes the CPU count as having no AVX-512,
+ * as everywhere in the library); anything else is KILN_ERR_INVALID.
+ * kiln_conv_isa tells what a
  * conv got. A conv keeps its kernel for life, so convs created under
  * different settings may coexist.
  */
