@@ -43,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/fq512.h"
 #include "quant.h"
 
 #define OB KILN__Q8_OB
@@ -598,14 +599,15 @@ __attribute__((target("avx2"))) static void epi_row_avx2(const q8epi *ep, const 
 }
 
 typedef struct vsite16 {
-    __m512 s, r, z, lo, hi; /* r = 1/s rounded to float */
+    kiln__fq512 q; /* scale, inverse, tolerance of the exact rounding */
+    __m512 z, lo, hi;
 } vsite16;
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi")))
 
 AVX512 static inline vsite16 vsite16_of(const q8site *s)
 {
-    vsite16 v = {_mm512_set1_ps(s->s), _mm512_set1_ps(1.0f / s->s), _mm512_set1_ps(s->z), _mm512_set1_ps(s->lo),
+    vsite16 v = {kiln__fq512_make(s->s, s->zp, s->qmin, s->qmax), _mm512_set1_ps(s->z), _mm512_set1_ps(s->lo),
                  _mm512_set1_ps(s->hi)};
     return v;
 }
@@ -615,27 +617,12 @@ AVX512 static inline __m512 vclamp16(__m512 t, const vsite16 *s)
     return _mm512_min_ps(_mm512_max_ps(t, s->lo), s->hi);
 }
 
-/* fq(t) = clamp(rint(t / s) + z) without a division in the common case.
- * y = t * fl(1/s) is within 3.02 * 2^-24 * |y| of fl(t / s) (two roundings
- * for the reciprocal and the product, one for the quotient). Only |y| < 512
- * matters: beyond, both values clamp to the same end of any 8-bit range
- * (|z| <= 255). So when y is farther than 2^-11 >= 512 * 2^-20 from every
- * half-integer, both round to the same integer and rint(y) is exact. Lanes
- * that are not that far (about 1 in 10^3, and every tie, inf or NaN) make
- * the whole vector take the true division. d = y - rint(y) is exact
- * (Sterbenz) and lies in [-1/2, 1/2]; 1/2 - |d| is exact for |d| >= 1/4,
- * the only case where it can be small. Bit-identical to the division form
- * (tests/test_int8_kernels.c drives ties and near-ties through it). */
+/* fq(t) = clamp(rint(t / s) + z): the division form's rounding without a
+ * division in the common case (kernels/fq512.h has the exactness argument;
+ * tests/test_int8_kernels.c drives ties and near-ties through it). */
 AVX512 static inline __m512 vfq16(__m512 t, const vsite16 *s)
 {
-    const __m512 half = _mm512_set1_ps(0.5f), tol = _mm512_set1_ps(0x1p-11f);
-    __m512 y = _mm512_mul_ps(t, s->r);
-    __m512 ry = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 gap = _mm512_sub_ps(half, _mm512_abs_ps(_mm512_sub_ps(y, ry)));
-    __mmask16 far = _mm512_cmp_ps_mask(gap, tol, _CMP_GT_OQ);
-    if (__builtin_expect(far != 0xffff, 0))
-        ry = _mm512_roundscale_ps(_mm512_div_ps(t, s->s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    return vclamp16(_mm512_add_ps(ry, s->z), s);
+    return vclamp16(_mm512_add_ps(kiln__fq512_rint(t, &s->q), s->z), s);
 }
 
 AVX512 static void fq_avx512_run(const float *t, size_t n, const q8site *qs, float *out)
@@ -648,7 +635,7 @@ AVX512 static void fq_avx512_run(const float *t, size_t n, const q8site *qs, flo
 
 void kiln__q8_fq_avx512(const float *t, size_t n, const float p[4], float *out)
 {
-    q8site qs = {p[0], p[1], p[2], p[3], 0, 0, 0};
+    q8site qs = {p[0], p[1], p[2], p[3], (int)p[2], (int)p[3], (int)p[1]}; /* s, z, lo, hi as floats and ints */
     if (!kiln__q8_avx512()) {
         for (size_t i = 0; i < n; i++) out[i] = fq(t[i], &qs);
         return;
@@ -705,16 +692,16 @@ AVX512 static inline __attribute__((always_inline)) void epi512_body(const q8epi
             __m512 q = _mm512_min_ps(_mm512_max_ps(v, lo1z), hi1z);
             const vsite16 *prev = &v1;
             if (S2) {
-                __m512 t = _mm512_mul_ps(q, prev->s);
+                __m512 t = _mm512_mul_ps(q, prev->q.s);
                 if (MUL) t = _mm512_mul_ps(t, vmul);
                 q = vfq16(t, &v2);
                 prev = &v2;
             }
             if (S3) {
-                __m512 t = S2 ? _mm512_mul_ps(_mm512_sub_ps(q, prev->z), prev->s) : _mm512_mul_ps(q, prev->s);
+                __m512 t = S2 ? _mm512_mul_ps(_mm512_sub_ps(q, prev->z), prev->q.s) : _mm512_mul_ps(q, prev->q.s);
                 __m128i rb = _mm_maskz_loadu_epi8(m, res + (size_t)x * rstride + o);
                 __m512i ri = rsigned ? _mm512_cvtepi8_epi32(rb) : _mm512_cvtepu8_epi32(rb);
-                __m512 r = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(ri), vr.z), vr.s);
+                __m512 r = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(ri), vr.z), vr.q.s);
                 q = vfq16(_mm512_add_ps(t, r), &v3);
             }
             store16(dst + (size_t)x * dstride + o, m, q, osigned);

@@ -38,8 +38,11 @@ static inline __attribute__((always_inline, target("avx512f"))) kiln__fq512 kiln
     return q;
 }
 
-static inline __attribute__((always_inline, target("avx512f"))) __m512 kiln__fq512_apply(__m512 v,
-                                                                                       const kiln__fq512 *q)
+/* rint(fl(v / s)), exactly (NaN -> 0): the rounding step of the division
+ * form, for callers that clamp and map the integer themselves (the INT8
+ * epilogue stores codes). */
+static inline __attribute__((always_inline, target("avx512f"))) __m512 kiln__fq512_rint(__m512 v,
+                                                                                      const kiln__fq512 *q)
 {
     __m512 t = _mm512_mul_ps(v, q->inv);
     __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -49,6 +52,14 @@ static inline __attribute__((always_inline, target("avx512f"))) __m512 kiln__fq5
         t = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(t, t, _CMP_ORD_Q), t); /* NaN -> 0 */
         r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     }
+    return r;
+}
+
+/* The fake-quantized value (q - zp) * s. */
+static inline __attribute__((always_inline, target("avx512f"))) __m512 kiln__fq512_apply(__m512 v,
+                                                                                       const kiln__fq512 *q)
+{
+    __m512 r = kiln__fq512_rint(v, q);
     r = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(r, q->lo), q->hi), _mm512_setzero_ps());
     return _mm512_mul_ps(r, q->s);
 }
