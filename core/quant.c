@@ -170,8 +170,7 @@ KILN_AVX512 void kiln__fake_quant_avx512(float *x, size_t n, float scale, int32_
         } else {
             __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, q.inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(r, r, _CMP_ORD_Q), r); /* NaN -> 0 */
-            r = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(r, q.lo), q.hi), _mm512_setzero_ps());
-            v = _mm512_mul_ps(r, q.s);
+            v = kiln__fq512_dequant(r, &q);
         }
         _mm512_mask_storeu_ps(x + i, m, v);
     }

@@ -55,13 +55,19 @@ static inline __attribute__((always_inline, target("avx512f"))) __m512 kiln__fq5
     return r;
 }
 
+/* (clamp(r + zp, qmin, qmax) - zp) * s for an integer-valued r. */
+static inline __attribute__((always_inline, target("avx512f"))) __m512 kiln__fq512_dequant(__m512 r,
+                                                                                         const kiln__fq512 *q)
+{
+    r = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(r, q->lo), q->hi), _mm512_setzero_ps());
+    return _mm512_mul_ps(r, q->s);
+}
+
 /* The fake-quantized value (q - zp) * s. */
 static inline __attribute__((always_inline, target("avx512f"))) __m512 kiln__fq512_apply(__m512 v,
                                                                                        const kiln__fq512 *q)
 {
-    __m512 r = kiln__fq512_rint(v, q);
-    r = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(r, q->lo), q->hi), _mm512_setzero_ps());
-    return _mm512_mul_ps(r, q->s);
+    return kiln__fq512_dequant(kiln__fq512_rint(v, q), q);
 }
 
 #endif
