@@ -220,9 +220,9 @@ int main(int argc, char **argv)
     /* AUTO is resolved per conv by conv.c (direct or Winograd by shape), so
      * name what was asked for; GFLOP/s counts direct-convolution FLOPs. */
     const char *isa = getenv("KILN_CONV_ISA");
-    printf("EDSR r%df%d x%d, %dx%d (HxW) input, %.1f GFLOP per pass (direct conv count), conv impl %s, "
+    printf("%s, %dx%d (HxW) input, %.1f GFLOP per pass (direct conv count), conv impl %s, "
            "KILN_CONV_ISA=%s, %d runs\n",
-           kiln_model_resblocks(m), kiln_model_features(m), s, IN_H, IN_W, flops * 1e-9, kiln_impl_name(impl),
+           kiln_model_describe(m), IN_H, IN_W, flops * 1e-9, kiln_impl_name(impl),
            isa && *isa ? isa : "auto", runs);
 
     for (int threads = quick ? 2 : 1; threads <= 2; threads++) {

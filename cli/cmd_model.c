@@ -43,26 +43,31 @@ int cmd_info(int argc, char **argv)
     if (rc) return rc;
     kiln_model *m = kiln_runner_model(r);
     printf("model:      %s (%s)\n", cli_get(o, "model"), kiln_runner_describe(r));
-    printf("arch:       EDSR, %d residual blocks, %d features, x%d, res_scale %g\n",
-           kiln_model_resblocks(m), kiln_model_features(m), kiln_model_scale(m),
-           (double)kiln_model_res_scale(m));
+    const kiln_graph *g = kiln_model_graph(m);
+    printf("arch:       %s (%s): %zu nodes, %zu convs, %zu activation sites\n", kiln_model_arch(m),
+           kiln_model_describe(m), kiln_graph_node_count(g), kiln_model_conv_count(m), kiln_model_site_count(m));
     printf("parameters: %zu (%zu bytes FP32, MeanShift excluded)\n", kiln_model_params(m),
            4 * kiln_model_params(m));
     printf("FLOPs:      %.1f G on a 160x240 input\n", kiln_model_flops(m, 160, 240) / 1e9);
-    printf("\n%-18s %-16s %10s %10s  %s\n", "layer", "shape", "params", "bytes", "storage");
+    printf("\n%-22s %-16s %10s %10s  %s\n", "layer", "shape", "params", "bytes", "storage");
     size_t total_bytes = 0;
     for (size_t i = 0; i < kiln_model_conv_count(m); i++) {
         int co, ci, k;
         kiln_model_conv_shape(m, i, &co, &ci, &k);
         char shape[32];
-        snprintf(shape, sizeof shape, "%dx%dx%dx%d", co, ci, k, k);
-        size_t params = (size_t)co * ci * k * k + (size_t)co;
+        const int groups = kiln_model_conv_groups(m, i);
+        const size_t uses = kiln_graph_weight_uses(g, i, NULL, 0);
+        snprintf(shape, sizeof shape, "%dx%dx%dx%d", co, ci / groups, k, k);
+        size_t params = (size_t)co * (ci / groups) * k * k + (kiln_graph_weight(g, i)->has_bias ? (size_t)co : 0);
         size_t bytes = kiln_runner_conv_bytes(r, i);
         total_bytes += bytes;
-        printf("%-18s %-16s %10zu %10zu  %s%s\n", kiln_model_conv_name(m, i), shape, params, bytes,
-               kiln_runner_conv_kind(r, i), kiln_model_conv_is_meanshift(m, i) ? " (MeanShift)" : "");
+        char extra[64] = "";
+        if (groups > 1) snprintf(extra, sizeof extra, " (groups %d)", groups);
+        if (uses > 1) snprintf(extra + strlen(extra), sizeof extra - strlen(extra), " (shared by %zu convs)", uses);
+        printf("%-22s %-16s %10zu %10zu  %s%s%s\n", kiln_model_conv_name(m, i), shape, params, bytes,
+               kiln_runner_conv_kind(r, i), kiln_model_conv_is_meanshift(m, i) ? " (MeanShift)" : "", extra);
     }
-    printf("%-18s %-16s %10s %10zu  (weights, scales/LUTs and float32 biases: SPEC §5 weight storage)\n", "total", "", "",
+    printf("%-22s %-16s %10s %10zu  (weights, scales/LUTs and float32 biases: SPEC §5 weight storage)\n", "total", "", "",
            total_bytes);
     kiln_runner_close(r);
     return 0;

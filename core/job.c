@@ -168,10 +168,9 @@ kiln_status kiln_job_run(const kiln_job_spec *spec, kiln_progress_fn progress, v
     json_object_set_new(out, "config", cfg ? cfg : json_null());
     json_object_set_new(out, "kiln_version", json_string(kiln_version()));
     json_t *mj = json_object();
-    json_object_set_new(mj, "resblocks", json_integer(kiln_model_resblocks(model)));
-    json_object_set_new(mj, "features", json_integer(kiln_model_features(model)));
+    json_object_set_new(mj, "arch", json_string(kiln_model_arch(model)));
+    json_object_set_new(mj, "description", json_string(kiln_model_describe(model)));
     json_object_set_new(mj, "scale", json_integer(kiln_model_scale(model)));
-    json_object_set_new(mj, "res_scale", json_real(kiln_model_res_scale(model)));
     json_object_set_new(mj, "params", json_integer((json_int_t)kiln_model_params(model)));
     json_object_set_new(mj, "sha256", json_string(sha));
     json_object_set_new(out, "model", mj);

@@ -1,19 +1,29 @@
 /*
- * model.c — EDSR (SPEC §1) as a fixed sequence of ops over padded feature
- * maps, with a hook at every activation site (SPEC §3.5).
+ * model.c — runs a graph (graph.h) in FP32 over padded feature maps, with a
+ * hook at every activation site (SPEC §3.6).
  *
- * The graph is small and fixed, so it is code, not data: kiln_model_forward
- * walks it in order. Each conv keeps its float OIHW weights (the source of
- * truth, replaceable by compression) and a packed copy for the kernels.
+ * Plan (built once per model): the graph's nodes become steps. A conv and
+ * the elementwise chain its epilogue can absorb (kiln_graph_chain: relu,
+ * mul, add of a residual, relu, or a pixel shuffle) are one step that
+ * writes one buffer; every other node is a step of its own. Buffers are
+ * assigned once, from the tensors' lifetimes (a buffer is reused as soon as
+ * the last step reading its tensor has run), and keep their memory across
+ * passes, so repeated passes allocate nothing once they have seen the
+ * largest input.
  *
- * Fusion: without a hook, the residual adds (`conv2·res_scale + h` in every
- * block, `body_conv + h0` globally) are fused into the conv epilogues. With a
- * hook every site's tensor must exist on its own, so the ops run one by one
- * and the hook sees each result before the next op reads it.
+ * A chain runs in one of four ways, all giving the same bits:
+ *   no hook          relu, ·res_scale and + residual in the conv epilogue;
+ *   fake-quant hook  with fq_params: the sites' fake quantization in the
+ *                    epilogue too (conv.h fq_out / fq_scaled / fq_sum);
+ *   elementwise hook the chain (hooks, scale, add, relu) on each band of
+ *                    output rows as the conv finishes it (rows_done);
+ *   observer hook    one op after the other, each site's whole tensor
+ *                    handed to the hook before the next op reads it.
+ * Grouped convs and kernels other than 1x1 / 3x3 run the conv first and the
+ * chain as separate passes.
  *
- * Memory: the model owns its working feature maps (resized only when the
- * input size grows), so repeated passes allocate nothing; this makes a model
- * single-threaded at the API level (kernels inside use the pool).
+ * Memory: a model owns its working feature maps, so it is single-threaded
+ * at the API level (kernels inside use the pool).
  */
 #include "model.h"
 
@@ -24,458 +34,455 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "arch.h"
+#if __has_include("onnx.h") /* TEMP until the importer lands */
+#include "onnx.h"
+#define HAVE_ONNX 1
+#endif
 #include "quant.h"
 
-#define NAME_MAX_LEN 64
+/* A weight ready for the kernels: one packed conv per group (k = 1 or 3), or
+ * none (other kernels run generic_conv on the graph's float weights). */
+typedef struct mweight {
+    int ng;
+    kiln_conv **packed;
+} mweight;
 
-static const float kMeanRGB[3] = {0.4488f, 0.4371f, 0.4040f};
+enum { STEP_CHAIN, STEP_NODE };
 
-typedef struct mconv {
-    char name[NAME_MAX_LEN];
-    int cout, cin, k;
-    float *w; /* OIHW */
-    float *b; /* [cout] */
-    kiln_conv *packed;
-    int meanshift;
-} mconv;
-
-/* Working maps: at LR size (h0, x, y, t, up) and at upscaled sizes. */
-enum { B_IN, B_IN2, B_H0, B_X, B_Y, B_T, B_UP, B_PS, B_TAIL, B_OUT, B_COUNT };
+typedef struct mstep {
+    int kind;
+    int node;       /* STEP_NODE: the node; STEP_CHAIN: chain.conv */
+    kiln_gchain ch; /* STEP_CHAIN */
+    int slot;       /* output buffer                                */
+    int pre_slot;   /* chain with shuffle: the conv output before it */
+} mstep;
 
 struct kiln_model {
-    int R, F, scale, n_up, up_factor; /* n_up stages of PixelShuffle(up_factor) */
-    float res_scale;
+    kiln_graph *g;
     kiln_impl impl;
-    size_t nconv;
-    mconv *convs;
-    size_t nsites;
-    char (*sites)[NAME_MAX_LEN];
-    kiln_fmap buf[B_COUNT];
+    size_t nw;
+    mweight *pw;
+    size_t nsteps;
+    mstep *steps;
+    int *slot_of; /* [tensors] */
+    int nslots;
+    kiln_fmap *buf;
 };
-
-/* ---- conv indices -------------------------------------------------------- */
-static size_t ci_sub(void) { return 0; }
-static size_t ci_head(void) { return 1; }
-static size_t ci_body1(int i) { return 2 + 2 * (size_t)i; }
-static size_t ci_body2(int i) { return 3 + 2 * (size_t)i; }
-static size_t ci_bodyconv(const kiln_model *m) { return 2 + 2 * (size_t)m->R; }
-static size_t ci_up(const kiln_model *m, int j) { return 3 + 2 * (size_t)m->R + (size_t)j; }
-static size_t ci_tail(const kiln_model *m) { return 3 + 2 * (size_t)m->R + (size_t)m->n_up; }
-static size_t ci_addmean(const kiln_model *m) { return 4 + 2 * (size_t)m->R + (size_t)m->n_up; }
 
 /* ---- construction --------------------------------------------------------- */
 
-static void shape_str(char *out, size_t n, int ndim, const int64_t *shape)
+static void weight_free(mweight *p)
 {
-    size_t used = 0;
-    used += (size_t)snprintf(out + used, n - used, "[");
-    for (int d = 0; d < ndim && used < n; d++)
-        used += (size_t)snprintf(out + used, n - used, "%s%lld", d ? "," : "", (long long)shape[d]);
-    if (used < n) snprintf(out + used, n - used, "]");
+    for (int i = 0; p->packed && i < p->ng; i++) kiln_conv_destroy(p->packed[i]);
+    free(p->packed);
+    p->packed = NULL;
+    p->ng = 0;
 }
 
-/* Fetch a tensor that must exist with exactly this shape; marks it used. */
-static kiln_status take(const kiln_weights *w, unsigned char *used, const char *name, int ndim,
-                        const int64_t *shape, const float **out)
+static kiln_status weight_pack(kiln_model *m, size_t i)
 {
-    long i = kiln_weights_find(w, name);
-    char want[96], got[96];
-    shape_str(want, sizeof want, ndim, shape);
-    if (i < 0) return kiln_fail(KILN_ERR_ARCH, "EDSR: missing %s (expected shape %s)", name, want);
-    int gd = kiln_weights_ndim(w, (size_t)i);
-    const int64_t *gs = kiln_weights_shape(w, (size_t)i);
-    int ok = gd == ndim;
-    for (int d = 0; ok && d < ndim; d++) ok = gs[d] == shape[d];
-    if (!ok) {
-        shape_str(got, sizeof got, gd, gs);
-        return kiln_fail(KILN_ERR_ARCH, "EDSR: %s has shape %s, expected %s", name, got, want);
+    const kiln_gweight *w = kiln_graph_weight(m->g, i);
+    mweight *p = &m->pw[i];
+    weight_free(p);
+    if (w->k != 1 && w->k != 3) return KILN_OK; /* generic_conv */
+    p->packed = calloc((size_t)w->groups, sizeof *p->packed);
+    if (!p->packed) return kiln_fail(KILN_ERR_NOMEM, "model: out of memory");
+    p->ng = w->groups;
+    const int cog = w->cout / w->groups, cig = w->cin / w->groups;
+    for (int g = 0; g < w->groups; g++) {
+        kiln_status st = kiln_conv_create(cog, cig, w->k, w->w + (size_t)g * cog * cig * w->k * w->k,
+                                          w->b + (size_t)g * cog, m->impl, &p->packed[g]);
+        if (st != KILN_OK) {
+            kiln_errmsg_prefix("%s: ", w->name);
+            return st;
+        }
     }
-    used[i] = 1;
-    *out = kiln_weights_data(w, (size_t)i);
     return KILN_OK;
 }
 
-static kiln_status conv_init(mconv *c, const char *name, int cout, int cin, int k, const float *w,
-                             const float *b, int meanshift)
+/* Steps and buffer slots. Slots are handed out lowest-free-first in step
+ * order and come back after the last step that reads them. */
+static kiln_status build_plan(kiln_model *m)
 {
-    snprintf(c->name, sizeof c->name, "%s", name);
-    c->cout = cout;
-    c->cin = cin;
-    c->k = k;
-    c->meanshift = meanshift;
-    size_t nw = (size_t)cout * cin * k * k;
-    c->w = malloc(nw * sizeof(float));
-    c->b = malloc((size_t)cout * sizeof(float));
-    if (!c->w || !c->b) return kiln_fail(KILN_ERR_NOMEM, "model: out of memory for %s", name);
-    memcpy(c->w, w, nw * sizeof(float));
-    memcpy(c->b, b, (size_t)cout * sizeof(float));
-    return KILN_OK;
-}
-
-static kiln_status conv_pack(mconv *c, kiln_impl impl)
-{
-    kiln_conv_destroy(c->packed);
-    c->packed = NULL;
-    kiln_status st = kiln_conv_create(c->cout, c->cin, c->k, c->w, c->b, impl, &c->packed);
-    if (st != KILN_OK) kiln_errmsg_prefix("%s: ", c->name);
+    const kiln_graph *g = m->g;
+    size_t nn = kiln_graph_node_count(g), nt = kiln_graph_tensor_count(g);
+    m->steps = calloc(nn ? nn : 1, sizeof *m->steps);
+    m->slot_of = malloc(nt * sizeof(int));
+    int *last = malloc(nt * sizeof(int)), *busy = calloc(nt + 2, sizeof(int));
+    unsigned char *done = calloc(nn ? nn : 1, 1);
+    kiln_status st = KILN_OK;
+    if (!m->steps || !m->slot_of || !last || !busy || !done) {
+        st = kiln_fail(KILN_ERR_NOMEM, "model: out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < nn; i++) {
+        if (done[i]) continue;
+        mstep *s = &m->steps[m->nsteps];
+        s->node = (int)i;
+        s->pre_slot = -1;
+        if (kiln_graph_node(g, i)->op == KILN_OP_CONV) {
+            s->kind = STEP_CHAIN;
+            kiln_graph_chain(g, (int)i, &s->ch);
+            const int links[] = {s->ch.conv, s->ch.relu, s->ch.mul, s->ch.add, s->ch.post_relu, s->ch.shuffle};
+            for (size_t k = 0; k < sizeof links / sizeof links[0]; k++)
+                if (links[k] >= 0) done[links[k]] = 1;
+        } else {
+            s->kind = STEP_NODE;
+            done[i] = 1;
+        }
+        m->nsteps++;
+    }
+    /* last step reading each tensor (the output: never released) */
+    for (size_t t = 0; t < nt; t++) last[t] = -1;
+    for (size_t k = 0; k < m->nsteps; k++) {
+        const mstep *s = &m->steps[k];
+        if (s->kind == STEP_NODE) {
+            const kiln_gnode *n = kiln_graph_node(g, (size_t)s->node);
+            for (int j = 0; j < n->nin; j++) last[n->in[j]] = (int)k;
+        } else {
+            last[kiln_graph_node(g, (size_t)s->ch.conv)->in[0]] = (int)k;
+            if (s->ch.add >= 0) last[s->ch.residual] = (int)k;
+        }
+    }
+    last[kiln_graph_output(g)] = (int)m->nsteps;
+    for (size_t t = 0; t < nt; t++) m->slot_of[t] = -1;
+    int nslots = 0;
+#define TAKE(var)                                                    \
+    do {                                                             \
+        int f_ = 0;                                                  \
+        while (f_ < nslots && busy[f_]) f_++;                        \
+        if (f_ == nslots) nslots++;                                  \
+        busy[f_] = 1;                                                \
+        var = f_;                                                    \
+    } while (0)
+    TAKE(m->slot_of[0]);
+    for (size_t k = 0; k < m->nsteps; k++) {
+        mstep *s = &m->steps[k];
+        int out_t = s->kind == STEP_NODE ? kiln_graph_node(g, (size_t)s->node)->out : s->ch.out;
+        TAKE(s->slot);
+        m->slot_of[out_t] = s->slot;
+        if (s->kind == STEP_CHAIN) {
+            /* the chain's intermediate tensors live in its buffer */
+            const int links[] = {s->ch.conv, s->ch.relu, s->ch.mul, s->ch.add, s->ch.post_relu};
+            for (size_t j = 0; j < sizeof links / sizeof links[0]; j++)
+                if (links[j] >= 0) m->slot_of[kiln_graph_node(g, (size_t)links[j])->out] = s->slot;
+            if (s->ch.shuffle >= 0) {
+                TAKE(s->pre_slot);
+                busy[s->pre_slot] = 0;
+                int pre_t = kiln_graph_node(g, (size_t)s->ch.shuffle)->in[0];
+                m->slot_of[pre_t] = s->pre_slot;
+                const int pl[] = {s->ch.conv, s->ch.relu};
+                for (size_t j = 0; j < 2; j++)
+                    if (pl[j] >= 0) m->slot_of[kiln_graph_node(g, (size_t)pl[j])->out] = s->pre_slot;
+            }
+        }
+        /* release the inputs read for the last time (only a step's output
+         * is ever read by later steps, so a slot holds one live tensor) */
+        int ins[KILN_GRAPH_MAX_IN + 1], nins = 0;
+        if (s->kind == STEP_NODE) {
+            const kiln_gnode *n = kiln_graph_node(g, (size_t)s->node);
+            for (int j = 0; j < n->nin; j++) ins[nins++] = n->in[j];
+        } else {
+            ins[nins++] = kiln_graph_node(g, (size_t)s->ch.conv)->in[0];
+            if (s->ch.add >= 0) ins[nins++] = s->ch.residual;
+        }
+        for (int j = 0; j < nins; j++)
+            if (last[ins[j]] == (int)k && m->slot_of[ins[j]] >= 0 && m->slot_of[ins[j]] != s->slot)
+                busy[m->slot_of[ins[j]]] = 0;
+    }
+#undef TAKE
+    m->nslots = nslots;
+    m->buf = calloc((size_t)nslots, sizeof *m->buf);
+    if (!m->buf) st = kiln_fail(KILN_ERR_NOMEM, "model: out of memory");
+out:
+    free(last);
+    free(busy);
+    free(done);
     return st;
 }
 
-/* Load a conv "<prefix>.weight" [cout,cin,k,k] and "<prefix>.bias" [cout]. */
-static kiln_status take_conv(const kiln_weights *w, unsigned char *used, mconv *c,
-                             const char *prefix, int cout, int cin, int k, int meanshift)
-{
-    char key[NAME_MAX_LEN + 16];
-    const float *wd, *bd;
-    int64_t ws[4] = {cout, cin, k, k}, bs[1] = {cout};
-    snprintf(key, sizeof key, "%s.weight", prefix);
-    kiln_status st = take(w, used, key, 4, ws, &wd);
-    if (st != KILN_OK) return st;
-    snprintf(key, sizeof key, "%s.bias", prefix);
-    st = take(w, used, key, 1, bs, &bd);
-    if (st != KILN_OK) return st;
-    return conv_init(c, prefix, cout, cin, k, wd, bd, meanshift);
-}
-
-static kiln_status meanshift_default(mconv *c, const char *name, float sign)
-{
-    float wd[9] = {1, 0, 0, 0, 1, 0, 0, 0, 1}, bd[3];
-    for (int i = 0; i < 3; i++) bd[i] = sign * 255.0f * kMeanRGB[i];
-    return conv_init(c, name, 3, 3, 1, wd, bd, 1);
-}
-
-static kiln_status build_sites(kiln_model *m)
-{
-    m->nsites = 4 + 4 * (size_t)m->R + 2 + 2 * (size_t)m->n_up + 2;
-    m->sites = calloc(m->nsites, sizeof *m->sites);
-    if (!m->sites) return kiln_fail(KILN_ERR_NOMEM, "model: out of memory");
-    size_t s = 0;
-#define SITE(...) snprintf(m->sites[s++], NAME_MAX_LEN, __VA_ARGS__)
-    SITE("input");
-    SITE("mul255");
-    SITE("sub_mean");
-    SITE("head");
-    for (int i = 0; i < m->R; i++) {
-        SITE("body.%d.relu", i);
-        SITE("body.%d.conv2", i);
-        SITE("body.%d.mul", i);
-        SITE("body.%d.add", i);
-    }
-    SITE("body_conv");
-    SITE("global_add");
-    for (int j = 0; j < m->n_up; j++) {
-        if (m->n_up == 1) {
-            SITE("upsample_conv");
-            SITE("pixel_shuffle");
-        } else {
-            SITE("upsample_conv.%d", j);
-            SITE("pixel_shuffle.%d", j);
-        }
-    }
-    SITE("tail_conv");
-    SITE("add_mean");
-#undef SITE
-    return s == m->nsites ? KILN_OK : kiln_fail(KILN_ERR_INTERNAL, "model: site count");
-}
-
-static kiln_status model_alloc(kiln_model **out, int R, int F, int scale, float res_scale,
-                               kiln_impl impl)
-{
-    kiln_model *m = calloc(1, sizeof *m);
-    if (!m) return kiln_fail(KILN_ERR_NOMEM, "model: out of memory");
-    m->R = R;
-    m->F = F;
-    m->scale = scale;
-    m->n_up = scale == 4 ? 2 : 1;
-    m->up_factor = scale == 4 ? 2 : scale;
-    m->res_scale = res_scale;
-    m->impl = impl;
-    m->nconv = 5 + 2 * (size_t)R + (size_t)m->n_up;
-    m->convs = calloc(m->nconv, sizeof *m->convs);
-    if (!m->convs) {
-        free(m);
-        return kiln_fail(KILN_ERR_NOMEM, "model: out of memory");
-    }
-    kiln_status st = build_sites(m);
-    if (st != KILN_OK) {
-        kiln_model_destroy(m);
-        return st;
-    }
-    *out = m;
-    return KILN_OK;
-}
-
-kiln_status kiln_model_from_weights(const kiln_weights *w, const kiln_model_opts *opts,
-                                    kiln_model **out)
+kiln_status kiln_model_from_graph(kiln_graph *g, const kiln_model_opts *opts, kiln_model **out)
 {
     *out = NULL;
-    size_t n = kiln_weights_count(w);
-    long head = kiln_weights_find(w, "head.0.weight");
-    if (head < 0) {
-        if (n == 0) return kiln_fail(KILN_ERR_ARCH, "EDSR: the state dict holds no tensors");
-        return kiln_fail(KILN_ERR_ARCH,
-                         "not an EDSR state dict: missing head.0.weight (first key is %s)",
-                         kiln_weights_name(w, 0));
-    }
-    const int64_t *hs = kiln_weights_shape(w, (size_t)head);
-    if (kiln_weights_ndim(w, (size_t)head) != 4 || hs[1] != 3 || hs[2] != 3 || hs[3] != 3 ||
-        hs[0] < 1 || hs[0] > 4096) {
-        char got[96];
-        shape_str(got, sizeof got, kiln_weights_ndim(w, (size_t)head), hs);
-        return kiln_fail(KILN_ERR_ARCH, "EDSR: head.0.weight has shape %s, expected [F,3,3,3]", got);
-    }
-    int F = (int)hs[0];
-    int R = 0;
-    char key[96];
-    for (;; R++) {
-        snprintf(key, sizeof key, "body.%d.body.0.weight", R);
-        if (kiln_weights_find(w, key) < 0) break;
-        if (R > 1024) return kiln_fail(KILN_ERR_LIMIT, "EDSR: more than 1024 residual blocks");
-    }
-    long up0 = kiln_weights_find(w, "tail.0.0.weight");
-    if (up0 < 0) return kiln_fail(KILN_ERR_ARCH, "EDSR: missing tail.0.0.weight (expected shape [4F or 9F,F,3,3] = [%d or %d,%d,3,3])", 4 * F, 9 * F, F);
-    int64_t upc = kiln_weights_shape(w, (size_t)up0)[0];
-    int scale;
-    if (upc == 9 * (int64_t)F) scale = 3;
-    else if (upc == 4 * (int64_t)F) scale = kiln_weights_find(w, "tail.0.2.weight") >= 0 ? 4 : 2;
-    else {
-        char got[96];
-        shape_str(got, sizeof got, kiln_weights_ndim(w, (size_t)up0), kiln_weights_shape(w, (size_t)up0));
-        return kiln_fail(KILN_ERR_ARCH, "EDSR: tail.0.0.weight has shape %s, expected [%d,%d,3,3] (x2, x4) or [%d,%d,3,3] (x3)",
-                         got, 4 * F, F, 9 * F, F);
-    }
-    float rs = opts && opts->res_scale > 0 ? opts->res_scale : (F >= 256 ? 0.1f : 1.0f);
-    if (opts && (opts->res_scale < 0 || !isfinite(opts->res_scale)))
-        return kiln_fail(KILN_ERR_INVALID, "res_scale must be a positive number");
-    kiln_model *m;
-    kiln_status st = model_alloc(&m, R, F, scale, rs, opts ? opts->impl : KILN_IMPL_AUTO);
-    if (st != KILN_OK) return st;
-    unsigned char *used = calloc(n ? n : 1, 1);
-    if (!used) {
-        kiln_model_destroy(m);
+    kiln_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        kiln_graph_destroy(g);
         return kiln_fail(KILN_ERR_NOMEM, "model: out of memory");
     }
-    /* Check in state-dict order so the first offending key is the one named. */
-    if (kiln_weights_find(w, "sub_mean.weight") >= 0 || kiln_weights_find(w, "sub_mean.bias") >= 0)
-        st = take_conv(w, used, &m->convs[ci_sub()], "sub_mean", 3, 3, 1, 1);
-    else
-        st = meanshift_default(&m->convs[ci_sub()], "sub_mean", -1.0f);
-    if (st == KILN_OK) st = take_conv(w, used, &m->convs[ci_head()], "head.0", F, 3, 3, 0);
-    for (int i = 0; st == KILN_OK && i < R; i++) {
-        char p[64];
-        snprintf(p, sizeof p, "body.%d.body.0", i);
-        st = take_conv(w, used, &m->convs[ci_body1(i)], p, F, F, 3, 0);
-        if (st != KILN_OK) break;
-        snprintf(p, sizeof p, "body.%d.body.2", i);
-        st = take_conv(w, used, &m->convs[ci_body2(i)], p, F, F, 3, 0);
-    }
-    if (st == KILN_OK) {
-        char p[64];
-        snprintf(p, sizeof p, "body.%d", R);
-        st = take_conv(w, used, &m->convs[ci_bodyconv(m)], p, F, F, 3, 0);
-    }
-    for (int j = 0; st == KILN_OK && j < m->n_up; j++) {
-        char p[64];
-        snprintf(p, sizeof p, "tail.0.%d", 2 * j);
-        st = take_conv(w, used, &m->convs[ci_up(m, j)], p, F * m->up_factor * m->up_factor, F, 3, 0);
-    }
-    if (st == KILN_OK) st = take_conv(w, used, &m->convs[ci_tail(m)], "tail.1", 3, F, 3, 0);
-    if (st == KILN_OK) {
-        if (kiln_weights_find(w, "add_mean.weight") >= 0 || kiln_weights_find(w, "add_mean.bias") >= 0)
-            st = take_conv(w, used, &m->convs[ci_addmean(m)], "add_mean", 3, 3, 1, 1);
+    m->g = g;
+    m->impl = opts ? opts->impl : KILN_IMPL_AUTO;
+    m->nw = kiln_graph_weight_count(g);
+    m->pw = calloc(m->nw ? m->nw : 1, sizeof *m->pw);
+    kiln_status st = m->pw ? KILN_OK : kiln_fail(KILN_ERR_NOMEM, "model: out of memory");
+    if (st == KILN_OK && kiln_graph_output(g) < 0) st = kiln_fail(KILN_ERR_INTERNAL, "model: graph not finished");
+    for (size_t i = 0; st == KILN_OK && i < m->nw; i++) {
+        if (!kiln_graph_weight(g, i)->w)
+            st = kiln_fail(KILN_ERR_INTERNAL, "model: weight %s has no data", kiln_graph_weight(g, i)->name);
         else
-            st = meanshift_default(&m->convs[ci_addmean(m)], "add_mean", 1.0f);
+            st = weight_pack(m, i);
     }
-    for (size_t i = 0; st == KILN_OK && i < n; i++)
-        if (!used[i])
-            st = kiln_fail(KILN_ERR_ARCH,
-                           "EDSR: unexpected tensor %s (an EDSR with %d blocks, %d features, x%d has no such key)",
-                           kiln_weights_name(w, i), R, F, scale);
-    free(used);
-    for (size_t i = 0; st == KILN_OK && i < m->nconv; i++) st = conv_pack(&m->convs[i], m->impl);
+    if (st == KILN_OK) st = build_plan(m);
     if (st != KILN_OK) {
         kiln_model_destroy(m);
         return st;
     }
     *out = m;
     return KILN_OK;
+}
+
+kiln_status kiln_model_from_weights(const kiln_weights *w, const kiln_model_opts *opts, kiln_model **out)
+{
+    *out = NULL;
+    kiln_arch_opts ao = {opts ? opts->res_scale : 0, opts ? opts->scale : 0};
+    kiln_graph *g;
+    kiln_status st = kiln_arch_import(w, &ao, &g);
+    if (st != KILN_OK) return st;
+    return kiln_model_from_graph(g, opts, out);
 }
 
 kiln_status kiln_model_load(const char *path, const kiln_model_opts *opts, kiln_model **out)
 {
-    kiln_weights *w;
-    kiln_status st = kiln_weights_load(path, &w);
-    if (st != KILN_OK) return st;
-    st = kiln_model_from_weights(w, opts, out);
-    kiln_weights_destroy(w);
+    *out = NULL;
+    unsigned char head[64];
+    size_t got = 0;
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        got = fread(head, 1, sizeof head, f);
+        fclose(f);
+    }
+    kiln_status st;
+#ifdef HAVE_ONNX
+    if (f && kiln_onnx_sniff(head, got)) {
+        kiln_graph *g;
+        st = kiln_onnx_load(path, &g);
+        if (st == KILN_OK) st = kiln_model_from_graph(g, opts, out);
+    } else
+#endif
+    {
+        (void)got;
+        kiln_weights *w;
+        st = kiln_weights_load(path, &w);
+        if (st != KILN_OK) return st;
+        st = kiln_model_from_weights(w, opts, out);
+        kiln_weights_destroy(w);
+    }
     if (st != KILN_OK) kiln_errmsg_prefix("%s: ", path);
     return st;
 }
 
 kiln_status kiln_model_clone(const kiln_model *src, kiln_model **out)
 {
-    kiln_model *m;
-    kiln_status st = model_alloc(&m, src->R, src->F, src->scale, src->res_scale, src->impl);
+    kiln_graph *g;
+    *out = NULL;
+    kiln_status st = kiln_graph_clone(src->g, &g);
     if (st != KILN_OK) return st;
-    for (size_t i = 0; st == KILN_OK && i < m->nconv; i++) {
-        const mconv *c = &src->convs[i];
-        st = conv_init(&m->convs[i], c->name, c->cout, c->cin, c->k, c->w, c->b, c->meanshift);
-        if (st == KILN_OK) st = conv_pack(&m->convs[i], m->impl);
-    }
-    if (st != KILN_OK) {
-        kiln_model_destroy(m);
-        return st;
-    }
-    *out = m;
-    return KILN_OK;
+    kiln_model_opts o = {.impl = src->impl};
+    return kiln_model_from_graph(g, &o, out);
 }
 
 void kiln_model_destroy(kiln_model *m)
 {
     if (!m) return;
-    for (size_t i = 0; m->convs && i < m->nconv; i++) {
-        free(m->convs[i].w);
-        free(m->convs[i].b);
-        kiln_conv_destroy(m->convs[i].packed);
-    }
-    for (int b = 0; b < B_COUNT; b++) kiln_fmap_free(&m->buf[b]);
-    free(m->convs);
-    free(m->sites);
+    for (size_t i = 0; m->pw && i < m->nw; i++) weight_free(&m->pw[i]);
+    for (int b = 0; m->buf && b < m->nslots; b++) kiln_fmap_free(&m->buf[b]);
+    free(m->pw);
+    free(m->buf);
+    free(m->steps);
+    free(m->slot_of);
+    kiln_graph_destroy(m->g);
     free(m);
 }
 
 /* ---- accessors ------------------------------------------------------------ */
-int kiln_model_resblocks(const kiln_model *m) { return m->R; }
-int kiln_model_features(const kiln_model *m) { return m->F; }
-int kiln_model_scale(const kiln_model *m) { return m->scale; }
-float kiln_model_res_scale(const kiln_model *m) { return m->res_scale; }
-
-size_t kiln_model_params(const kiln_model *m)
+const kiln_graph *kiln_model_graph(const kiln_model *m) { return m->g; }
+const char *kiln_model_arch(const kiln_model *m) { return kiln_graph_arch(m->g); }
+const char *kiln_model_describe(const kiln_model *m)
 {
-    size_t p = 0;
-    for (size_t i = 0; i < m->nconv; i++) {
-        const mconv *c = &m->convs[i];
-        if (!c->meanshift) p += (size_t)c->cout * c->cin * c->k * c->k + (size_t)c->cout;
-    }
-    return p;
+    return *kiln_graph_desc(m->g) ? kiln_graph_desc(m->g) : kiln_graph_arch(m->g);
 }
-
-size_t kiln_model_conv_count(const kiln_model *m) { return m->nconv; }
-const char *kiln_model_conv_name(const kiln_model *m, size_t i) { return m->convs[i].name; }
+int kiln_model_scale(const kiln_model *m) { return kiln_graph_scale(m->g); }
+size_t kiln_model_params(const kiln_model *m) { return kiln_graph_params(m->g); }
+size_t kiln_model_conv_count(const kiln_model *m) { return m->nw; }
+const char *kiln_model_conv_name(const kiln_model *m, size_t i) { return kiln_graph_weight(m->g, i)->name; }
 void kiln_model_conv_shape(const kiln_model *m, size_t i, int *cout, int *cin, int *k)
 {
-    if (cout) *cout = m->convs[i].cout;
-    if (cin) *cin = m->convs[i].cin;
-    if (k) *k = m->convs[i].k;
+    const kiln_gweight *w = kiln_graph_weight(m->g, i);
+    if (cout) *cout = w->cout;
+    if (cin) *cin = w->cin;
+    if (k) *k = w->k;
 }
-const float *kiln_model_conv_weight(const kiln_model *m, size_t i) { return m->convs[i].w; }
-const float *kiln_model_conv_bias(const kiln_model *m, size_t i) { return m->convs[i].b; }
-int kiln_model_conv_is_meanshift(const kiln_model *m, size_t i) { return m->convs[i].meanshift; }
-
-long kiln_model_conv_find(const kiln_model *m, const char *name)
-{
-    for (size_t i = 0; i < m->nconv; i++)
-        if (strcmp(m->convs[i].name, name) == 0) return (long)i;
-    return -1;
-}
+int kiln_model_conv_groups(const kiln_model *m, size_t i) { return kiln_graph_weight(m->g, i)->groups; }
+const float *kiln_model_conv_weight(const kiln_model *m, size_t i) { return kiln_graph_weight(m->g, i)->w; }
+const float *kiln_model_conv_bias(const kiln_model *m, size_t i) { return kiln_graph_weight(m->g, i)->b; }
+int kiln_model_conv_is_meanshift(const kiln_model *m, size_t i) { return kiln_graph_weight(m->g, i)->meanshift; }
+long kiln_model_conv_find(const kiln_model *m, const char *name) { return kiln_graph_weight_find(m->g, name); }
 
 kiln_status kiln_model_set_conv_weight(kiln_model *m, size_t i, const float *w)
 {
-    if (i >= m->nconv) return kiln_fail(KILN_ERR_INVALID, "model: conv index %zu out of range", i);
-    mconv *c = &m->convs[i];
-    memcpy(c->w, w, (size_t)c->cout * c->cin * c->k * c->k * sizeof(float));
-    return conv_pack(c, m->impl);
+    if (i >= m->nw) return kiln_fail(KILN_ERR_INVALID, "model: conv index %zu out of range", i);
+    kiln_status st = kiln_graph_set_weight(m->g, i, w, NULL);
+    return st != KILN_OK ? st : weight_pack(m, i);
 }
 
 kiln_status kiln_model_set_conv_bias(kiln_model *m, size_t i, const float *b)
 {
-    if (i >= m->nconv) return kiln_fail(KILN_ERR_INVALID, "model: conv index %zu out of range", i);
-    mconv *c = &m->convs[i];
-    memcpy(c->b, b, (size_t)c->cout * sizeof(float));
-    return conv_pack(c, m->impl);
+    if (i >= m->nw) return kiln_fail(KILN_ERR_INVALID, "model: conv index %zu out of range", i);
+    kiln_status st = kiln_graph_set_weight(m->g, i, NULL, b);
+    return st != KILN_OK ? st : weight_pack(m, i);
 }
 
-size_t kiln_model_site_count(const kiln_model *m) { return m->nsites; }
+size_t kiln_model_site_count(const kiln_model *m) { return kiln_graph_site_count(m->g); }
+const char *kiln_model_site_name(const kiln_model *m, size_t i)
+{
+    return kiln_graph_tensor(m->g, (size_t)kiln_graph_site_tensor(m->g, i))->name;
+}
+
+const char *kiln_model_site_op(const kiln_model *m, size_t i, const char **op_type)
+{
+    int n = kiln_graph_site_node(m->g, i);
+    if (n < 0) {
+        if (op_type) *op_type = kiln_op_name(KILN_OP_INPUT);
+        return kiln_op_name(KILN_OP_INPUT);
+    }
+    const kiln_gnode *nd = kiln_graph_node(m->g, (size_t)n);
+    if (op_type) *op_type = kiln_op_name(nd->op);
+    return nd->name;
+}
+
+size_t kiln_model_conv_input_sites(const kiln_model *m, size_t i, long *sites, size_t cap)
+{
+    if (i >= m->nw) return 0;
+    size_t n = 0;
+    for (size_t k = 0; k < kiln_graph_node_count(m->g); k++) {
+        const kiln_gnode *nd = kiln_graph_node(m->g, k);
+        if (nd->op != KILN_OP_CONV || nd->weight != (int)i) continue;
+        if (n < cap) sites[n] = kiln_graph_tensor(m->g, (size_t)nd->in[0])->site;
+        n++;
+    }
+    return n;
+}
 
 long kiln_model_conv_input_site(const kiln_model *m, size_t i)
 {
-    /* Site layout (build_sites): 0 input, 1 mul255, 2 sub_mean, 3 head;
-     * block b: 4+4b relu, 5+4b conv2, 6+4b mul, 7+4b add; 4+4R body_conv,
-     * 5+4R global_add; stage j: 6+4R+2j upsample_conv, 7+4R+2j
-     * pixel_shuffle; then tail_conv, add_mean. */
-    long R = m->R, nu = m->n_up;
-    long last_add = R == 0 ? 3 : 7 + 4 * (R - 1);
-    if (i == ci_sub()) return 1;
-    if (i == ci_head()) return 2;
-    if (i < ci_bodyconv(m)) {
-        long b = (long)(i - 2) / 2;
-        if ((i - 2) % 2) return 4 + 4 * b;      /* conv2 reads the ReLU */
-        return b == 0 ? 3 : 7 + 4 * (b - 1);    /* conv1 reads the previous add */
-    }
-    if (i == ci_bodyconv(m)) return last_add;
-    if (i < ci_tail(m)) {
-        long j = (long)(i - ci_up(m, 0));
-        return j == 0 ? 5 + 4 * R : 7 + 4 * R + 2 * (j - 1);
-    }
-    if (i == ci_tail(m)) return 7 + 4 * R + 2 * (nu - 1);
-    if (i == ci_addmean(m)) return 6 + 4 * R + 2 * nu;
-    return -1;
+    long s = -1;
+    return kiln_model_conv_input_sites(m, i, &s, 1) ? s : -1;
 }
-const char *kiln_model_site_name(const kiln_model *m, size_t i) { return m->sites[i]; }
 
-double kiln_model_flops(const kiln_model *m, int h, int w)
-{
-    double f = 0;
-    int ch = h, cw = w;
-    for (size_t i = 0; i < m->nconv; i++) {
-        const mconv *c = &m->convs[i];
-        f += 2.0 * c->cout * c->cin * c->k * c->k * (double)ch * cw;
-        if (i >= ci_up(m, 0) && i < ci_tail(m)) {
-            ch *= m->up_factor;
-            cw *= m->up_factor;
-        }
-    }
-    return f;
-}
+double kiln_model_flops(const kiln_model *m, int h, int w) { return kiln_graph_flops(m->g, h, w); }
 
 /* ---- forward -------------------------------------------------------------- */
-
-static kiln_status run_conv_ep(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_fmap *out,
-                               const kiln_conv_epilogue *ep, kiln_pool *pool)
-{
-    const mconv *c = &m->convs[ci];
-    kiln_status st = kiln_fmap_reshape_output(out, c->cout, in->h, in->w);
-    if (st != KILN_OK) return st;
-    return kiln_conv_run(c->packed, in, out, ep, pool);
-}
-
-static kiln_status run_conv(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_fmap *out, int relu,
-                            const kiln_fmap *residual, float res_scale, kiln_pool *pool)
-{
-    kiln_conv_epilogue ep = {.relu = relu, .residual = residual, .res_scale = res_scale};
-    return run_conv_ep(m, ci, in, out, &ep, pool);
-}
 
 /* A hook that may be called on slices (and fused into the convs). */
 static int hook_ew(const kiln_site_hook *hook) { return hook && hook->fn && hook->elementwise; }
 
-/* The hook's fake-quantization parameters for n consecutive sites from s,
- * when it can describe every one of them (kiln_site_hook.fq_params). */
-static int hook_fq(const kiln_site_hook *hook, size_t s, size_t n, kiln_conv_fq *q)
+/* The hook's fake-quantization parameters for one site (site < 0: none). */
+static int hook_fq1(const kiln_site_hook *hook, int s, kiln_conv_fq *q)
 {
     if (!hook_ew(hook) || !hook->fq_params) return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!hook->fq_params(hook->ctx, s + i, &q[i])) return 0;
-    return 1;
+    if (s < 0) {
+        *q = (kiln_conv_fq){0};
+        return 1;
+    }
+    return hook->fq_params(hook->ctx, (size_t)s, q);
 }
 
+/* ---- the steps ------------------------------------------------------------ */
+
+static kiln_fmap *tbuf(kiln_model *m, int t) { return &m->buf[m->slot_of[t]]; }
+
+static void tdims(const kiln_model *m, int t, int h, int w, int *th, int *tw)
+{
+    const kiln_gtensor *x = kiln_graph_tensor(m->g, (size_t)t);
+    *th = x->pooled ? 1 : h * x->sfac;
+    *tw = x->pooled ? 1 : w * x->sfac;
+}
+
+static int tsite(const kiln_model *m, int node)
+{
+    return node < 0 ? -1 : kiln_graph_tensor(m->g, (size_t)kiln_graph_node(m->g, (size_t)node)->out)->site;
+}
+
+/* A channel range of a map as a map of its own (planar layout: a pointer
+ * offset). */
+static kiln_fmap fview(const kiln_fmap *f, int c0, int nc)
+{
+    kiln_fmap v = *f;
+    v.c = nc;
+    v.data = f->data + (size_t)c0 * f->plane;
+    v.capacity = (size_t)nc * f->plane;
+    return v;
+}
+
+/* Any odd k, any groups: plain loops, one output channel per item. The
+ * order of the sum is (ci, ky, kx), as the reference kernel's. */
+typedef struct gconv_job {
+    const kiln_gweight *w;
+    const kiln_fmap *in;
+    kiln_fmap *out;
+    int relu;
+} gconv_job;
+
+static void gconv_item(void *ctx, int o)
+{
+    const gconv_job *j = ctx;
+    const kiln_gweight *w = j->w;
+    const int k = w->k, r = k / 2, cig = w->cin / w->groups, cog = w->cout / w->groups;
+    const int c0 = (o / cog) * cig, H = j->in->h, W = j->in->w;
+    const float *wo = w->w + (size_t)o * cig * k * k;
+    for (int y = 0; y < H; y++) {
+        float *dst = kiln_fmap_at(j->out, o, y, 0);
+        for (int x = 0; x < W; x++) {
+            float acc = 0.0f;
+            for (int ci = 0; ci < cig; ci++)
+                for (int ky = 0; ky < k; ky++) {
+                    int yy = y + ky - r;
+                    if (yy < 0 || yy >= H) continue;
+                    const float *src = kiln_fmap_at(j->in, c0 + ci, yy, 0);
+                    const float *wr = wo + ((size_t)ci * k + ky) * k;
+                    for (int kx = 0; kx < k; kx++) {
+                        int xx = x + kx - r;
+                        if (xx >= 0 && xx < W) acc += wr[kx] * src[xx];
+                    }
+                }
+            float v = acc + w->b[o];
+            dst[x] = j->relu && v < 0.0f ? 0.0f : v;
+        }
+    }
+}
+
+/* conv (+relu) of weight wi: packed kernels per group, or the generic loop.
+ * ep applies only when the weight has one packed group. */
+static kiln_status run_conv_ep(kiln_model *m, int wi, const kiln_fmap *in, kiln_fmap *out,
+                               const kiln_conv_epilogue *ep, kiln_pool *pool)
+{
+    const kiln_gweight *w = kiln_graph_weight(m->g, (size_t)wi);
+    const mweight *p = &m->pw[wi];
+    kiln_status st = kiln_fmap_reshape_output(out, w->cout, in->h, in->w);
+    if (st != KILN_OK) return st;
+    if (p->ng == 1) return kiln_conv_run(p->packed[0], in, out, ep, pool);
+    if (p->ng > 1) {
+        const int cog = w->cout / w->groups, cig = w->cin / w->groups;
+        kiln_conv_epilogue e = {.relu = ep->relu, .res_scale = 1.0f};
+        for (int g = 0; g < p->ng && st == KILN_OK; g++) {
+            kiln_fmap vi = fview(in, g * cig, cig), vo = fview(out, g * cog, cog);
+            st = kiln_conv_run(p->packed[g], &vi, &vo, &e, pool);
+        }
+        return st;
+    }
+    gconv_job j = {w, in, out, ep->relu};
+    kiln_pool_run(pool, w->cout, gconv_item, &j);
+    return KILN_OK;
+}
+
+static int fused_ok(const kiln_model *m, int wi) { return m->pw[wi].ng == 1; }
 /* Elementwise work: a short chain of steps (site hook, scale, add) applied to
  * contiguous slices of a buffer, each slice running the whole chain while it
  * is in cache, slices spread over the pool. Every element goes through the
  * same operations in the same order as the unfused sequence would, so the
  * result does not depend on the slicing or the thread count. */
-enum { EW_HOOK, EW_SCALE, EW_ADD };
-#define EW_MAX_STEPS 6
+enum { EW_HOOK, EW_SCALE, EW_ADD, EW_RELU };
+#define EW_MAX_STEPS 8
 #define EW_SLICE_FLOATS 65536 /* 256 KiB: the chain stays in L2 */
 
 typedef struct ew_step {
@@ -543,6 +550,9 @@ static void ew_range(ew_job *j, size_t lo, size_t hi)
         case EW_SCALE:
             ew_scale_range(d + lo, hi - lo, st->scale);
             break;
+        case EW_RELU:
+            for (size_t k = lo; k < hi; k++) d[k] = d[k] > 0.0f ? d[k] : 0.0f;
+            break;
         default:
             ew_add_range(d + lo, st->other + lo, hi - lo);
             break;
@@ -575,6 +585,7 @@ static kiln_status ew_status(ew_job *j)
 static void ew_hook(ew_job *j, size_t site) { j->steps[j->nsteps++] = (ew_step){EW_HOOK, site, 0, NULL}; }
 static void ew_scale(ew_job *j, float s) { j->steps[j->nsteps++] = (ew_step){EW_SCALE, 0, s, NULL}; }
 static void ew_add(ew_job *j, const kiln_fmap *g) { j->steps[j->nsteps++] = (ew_step){EW_ADD, 0, 0, g->data}; }
+static void ew_relu(ew_job *j) { j->steps[j->nsteps++] = (ew_step){EW_RELU, 0, 0, NULL}; }
 
 static kiln_status ew_run(ew_job *j, kiln_pool *pool)
 {
@@ -599,20 +610,6 @@ static void ew_rows(void *ctx, int y0, int y1)
     }
 }
 
-/* Conv ci into out, then the chain j (whose steps were added before) on
- * out, band by band inside the conv: the same operations on every element
- * as running the conv and then the chain, without another trip through
- * memory. For elementwise hooks only. */
-static kiln_status run_conv_ew(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_fmap *out, int relu,
-                               ew_job *j, kiln_pool *pool)
-{
-    kiln_conv_epilogue ep = {.relu = relu, .res_scale = 1.0f, .rows_done = ew_rows, .rows_ctx = j};
-    kiln_status st = run_conv_ep(m, ci, in, out, &ep, pool);
-    return st != KILN_OK ? st : ew_status(j);
-}
-
-/* One site's hook: sliced when the hook is elementwise, else one call with
- * the whole buffer (observers). */
 static kiln_status site(const kiln_site_hook *hook, size_t s, kiln_fmap *f, kiln_pool *pool)
 {
     if (!hook || !hook->fn) return KILN_OK;
@@ -625,26 +622,6 @@ static kiln_status site(const kiln_site_hook *hook, size_t s, kiln_fmap *f, kiln
     if (hook->fn(hook->ctx, s, f->data, kiln_fmap_total(f)) != 0)
         return kiln_fail(KILN_ERR_CANCELED, "forward pass stopped by a site hook");
     return KILN_OK;
-}
-
-/* Conv ci, then one site's hook on its output (fused when elementwise). */
-static kiln_status conv_site(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_fmap *out, int relu,
-                             const kiln_site_hook *hook, size_t s, kiln_pool *pool)
-{
-    kiln_conv_fq q;
-    if (hook_fq(hook, s, 1, &q)) {
-        kiln_conv_epilogue ep = {.relu = relu, .fq_out = q};
-        return run_conv_ep(m, ci, in, out, &ep, pool);
-    }
-    if (hook_ew(hook)) {
-        ew_job j;
-        ew_init(&j, hook, out);
-        ew_hook(&j, s);
-        return run_conv_ew(m, ci, in, out, relu, &j, pool);
-    }
-    kiln_status st = run_conv(m, ci, in, out, relu, NULL, 1.0f, pool);
-    if (st != KILN_OK) return st;
-    return site(hook, s, out, pool);
 }
 
 static void scale_inplace(kiln_fmap *f, float s, kiln_pool *pool)
@@ -723,12 +700,48 @@ static kiln_status pixel_shuffle(const kiln_fmap *in, int r, kiln_fmap *out, kil
     return KILN_OK;
 }
 
+static kiln_status site_at(const kiln_site_hook *hook, int s, kiln_fmap *f, kiln_pool *pool)
+{
+    return s < 0 ? KILN_OK : site(hook, (size_t)s, f, pool);
+}
+
+static void relu_inplace(kiln_fmap *f, kiln_pool *pool)
+{
+    ew_job j;
+    ew_init(&j, NULL, f);
+    ew_relu(&j);
+    ew_run(&j, pool);
+}
+
+static const kiln_gnode *gnode(const kiln_model *m, int i) { return kiln_graph_node(m->g, (size_t)i); }
+
+/* The links after the conv (+relu) as ew steps; hooks only for an
+ * elementwise hook. */
+static void chain_ew(kiln_model *m, const kiln_gchain *c, const kiln_site_hook *hook, ew_job *j)
+{
+    const int ew = hook_ew(hook);
+    int s = tsite(m, c->relu >= 0 ? c->relu : c->conv);
+    if (ew && s >= 0) ew_hook(j, (size_t)s);
+    if (c->mul >= 0) {
+        if (gnode(m, c->mul)->alpha != 1.0f) ew_scale(j, gnode(m, c->mul)->alpha);
+        if (ew && (s = tsite(m, c->mul)) >= 0) ew_hook(j, (size_t)s);
+    }
+    if (c->add >= 0) {
+        ew_add(j, tbuf(m, c->residual));
+        if (ew && (s = tsite(m, c->add)) >= 0) ew_hook(j, (size_t)s);
+    }
+    if (c->post_relu >= 0) {
+        ew_relu(j);
+        if (ew && (s = tsite(m, c->post_relu)) >= 0) ew_hook(j, (size_t)s);
+    }
+}
+
 /* The upsampler conv with the pixel shuffle folded into it: each band of
- * conv output rows, once final (kiln_conv_epilogue.rows_done), gets its
- * upsample_conv site chain, is shuffled into dst while it is in cache, and
- * dst's new rows get the pixel_shuffle site chain. For no hook or an
- * elementwise one (observers need whole tensors: the caller runs them
- * unfused). With fq_params the upsample_conv site is in the epilogue. */
+ * conv output rows, once final (kiln_conv_epilogue.rows_done), gets the conv
+ * site's chain, is shuffled into dst while it is in cache, and dst's new
+ * rows get the shuffle site's chain. For no hook or an elementwise one
+ * (observers need whole tensors: they run unfused). With fq_params the
+ * conv site is in the epilogue. */
 typedef struct conv_shuffle_ctx {
     shuffle_job sj;
     ew_job *up_chain, *ps_chain; /* NULL: nothing at that site */
@@ -744,133 +757,207 @@ static void conv_shuffle_rows(void *ctx, int y0, int y1)
     if (c->ps_chain) ew_rows(c->ps_chain, y0 * r, y1 * r);
 }
 
-static kiln_status conv_shuffle(kiln_model *m, size_t ci, const kiln_fmap *in, kiln_fmap *up, kiln_fmap *dst,
-                                const kiln_site_hook *hook, size_t s, kiln_pool *pool)
+static kiln_status run_conv_shuffle(kiln_model *m, const mstep *st, const kiln_site_hook *hook, kiln_pool *pool)
 {
-    const int r = m->up_factor, cout = m->convs[ci].cout;
-    kiln_status st = kiln_fmap_reshape_output(dst, cout / (r * r), in->h * r, in->w * r);
-    if (st != KILN_OK) return st;
-    kiln_conv_epilogue ep = {.res_scale = 1.0f, .rows_done = conv_shuffle_rows};
-    ew_job upj, psj;
-    conv_shuffle_ctx cs = {{up, dst, r}, NULL, NULL};
-    if (hook_ew(hook)) {
-        if (!hook_fq(hook, s, 1, &ep.fq_out)) {
-            ew_init(&upj, hook, up);
-            ew_hook(&upj, s);
-            cs.up_chain = &upj;
+    const kiln_gchain *c = &st->ch;
+    const kiln_gnode *cn = gnode(m, c->conv);
+    const int r = gnode(m, c->shuffle)->factor, relu = c->relu >= 0;
+    const int s1 = tsite(m, relu ? c->relu : c->conv), s2 = tsite(m, c->shuffle);
+    kiln_fmap *in = tbuf(m, cn->in[0]), *up = &m->buf[st->pre_slot], *dst = &m->buf[st->slot];
+    kiln_status rc;
+    if (fused_ok(m, cn->weight) && (!hook || !hook->fn || hook->elementwise)) {
+        const int cout = kiln_graph_weight(m->g, (size_t)cn->weight)->cout;
+        rc = kiln_fmap_reshape_output(dst, cout / (r * r), in->h * r, in->w * r);
+        if (rc != KILN_OK) return rc;
+        kiln_conv_epilogue ep = {.relu = relu, .res_scale = 1.0f, .rows_done = conv_shuffle_rows};
+        ew_job upj, psj;
+        conv_shuffle_ctx cs = {{up, dst, r}, NULL, NULL};
+        if (hook_ew(hook)) {
+            if (s1 >= 0 && !hook_fq1(hook, s1, &ep.fq_out)) {
+                ew_init(&upj, hook, up);
+                ew_hook(&upj, (size_t)s1);
+                cs.up_chain = &upj;
+            }
+            if (s2 >= 0) {
+                ew_init(&psj, hook, dst);
+                ew_hook(&psj, (size_t)s2);
+                cs.ps_chain = &psj;
+            }
         }
-        ew_init(&psj, hook, dst);
-        ew_hook(&psj, s + 1);
-        cs.ps_chain = &psj;
+        ep.rows_ctx = &cs;
+        if ((rc = run_conv_ep(m, cn->weight, in, up, &ep, pool)) != KILN_OK) return rc;
+        if (cs.up_chain && (rc = ew_status(&upj)) != KILN_OK) return rc;
+        return cs.ps_chain ? ew_status(&psj) : KILN_OK;
     }
-    ep.rows_ctx = &cs;
-    if ((st = run_conv_ep(m, ci, in, up, &ep, pool)) != KILN_OK) return st;
-    if (cs.up_chain && (st = ew_status(&upj)) != KILN_OK) return st;
-    return cs.ps_chain ? ew_status(&psj) : KILN_OK;
+    kiln_conv_epilogue ep = {.relu = relu, .res_scale = 1.0f};
+    if ((rc = run_conv_ep(m, cn->weight, in, up, &ep, pool)) != KILN_OK) return rc;
+    if ((rc = site_at(hook, s1, up, pool)) != KILN_OK) return rc;
+    if ((rc = pixel_shuffle(up, r, dst, pool)) != KILN_OK) return rc;
+    return site_at(hook, s2, dst, pool);
+}
+
+/* One conv and its chain (see the header comment for the four modes). */
+static kiln_status run_chain(kiln_model *m, const mstep *st, const kiln_site_hook *hook, kiln_pool *pool)
+{
+    const kiln_gchain *c = &st->ch;
+    if (c->shuffle >= 0) return run_conv_shuffle(m, st, hook, pool);
+    const kiln_gnode *cn = gnode(m, c->conv);
+    const int wi = cn->weight, relu = c->relu >= 0, has_hook = hook && hook->fn;
+    const int s1 = tsite(m, relu ? c->relu : c->conv);
+    kiln_fmap *in = tbuf(m, cn->in[0]), *out = &m->buf[st->slot];
+    const kiln_fmap *res = c->add >= 0 ? tbuf(m, c->residual) : NULL;
+    const float rs = c->mul >= 0 ? gnode(m, c->mul)->alpha : 1.0f;
+    /* the epilogue computes act(conv + b) [* rs + residual]: no mul without
+     * an add, no relu after the add */
+    const int ep_form = c->post_relu < 0 && (c->mul < 0 || c->add >= 0);
+    kiln_status rc;
+    if (fused_ok(m, wi) && ep_form && !has_hook) {
+        kiln_conv_epilogue ep = {.relu = relu, .residual = res, .res_scale = rs};
+        return run_conv_ep(m, wi, in, out, &ep, pool);
+    }
+    if (fused_ok(m, wi) && ep_form && hook_ew(hook)) {
+        kiln_conv_fq q1, q2 = {0}, q3 = {0};
+        if (hook_fq1(hook, s1, &q1) && (c->mul < 0 || hook_fq1(hook, tsite(m, c->mul), &q2)) &&
+            (c->add < 0 || hook_fq1(hook, tsite(m, c->add), &q3))) {
+            kiln_conv_epilogue ep = {.relu = relu, .residual = res, .res_scale = rs, .fq_out = q1, .fq_scaled = q2,
+                                     .fq_sum = q3};
+            return run_conv_ep(m, wi, in, out, &ep, pool);
+        }
+    }
+    if (!has_hook || hook_ew(hook)) {
+        ew_job j;
+        ew_init(&j, hook_ew(hook) ? hook : NULL, out);
+        chain_ew(m, c, hook, &j);
+        kiln_conv_epilogue ep = {.relu = relu, .res_scale = 1.0f};
+        if (fused_ok(m, wi) && j.nsteps) {
+            ep.rows_done = ew_rows;
+            ep.rows_ctx = &j;
+            rc = run_conv_ep(m, wi, in, out, &ep, pool);
+            return rc != KILN_OK ? rc : ew_status(&j);
+        }
+        if ((rc = run_conv_ep(m, wi, in, out, &ep, pool)) != KILN_OK) return rc;
+        return j.nsteps ? ew_run(&j, pool) : KILN_OK;
+    }
+    /* observers: one op at a time, in place */
+    kiln_conv_epilogue ep = {.relu = relu, .res_scale = 1.0f};
+    if ((rc = run_conv_ep(m, wi, in, out, &ep, pool)) != KILN_OK) return rc;
+    if ((rc = site_at(hook, s1, out, pool)) != KILN_OK) return rc;
+    if (c->mul >= 0) {
+        if (rs != 1.0f) scale_inplace(out, rs, pool);
+        if ((rc = site_at(hook, tsite(m, c->mul), out, pool)) != KILN_OK) return rc;
+    }
+    if (c->add >= 0) {
+        add_inplace(out, res, pool);
+        if ((rc = site_at(hook, tsite(m, c->add), out, pool)) != KILN_OK) return rc;
+    }
+    if (c->post_relu >= 0) {
+        relu_inplace(out, pool);
+        if ((rc = site_at(hook, tsite(m, c->post_relu), out, pool)) != KILN_OK) return rc;
+    }
+    return KILN_OK;
+}
+
+/* ---- the other nodes: interior loops, one channel per item ---------------- */
+
+typedef struct node_job {
+    const kiln_gnode *n;
+    const kiln_fmap *a, *b;
+    kiln_fmap *out;
+} node_job;
+
+static void node_item(void *ctx, int c)
+{
+    const node_job *j = ctx;
+    const kiln_gnode *n = j->n;
+    const kiln_fmap *a = j->a, *o = j->out;
+    if (n->op == KILN_OP_GAP) {
+        double sum = 0;
+        for (int y = 0; y < a->h; y++) {
+            const float *s = kiln_fmap_at(a, c, y, 0);
+            for (int x = 0; x < a->w; x++) sum += s[x];
+        }
+        *kiln_fmap_at(o, c, 0, 0) = (float)(sum / ((double)a->h * a->w));
+        return;
+    }
+    if (n->op == KILN_OP_UPSAMPLE) {
+        const int r = n->factor;
+        for (int y = 0; y < o->h; y++) {
+            const float *s = kiln_fmap_at(a, c, y / r, 0);
+            float *d = kiln_fmap_at(o, c, y, 0);
+            for (int x = 0; x < o->w; x++) d[x] = s[x / r];
+        }
+        return;
+    }
+    const float slope = n->op == KILN_OP_PRELU ? n->slope[n->nslope == 1 ? 0 : c] : n->alpha;
+    const float cm = n->op == KILN_OP_CHANNEL_MUL ? *kiln_fmap_at(j->b, c, 0, 0) : 0.0f;
+    for (int y = 0; y < o->h; y++) {
+        const float *s = kiln_fmap_at(a, c, y, 0);
+        const float *t = n->op == KILN_OP_ADD ? kiln_fmap_at(j->b, c, y, 0) : NULL;
+        float *d = kiln_fmap_at(o, c, y, 0);
+        for (int x = 0; x < o->w; x++) {
+            const float v = s[x];
+            switch (n->op) {
+            case KILN_OP_RELU: d[x] = v > 0.0f ? v : 0.0f; break;
+            case KILN_OP_LEAKY_RELU: case KILN_OP_PRELU: d[x] = v >= 0.0f ? v : v * slope; break;
+            case KILN_OP_ADD: d[x] = v + t[x]; break;
+            case KILN_OP_MUL: d[x] = n->div ? v / n->alpha : v * n->alpha; break;
+            case KILN_OP_SIGMOID: d[x] = 1.0f / (1.0f + expf(-v)); break;
+            case KILN_OP_CHANNEL_MUL: d[x] = v * cm; break;
+            default: break;
+            }
+        }
+    }
+}
+
+static kiln_status run_node(kiln_model *m, const mstep *st, int h, int w, const kiln_site_hook *hook,
+                            kiln_pool *pool)
+{
+    const kiln_gnode *n = gnode(m, st->node);
+    const kiln_gtensor *t = kiln_graph_tensor(m->g, (size_t)n->out);
+    kiln_fmap *out = &m->buf[st->slot], *a = tbuf(m, n->in[0]);
+    int th, tw;
+    tdims(m, n->out, h, w, &th, &tw);
+    kiln_status rc;
+    if (n->op == KILN_OP_PIXEL_SHUFFLE) {
+        rc = pixel_shuffle(a, n->factor, out, pool);
+    } else if ((rc = kiln_fmap_reshape_output(out, t->c, th, tw)) != KILN_OK) {
+        return rc;
+    } else if (n->op == KILN_OP_CONCAT) {
+        int c0 = 0;
+        for (int k = 0; k < n->nin; k++) {
+            const kiln_fmap *x = tbuf(m, n->in[k]);
+            memcpy(out->data + (size_t)c0 * out->plane, x->data, kiln_fmap_total(x) * sizeof(float));
+            c0 += x->c;
+        }
+    } else {
+        node_job j = {n, a, n->nin > 1 ? tbuf(m, n->in[1]) : NULL, out};
+        kiln_pool_run(pool, t->c, node_item, &j);
+    }
+    if (rc != KILN_OK) return rc;
+    return site_at(hook, t->site, out, pool);
 }
 
 kiln_status kiln_model_forward_chw(kiln_model *m, const float *in, int w, int h, float *sr,
                                    kiln_pool *pool, const kiln_site_hook *hook)
 {
     if (w < 1 || h < 1) return kiln_fail(KILN_ERR_INVALID, "forward: empty input %dx%d", w, h);
-    kiln_fmap *b = m->buf;
-    kiln_status st = kiln_fmap_reshape(&b[B_IN], 3, h, w);
+    kiln_fmap *x = tbuf(m, 0);
+    kiln_status st = kiln_fmap_reshape(x, 3, h, w);
     if (st != KILN_OK) return st;
-    kiln_fmap_from_chw(&b[B_IN], in);
-    size_t s = 0;
-#define TRY(x) do { if ((st = (x)) != KILN_OK) return st; } while (0)
-    if (hook_ew(hook)) {
-        ew_job j;                                      /* input, ·255, mul255 */
-        ew_init(&j, hook, &b[B_IN]);
-        ew_hook(&j, s++);
-        ew_scale(&j, 255.0f);
-        ew_hook(&j, s++);
-        TRY(ew_run(&j, pool));
-    } else {
-        TRY(site(hook, s++, &b[B_IN], pool));          /* input */
-        scale_inplace(&b[B_IN], 255.0f, pool);
-        TRY(site(hook, s++, &b[B_IN], pool));          /* mul255 */
+    kiln_fmap_from_chw(x, in);
+    if ((st = site_at(hook, kiln_graph_tensor(m->g, 0)->site, x, pool)) != KILN_OK) return st;
+    for (size_t k = 0; k < m->nsteps && st == KILN_OK; k++) {
+        const mstep *s = &m->steps[k];
+        st = s->kind == STEP_CHAIN ? run_chain(m, s, hook, pool) : run_node(m, s, h, w, hook, pool);
     }
-    TRY(conv_site(m, ci_sub(), &b[B_IN], &b[B_IN2], 0, hook, s++, pool));  /* sub_mean */
-    TRY(conv_site(m, ci_head(), &b[B_IN2], &b[B_H0], 0, hook, s++, pool)); /* head */
-    kiln_fmap *cur = &b[B_H0], *nxt = &b[B_X];
-    for (int i = 0; i < m->R; i++) {
-        TRY(conv_site(m, ci_body1(i), cur, &b[B_T], 1, hook, s++, pool)); /* body.i.relu */
-        kiln_conv_fq q[3];
-        if (hook_fq(hook, s, 3, q)) {
-            /* conv2 site, ·res_scale, mul site, + h, add site: in the epilogue */
-            kiln_conv_epilogue ep = {.residual = cur, .res_scale = m->res_scale, .fq_out = q[0], .fq_scaled = q[1],
-                                     .fq_sum = q[2]};
-            TRY(run_conv_ep(m, ci_body2(i), &b[B_T], nxt, &ep, pool));
-            s += 3;
-        } else if (hook_ew(hook)) {
-            /* conv2 site, ·res_scale, mul site, + h, add site: fused */
-            ew_job j;
-            ew_init(&j, hook, nxt);
-            ew_hook(&j, s++);
-            if (m->res_scale != 1.0f) ew_scale(&j, m->res_scale);
-            ew_hook(&j, s++);
-            ew_add(&j, cur);
-            ew_hook(&j, s++);
-            TRY(run_conv_ew(m, ci_body2(i), &b[B_T], nxt, 0, &j, pool));
-        } else if (hook) {
-            TRY(run_conv(m, ci_body2(i), &b[B_T], nxt, 0, NULL, 1.0f, pool));
-            TRY(site(hook, s++, nxt, pool));           /* body.i.conv2 */
-            if (m->res_scale != 1.0f) scale_inplace(nxt, m->res_scale, pool);
-            TRY(site(hook, s++, nxt, pool));           /* body.i.mul */
-            add_inplace(nxt, cur, pool);
-            TRY(site(hook, s++, nxt, pool));           /* body.i.add */
-        } else {
-            TRY(run_conv(m, ci_body2(i), &b[B_T], nxt, 0, cur, m->res_scale, pool));
-            s += 3; /* conv2, mul, add: fused */
-        }
-        kiln_fmap *t = cur == &b[B_H0] ? &b[B_Y] : cur;
-        cur = nxt;
-        nxt = t;
+    if (st != KILN_OK) return st;
+    const kiln_fmap *o = tbuf(m, kiln_graph_output(m->g));
+    kiln_fmap_to_chw(o, sr);
+    const float div = kiln_graph_out_div(m->g);
+    if (div != 1.0f) {
+        size_t n = (size_t)3 * o->h * o->w;
+        for (size_t i = 0; i < n; i++) sr[i] /= div;
     }
-    /* nxt is free and is not h0 */
-    kiln_conv_fq qb[2];
-    if (hook_fq(hook, s, 2, qb)) {
-        /* body_conv site, + h0, global_add site: in the epilogue */
-        kiln_conv_epilogue ep = {.residual = &b[B_H0], .res_scale = 1.0f, .fq_out = qb[0], .fq_sum = qb[1]};
-        TRY(run_conv_ep(m, ci_bodyconv(m), cur, nxt, &ep, pool));
-        s += 2;
-    } else if (hook_ew(hook)) {
-        ew_job j;
-        ew_init(&j, hook, nxt);
-        ew_hook(&j, s++);                              /* body_conv */
-        ew_add(&j, &b[B_H0]);
-        ew_hook(&j, s++);                              /* global_add */
-        TRY(run_conv_ew(m, ci_bodyconv(m), cur, nxt, 0, &j, pool));
-    } else if (hook) {
-        TRY(run_conv(m, ci_bodyconv(m), cur, nxt, 0, NULL, 1.0f, pool));
-        TRY(site(hook, s++, nxt, pool));               /* body_conv */
-        add_inplace(nxt, &b[B_H0], pool);
-        TRY(site(hook, s++, nxt, pool));               /* global_add */
-    } else {
-        TRY(run_conv(m, ci_bodyconv(m), cur, nxt, 0, &b[B_H0], 1.0f, pool));
-        s += 2; /* body_conv, global_add: fused */
-    }
-    cur = nxt;
-    for (int j = 0; j < m->n_up; j++) {
-        kiln_fmap *dst = cur == &b[B_PS] ? &b[B_X] : &b[B_PS];
-        if (!hook || !hook->fn || hook->elementwise) {
-            TRY(conv_shuffle(m, ci_up(m, j), cur, &b[B_UP], dst, hook, s, pool)); /* both sites, folded */
-            s += 2;
-        } else {
-            TRY(conv_site(m, ci_up(m, j), cur, &b[B_UP], 0, hook, s++, pool)); /* upsample_conv */
-            TRY(pixel_shuffle(&b[B_UP], m->up_factor, dst, pool));
-            TRY(site(hook, s++, dst, pool)); /* pixel_shuffle */
-        }
-        cur = dst;
-    }
-    TRY(conv_site(m, ci_tail(m), cur, &b[B_TAIL], 0, hook, s++, pool));       /* tail_conv */
-    TRY(conv_site(m, ci_addmean(m), &b[B_TAIL], &b[B_OUT], 0, hook, s++, pool)); /* add_mean */
-#undef TRY
-    if (s != m->nsites) return kiln_fail(KILN_ERR_INTERNAL, "forward: visited %zu of %zu sites", s, m->nsites);
-    kiln_fmap_to_chw(&b[B_OUT], sr);
-    size_t n = (size_t)3 * b[B_OUT].h * b[B_OUT].w;
-    for (size_t i = 0; i < n; i++) sr[i] /= 255.0f;
     return KILN_OK;
 }
 

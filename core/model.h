@@ -1,29 +1,27 @@
 /*
- * model.h — the EDSR network (SPEC §1): built from named tensors, run in FP32,
- * with hooks at every activation site for observers and fake quantization.
+ * model.h — a network (graph.h) ready to run in FP32, with hooks at every
+ * activation site for observers and fake quantization.
  *
- * Architecture inference: R (resblocks) from the body.{i}.body.0 keys, F
- * (features) from head.0.weight [F,3,3,3], scale from the upsampler convs
- * (tail.0.{2j}: one F->4F conv per x2 stage, or one F->9F for x3). Anything
- * that does not fit is refused (KILN_ERR_ARCH) naming the first offending key
- * and the expected shape. MeanShift convs (sub_mean/add_mean) come from the
- * state dict or get the standard DIV2K values when absent.
+ * A model owns its graph (with weight data) and, per weight, a packed copy
+ * for the convolution kernels. It is built from a graph (any importer), or
+ * from a checkpoint's tensors through the state-dict importers of arch.h
+ * (EDSR, CARN, CARN-M, chosen from the key names), or from an ONNX file
+ * (onnx.h); kiln_model_load picks by content.
  *
- * Convolutions, in state-dict order (names are state-dict prefixes, so
- * configs can target them with globs): sub_mean, head.0, body.{i}.body.0,
- * body.{i}.body.2 (i < R), body.{R}, tail.0.{2j}, tail.1, add_mean.
+ * "Convs" in this API are the graph's weights, in graph order (EDSR:
+ * sub_mean, head.0, body.{i}.body.0, body.{i}.body.2, body.{R}, tail.0.{2j},
+ * tail.1, add_mean): the unit that compression quantizes, palettizes and
+ * stores. A weight shared by several conv nodes (CARN-M) is one conv here.
  *
- * Activation sites (SPEC §3.5), in execution order:
- *   input, mul255, sub_mean, head,
- *   body.{i}.relu, body.{i}.conv2, body.{i}.mul, body.{i}.add   (each block),
- *   body_conv, global_add,
- *   upsample_conv, pixel_shuffle    (x2, x3; for x4: upsample_conv.{j}, pixel_shuffle.{j}),
- *   tail_conv, add_mean.
- * A site hook sees the tensor of each site, in order, as one contiguous float
- * buffer (a padded feature map: see conv.h; its zero border is harmless to
- * min/max observers with 0 in range and to fake quantization) and may change
- * it in place. Without a hook the forward pass fuses residual adds into the
- * convolutions' epilogues.
+ * Activation sites are the graph's (SPEC §3.6), in execution order; EDSR's
+ * are input, mul255, sub_mean, head, body.{i}.relu, body.{i}.conv2,
+ * body.{i}.mul, body.{i}.add, body_conv, global_add, upsample_conv,
+ * pixel_shuffle (x4: upsample_conv.{j}, pixel_shuffle.{j}), tail_conv,
+ * add_mean. A site hook sees the tensor of each site, in order, as one
+ * contiguous float buffer (a padded feature map: see conv.h; its zero border
+ * is harmless to min/max observers with 0 in range and to fake
+ * quantization) and may change it in place. Without a hook the forward pass
+ * fuses each conv's elementwise chain (kiln_graph_chain) into its epilogue.
  *
  * Threading: a kiln_model caches its working buffers, so one model runs one
  * forward pass at a time; use kiln_model_clone for concurrent passes.
@@ -37,35 +35,47 @@
 #include "conv.h"
 #include "image.h"
 #include "pool.h"
+#include "graph.h"
 #include "status.h"
 #include "weights.h"
 
 typedef struct kiln_model kiln_model;
 
 typedef struct kiln_model_opts {
-    float res_scale; /* 0: the EDSR default (1.0 for F <= 64, 0.1 for F = 256) */
+    float res_scale; /* EDSR: 0 means the default (1.0 for F <= 64, 0.1 for F = 256) */
+    int scale;       /* multi-scale checkpoints (CARN-M): which upsampler; 0 = the smallest */
     kiln_impl impl;  /* convolution implementation (AUTO by default)          */
 } kiln_model_opts;
 
+/* Takes ownership of g (finished, with weight data) whether it succeeds or not. */
+kiln_status kiln_model_from_graph(kiln_graph *g, const kiln_model_opts *opts, kiln_model **out);
+/* The state-dict importers (arch.h) + kiln_model_from_graph. */
 kiln_status kiln_model_from_weights(const kiln_weights *w, const kiln_model_opts *opts,
                                     kiln_model **out);
-/* kiln_weights_load + kiln_model_from_weights, errors prefixed with the path. */
+/* A checkpoint (.pt/.pth/.safetensors) or an ONNX file, detected from the
+ * content; errors prefixed with the path. */
 kiln_status kiln_model_load(const char *path, const kiln_model_opts *opts, kiln_model **out);
 kiln_status kiln_model_clone(const kiln_model *m, kiln_model **out);
 void kiln_model_destroy(kiln_model *m);
 
-int kiln_model_resblocks(const kiln_model *m);
-int kiln_model_features(const kiln_model *m);
+const kiln_graph *kiln_model_graph(const kiln_model *m);
+/* "edsr", "carn", "carn_m", "onnx" */
+const char *kiln_model_arch(const kiln_model *m);
+/* One line: "EDSR, 16 blocks, 64 features, x2, res_scale 1" ... */
+const char *kiln_model_describe(const kiln_model *m);
 int kiln_model_scale(const kiln_model *m);
-float kiln_model_res_scale(const kiln_model *m);
-/* Learnable parameters, MeanShift excluded (1,369,859 for EDSR-baseline x2). */
+/* Learnable parameters, MeanShift excluded, shared weights once
+ * (1,369,859 for EDSR-baseline x2). */
 size_t kiln_model_params(const kiln_model *m);
 
 /* The convolutions. */
 size_t kiln_model_conv_count(const kiln_model *m);
 const char *kiln_model_conv_name(const kiln_model *m, size_t i); /* "body.3.body.0" */
+/* cin is the full input channel count; the weight holds cin / groups of
+ * them per output channel. */
 void kiln_model_conv_shape(const kiln_model *m, size_t i, int *cout, int *cin, int *k);
-const float *kiln_model_conv_weight(const kiln_model *m, size_t i); /* OIHW */
+int kiln_model_conv_groups(const kiln_model *m, size_t i);
+const float *kiln_model_conv_weight(const kiln_model *m, size_t i); /* [cout][cin/groups][k][k] */
 const float *kiln_model_conv_bias(const kiln_model *m, size_t i);   /* [cout] */
 /* 1 for sub_mean/add_mean (1x1 MeanShift convs). */
 int kiln_model_conv_is_meanshift(const kiln_model *m, size_t i);
@@ -77,8 +87,15 @@ long kiln_model_conv_find(const kiln_model *m, const char *name);
 /* The activation sites. */
 size_t kiln_model_site_count(const kiln_model *m);
 const char *kiln_model_site_name(const kiln_model *m, size_t i);
-/* The site whose tensor conv i reads (its input), or -1 for a bad index. */
+/* The sites whose tensors conv i reads (one per use of a shared weight):
+ * returns how many, fills up to cap. A conv input is always a site under
+ * SPEC §3.6; -1 entries would mean a graph where it is not. */
+size_t kiln_model_conv_input_sites(const kiln_model *m, size_t i, long *sites, size_t cap);
+/* The first of them, or -1 for a bad index. */
 long kiln_model_conv_input_site(const kiln_model *m, size_t i);
+/* The op behind site i: its node's name and op type (recipe keys), "input"
+ * for the network input. */
+const char *kiln_model_site_op(const kiln_model *m, size_t i, const char **op_type);
 
 typedef struct kiln_site_hook {
     /* Called once per site per forward pass, in site order. n counts every
