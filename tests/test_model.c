@@ -142,8 +142,8 @@ TEST(edsr_baseline_architecture)
 {
     kiln_model *m = load_edsr();
     if (!m) return;
-    CHECK_EQ_INT(kiln_model_resblocks(m), 16);
-    CHECK_EQ_INT(kiln_model_features(m), 64);
+    CHECK_STR(kiln_model_arch(m), "edsr");
+    CHECK_STR(kiln_model_describe(m), "EDSR, 16 blocks, 64 features, x2, res_scale 1");
     CHECK_EQ_INT(kiln_model_scale(m), 2);
     CHECK_EQ_INT(kiln_model_params(m), 1369859);
     CHECK_EQ_INT(kiln_model_conv_count(m), 38);
