@@ -37,11 +37,11 @@ static long long integer(json_t *o, const char *k) { return json_integer_value(j
 
 static int parse_common(const char *cmd, const cli_opt *o, kiln_job_spec *spec)
 {
-    long calib, threads;
+    long calib, threads, scale;
     double rs;
     if (cli_get_int(cmd, o, "calib", 20, 1, 100000, &calib) ||
         cli_get_int(cmd, o, "threads", 0, 0, 256, &threads) ||
-        cli_get_float(cmd, o, "res-scale", 0, 0, 100, &rs))
+        cli_get_float(cmd, o, "res-scale", 0, 0, 100, &rs) || cli_get_int(cmd, o, "scale", 0, 2, 4, &scale))
         return 2;
     spec->model_path = cli_get(o, "model");
     spec->data_dir = cli_get(o, "data");
@@ -50,6 +50,7 @@ static int parse_common(const char *cmd, const cli_opt *o, kiln_job_spec *spec)
     spec->calib = (int)calib;
     spec->threads = (int)threads;
     spec->res_scale = (float)rs;
+    spec->scale = (int)scale;
     const char *engine = cli_get(o, "engine");
     if (engine) {
         if (strcmp(engine, "simulate") == 0) spec->engine = KILN_ENGINE_SIMULATE;
@@ -86,7 +87,7 @@ static char *read_text(const char *path)
 int cmd_compress(int argc, char **argv)
 {
     cli_opt o[] = {{"model", 1, 0}, {"data", 1, 0},    {"recipe", 1, 0}, {"out", 1, 0},
-                   {"calib", 1, 0}, {"threads", 1, 0}, {"json", 1, 0},   {"res-scale", 1, 0},
+                   {"calib", 1, 0}, {"threads", 1, 0}, {"json", 1, 0},   {"res-scale", 1, 0}, {"scale", 1, 0},
                    {"no-fp32", 0, 0}, {"engine", 1, 0}, {0, 0, 0}};
     if (cli_parse("compress", argc, argv, o)) return 2;
     kiln_job_spec spec = {0};
@@ -152,7 +153,7 @@ int cmd_compress(int argc, char **argv)
 int cmd_table(int argc, char **argv)
 {
     cli_opt o[] = {{"model", 1, 0}, {"data", 1, 0}, {"calib", 1, 0}, {"threads", 1, 0},
-                   {"json", 1, 0}, {"res-scale", 1, 0}, {"recipes", 1, 0}, {"engine", 1, 0}, {0, 0, 0}};
+                   {"json", 1, 0}, {"res-scale", 1, 0}, {"scale", 1, 0}, {"recipes", 1, 0}, {"engine", 1, 0}, {0, 0, 0}};
     if (cli_parse("table", argc, argv, o)) return 2;
     kiln_job_spec base = {0};
     int rc = parse_common("table", o, &base);

@@ -20,8 +20,9 @@ static int open_model(const char *cmd, const cli_opt *o, kiln_runner **out)
     const char *path = cli_get(o, "model");
     if (!path) return cli_usage_error(cmd, "--model is required");
     double rs;
-    if (cli_get_float(cmd, o, "res-scale", 0, 0, 100, &rs)) return 2;
-    kiln_model_opts mo = {.res_scale = (float)rs};
+    long scale;
+    if (cli_get_float(cmd, o, "res-scale", 0, 0, 100, &rs) || cli_get_int(cmd, o, "scale", 0, 2, 4, &scale)) return 2;
+    kiln_model_opts mo = {.res_scale = (float)rs, .scale = (int)scale};
     const char *engine = cli_get(o, "engine");
     kiln_runner_engine eng = KILN_ENGINE_AUTO;
     if (engine) {
@@ -36,7 +37,7 @@ static int open_model(const char *cmd, const cli_opt *o, kiln_runner **out)
 
 int cmd_info(int argc, char **argv)
 {
-    cli_opt o[] = {{"model", 1, 0}, {"res-scale", 1, 0}, {"json", 1, 0}, {0, 0, 0}};
+    cli_opt o[] = {{"model", 1, 0}, {"res-scale", 1, 0}, {"scale", 1, 0}, {"json", 1, 0}, {0, 0, 0}};
     if (cli_parse("info", argc, argv, o)) return 2;
     kiln_runner *r;
     int rc = open_model("info", o, &r);
@@ -89,7 +90,7 @@ int cmd_eval(int argc, char **argv)
 {
     cli_opt o[] = {{"model", 1, 0},   {"data", 1, 0},    {"split", 1, 0},  {"limit", 1, 0},
                    {"threads", 1, 0}, {"metric", 1, 0},  {"shave", 1, 0},  {"json", 1, 0},
-                   {"calib", 1, 0},   {"round8", 0, 0},  {"res-scale", 1, 0}, {"engine", 1, 0},
+                   {"calib", 1, 0},   {"round8", 0, 0},  {"res-scale", 1, 0}, {"scale", 1, 0}, {"engine", 1, 0},
                    {"quiet", 0, 0},   {0, 0, 0}};
     if (cli_parse("eval", argc, argv, o)) return 2;
     const char *data = cli_get(o, "data");
@@ -172,7 +173,7 @@ fail:
 int cmd_upscale(int argc, char **argv)
 {
     cli_opt o[] = {{"model", 1, 0}, {"in", 1, 0}, {"out", 1, 0}, {"threads", 1, 0},
-                   {"res-scale", 1, 0}, {"engine", 1, 0}, {0, 0, 0}};
+                   {"res-scale", 1, 0}, {"scale", 1, 0}, {"engine", 1, 0}, {0, 0, 0}};
     if (cli_parse("upscale", argc, argv, o)) return 2;
     if (!cli_get(o, "in") || !cli_get(o, "out")) return cli_usage_error("upscale", "--in and --out are required");
     long threads;

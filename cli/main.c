@@ -18,23 +18,25 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-        "kiln %s — compress EDSR super-resolution networks and measure the cost\n"
+        "kiln %s — compress super-resolution networks (EDSR, CARN, CARN-M, ONNX) and measure the cost\n"
         "\n"
         "usage:\n"
-        "  kiln info      --model M [--res-scale X]\n"
+        "  kiln info      --model M [--res-scale X] [--scale S]\n"
         "  kiln eval      --model M --data DIR [--split calib|eval|all] [--calib N] [--limit N]\n"
         "                 [--threads T] [--metric psnr|psnr-y|ssim] [--shave N] [--round8]\n"
-        "                 [--engine int8|simulate] [--res-scale X] [--json OUT]\n"
-        "  kiln upscale   --model M --in LR.png --out SR.png [--threads T]\n"
+        "                 [--engine int8|simulate] [--res-scale X] [--scale S] [--json OUT]\n"
+        "  kiln upscale   --model M --in LR.png --out SR.png [--threads T] [--scale S]\n"
         "  kiln downscale --scale S --in HR.png --out LR.png\n"
         "  kiln compress  --model M --data DIR --recipe fp32|w8a8|w8|p4|p4a8|CONFIG.json\n"
         "                 --out A.kiln [--calib N] [--threads T] [--engine auto|int8|simulate]\n"
-        "                 [--no-fp32] [--json OUT]\n"
+        "                 [--no-fp32] [--scale S] [--json OUT]\n"
         "  kiln table     --model M --data DIR [--recipes w8a8,p4a8,...] [--calib N] [--threads T]\n"
-        "                 [--engine auto|int8|simulate] [--json OUT]\n"
+        "                 [--engine auto|int8|simulate] [--scale S] [--json OUT]\n"
         "  kiln presets\n"
         "\n"
-        "M is a PyTorch .pt/.pth, a .safetensors file, or a .kiln artifact.\n",
+        "M is a PyTorch .pt/.pth or .safetensors state dict (EDSR, CARN, CARN-M), an ONNX\n"
+        "file, or a .kiln artifact. --scale S picks the upsampler of a multi-scale\n"
+        "checkpoint (CARN-M: 2, 3 or 4; default the smallest). --res-scale X: EDSR only.\n",
         kiln_version());
 }
 

@@ -98,7 +98,7 @@ kiln_status kiln_job_run(const kiln_job_spec *spec, kiln_progress_fn progress, v
         st = kiln_recipe_preset(spec->recipe ? spec->recipe : "w8a8", &recipe);
     }
     if (st != KILN_OK) return st;
-    kiln_model_opts mo = {.res_scale = spec->res_scale};
+    kiln_model_opts mo = {.res_scale = spec->res_scale, .scale = spec->scale};
     st = kiln_sha256_file(spec->model_path, sha);
     if (st == KILN_OK) st = kiln_model_load(spec->model_path, &mo, &model);
     if (st == KILN_OK) st = kiln_dataset_open(spec->data_dir, kiln_model_scale(model), &ds);

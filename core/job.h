@@ -38,6 +38,7 @@ typedef struct kiln_job_spec {
     int calib;                 /* calibration images (0: default 20)                  */
     int threads;               /* kernel threads (0: all cores)                       */
     float res_scale;           /* 0: EDSR default                                     */
+    int scale;                 /* multi-scale checkpoints: the upsampler; 0 = smallest */
     const char *artifact_path; /* where to write the .kiln file, or NULL for none     */
     int skip_fp32;             /* 1: do not evaluate the FP32 baseline                 */
     int engine;                /* kiln_runner_engine for the compressed evaluation:
