@@ -1,13 +1,18 @@
 /*
  * recipe.c — compression configs: JSON → validated kiln_recipe, presets,
- * canonical JSON and hash, and per-op / per-site resolution.
+ * canonical JSON and hash, per-op / per-site resolution, and the check of a
+ * recipe against a model's graph.
  *
  * Parsing walks the jansson tree once, with the JSON path of the value being
  * read kept in a small buffer, and records EVERY problem it meets (unknown
  * keys, wrong types, bad enum values, out-of-range numbers, role/op-type
- * mismatches, op_name patterns that match no EDSR op, ops both palettized and
- * weight-quantized) instead of stopping at the first: a user fixing a config
- * sees the whole list at once.
+ * mismatches) instead of stopping at the first: a user fixing a config sees
+ * the whole list at once. Parsing knows no architecture: op types are
+ * graph.h's, op_name patterns are only checked for form. Whether a pattern
+ * names something, and whether some conv ends up both palettized and
+ * weight-quantized, depends on the network; kiln_recipe_check_model answers
+ * that against a graph (the compression pipeline calls it first), with the
+ * same error list and paths.
  *
  * Invariants of a parsed kiln_recipe:
  *   - every stored spec is complete (defaults filled in) and valid;
@@ -22,15 +27,17 @@
  * are canonicalised to the shortest decimal that round-trips the float, so
  * "0.01" prints as 0.01 and not as 0.0099999997764825821.
  *
- * Validation needs the set of EDSR ops, which depends on R and the scale; it
- * uses the superset for R <= KILN__MAX_R and scales 2, 3, 4 (built once).
+ * Presets are written for every architecture at once: an op_name entry of a
+ * preset (EDSR's mul255, the MeanShift convs) that names nothing in a given
+ * graph simply does not apply there. A config whose canonical form is a
+ * preset's counts as that preset (the daemon stores canonical JSON and
+ * parses it back), so it behaves the same however it was submitted.
  */
 #include "recipe.h"
 
 #include <errno.h>
 #include <fnmatch.h>
 #include <jansson.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,7 +45,6 @@
 
 #include "hash.h"
 
-#define KILN__MAX_R 64
 #define MAX_CONFIG_BYTES (1u << 20)
 #define MAX_PATTERNS 256
 #define MAX_PATTERN_LEN 256
@@ -56,9 +62,13 @@ static const char *const calc_names[] = {"static", "moving_average", "global_min
                                          "hist_percentile", NULL};
 static const char *const pgran_names[] = {"per_tensor", "per_grouped_channel", NULL};
 static const char *const weighting_names[] = {"counts", "activation", NULL};
-static const char *const op_type_names[] = {"conv", "relu", "mul", "add", "pixel_shuffle", "input",
-                                            NULL};
-enum { T_CONV = 0, T_RELU, T_MUL, T_ADD, T_PIXEL_SHUFFLE, T_INPUT, N_TYPES };
+/* The op_type keys: graph.h's op names (kiln_op_from_name maps them), in
+ * the order messages list them. */
+static const char *const op_type_names[] = {"conv", "relu", "leaky_relu", "prelu", "add", "mul",
+                                            "concat", "pixel_shuffle", "global_avg_pool",
+                                            "sigmoid", "channel_mul", "upsample", "input", NULL};
+_Static_assert(sizeof op_type_names / sizeof op_type_names[0] == KILN_OP_COUNT + 1,
+               "every graph op is an op_type key");
 
 /* The name tables are indexed by the enums of quant.h / palette.h. */
 _Static_assert(KILN_Q_UINT4 == 3 && KILN_QS_SYMMETRIC_WITH_CLIPPING == 2, "dtype/qscheme names");
@@ -114,7 +124,7 @@ struct kiln_recipe {
     size_t n_pname;
     kiln_recipe_options opt;
     /* derived */
-    int has_act, has_w, has_p;
+    int preset; /* a built-in preset: op_name entries may match nothing */
     char *canon;
     char hash[65];
 };
@@ -125,156 +135,6 @@ struct kiln_config_errors {
     char *msg[MAX_ERRORS];
     int oom;
 };
-
-/* ------------------------------------------------------------------------ */
-/* The EDSR op superset (validation, has_* accessors).                        */
-
-typedef struct edsr_op {
-    char name[24];
-    int type;
-} edsr_op;
-
-static edsr_op *g_ops;
-static size_t g_nops;
-static pthread_once_t g_ops_once = PTHREAD_ONCE_INIT;
-
-static void add_op(size_t *n, const char *name, int type)
-{
-    if (g_ops) {
-        snprintf(g_ops[*n].name, sizeof g_ops[*n].name, "%s", name);
-        g_ops[*n].type = type;
-    }
-    (*n)++;
-}
-
-static size_t list_ops(void)
-{
-    size_t n = 0;
-    char buf[24];
-    add_op(&n, "input", T_INPUT);
-    add_op(&n, "mul255", T_MUL);
-    add_op(&n, "sub_mean", T_CONV);
-    add_op(&n, "head.0", T_CONV);
-    for (int i = 0; i < KILN__MAX_R; i++) {
-        snprintf(buf, sizeof buf, "body.%d.body.0", i), add_op(&n, buf, T_CONV);
-        snprintf(buf, sizeof buf, "body.%d.body.1", i), add_op(&n, buf, T_RELU);
-        snprintf(buf, sizeof buf, "body.%d.body.2", i), add_op(&n, buf, T_CONV);
-        snprintf(buf, sizeof buf, "body.%d.mul", i), add_op(&n, buf, T_MUL);
-        snprintf(buf, sizeof buf, "body.%d.add", i), add_op(&n, buf, T_ADD);
-    }
-    for (int r = 1; r <= KILN__MAX_R; r++)
-        snprintf(buf, sizeof buf, "body.%d", r), add_op(&n, buf, T_CONV);
-    add_op(&n, "add", T_ADD);
-    /* x2/x3: tail.0.0 conv + tail.0.1 shuffle; x4: two such stages. */
-    add_op(&n, "tail.0.0", T_CONV);
-    add_op(&n, "tail.0.1", T_PIXEL_SHUFFLE);
-    add_op(&n, "tail.0.2", T_CONV);
-    add_op(&n, "tail.0.3", T_PIXEL_SHUFFLE);
-    add_op(&n, "tail.1", T_CONV);
-    add_op(&n, "add_mean", T_CONV);
-    return n;
-}
-
-static void build_ops(void)
-{
-    size_t n = list_ops();
-    g_ops = calloc(n, sizeof *g_ops);
-    if (!g_ops) return;
-    g_nops = list_ops();
-}
-
-static int ops_ready(void)
-{
-    pthread_once(&g_ops_once, build_ops);
-    return g_ops != NULL;
-}
-
-/* Parse a decimal index ("12") of at most 4 digits; returns the end or NULL. */
-static const char *parse_index(const char *s, int *v)
-{
-    int n = 0, d = 0;
-    while (*s >= '0' && *s <= '9' && d < 5) {
-        if (d == 1 && n == 0) return NULL; /* no leading zeros: "body.01" is no op */
-        n = n * 10 + (*s++ - '0');
-        d++;
-    }
-    if (d == 0 || d > 4) return NULL;
-    *v = n;
-    return s;
-}
-
-static int op_type_index(const char *name)
-{
-    static const struct { const char *name; int type; } fixed[] = {
-        {"input", T_INPUT}, {"mul255", T_MUL},         {"sub_mean", T_CONV},
-        {"head.0", T_CONV}, {"add", T_ADD},            {"tail.0.0", T_CONV},
-        {"tail.1", T_CONV}, {"add_mean", T_CONV},
-    };
-    if (!name) return -1;
-    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
-        if (strcmp(name, fixed[i].name) == 0) return fixed[i].type;
-    int i;
-    const char *p;
-    if (strncmp(name, "tail.0.", 7) == 0 && (p = parse_index(name + 7, &i)) && !*p)
-        return i % 2 ? T_PIXEL_SHUFFLE : T_CONV;
-    if (strncmp(name, "body.", 5) != 0 || !(p = parse_index(name + 5, &i))) return -1;
-    if (!*p) return i >= 1 ? T_CONV : -1; /* body.R */
-    if (strcmp(p, ".body.0") == 0 || strcmp(p, ".body.2") == 0) return T_CONV;
-    if (strcmp(p, ".body.1") == 0) return T_RELU;
-    if (strcmp(p, ".mul") == 0) return T_MUL;
-    if (strcmp(p, ".add") == 0) return T_ADD;
-    return -1;
-}
-
-const char *kiln_recipe_op_type(const char *op_name)
-{
-    int t = op_type_index(op_name);
-    return t < 0 ? NULL : op_type_names[t];
-}
-
-const char *kiln_recipe_site_op(const char *site, int resblocks, char *op, size_t n)
-{
-    static const struct { const char *site, *op; int type; } fixed[] = {
-        {"input", "input", T_INPUT},         {"mul255", "mul255", T_MUL},
-        {"sub_mean", "sub_mean", T_CONV},    {"head", "head.0", T_CONV},
-        {"global_add", "add", T_ADD},        {"upsample_conv", "tail.0.0", T_CONV},
-        {"pixel_shuffle", "tail.0.1", T_PIXEL_SHUFFLE},
-        {"tail_conv", "tail.1", T_CONV},     {"add_mean", "add_mean", T_CONV},
-    };
-    if (!site || !op || n == 0) return NULL;
-    for (size_t k = 0; k < sizeof fixed / sizeof fixed[0]; k++)
-        if (strcmp(site, fixed[k].site) == 0) {
-            snprintf(op, n, "%s", fixed[k].op);
-            return op_type_names[fixed[k].type];
-        }
-    if (strcmp(site, "body_conv") == 0) {
-        if (resblocks < 1) return NULL;
-        snprintf(op, n, "body.%d", resblocks);
-        return op_type_names[T_CONV];
-    }
-    int i;
-    const char *p;
-    if (strncmp(site, "upsample_conv.", 14) == 0 && (p = parse_index(site + 14, &i)) && !*p) {
-        snprintf(op, n, "tail.0.%d", 2 * i);
-        return op_type_names[T_CONV];
-    }
-    if (strncmp(site, "pixel_shuffle.", 14) == 0 && (p = parse_index(site + 14, &i)) && !*p) {
-        snprintf(op, n, "tail.0.%d", 2 * i + 1);
-        return op_type_names[T_PIXEL_SHUFFLE];
-    }
-    if (strncmp(site, "body.", 5) == 0 && (p = parse_index(site + 5, &i))) {
-        static const struct { const char *suffix, *op; int type; } blk[] = {
-            {".relu", "body.1", T_RELU}, {".conv2", "body.2", T_CONV},
-            {".mul", "mul", T_MUL},      {".add", "add", T_ADD},
-        };
-        for (size_t k = 0; k < sizeof blk / sizeof blk[0]; k++)
-            if (strcmp(p, blk[k].suffix) == 0) {
-                snprintf(op, n, "body.%d.%s", i, blk[k].op);
-                return op_type_names[blk[k].type];
-            }
-    }
-    return NULL;
-}
 
 /* ------------------------------------------------------------------------ */
 /* Error list and JSON path.                                                 */
@@ -764,28 +624,9 @@ static int match(const char *pattern, const char *name)
     return fnmatch(pattern, name, 0) == 0;
 }
 
-static int is_block_conv1(const char *name)
-{
-    size_t n = strlen(name);
-    return n > 7 && strcmp(name + n - 7, ".body.0") == 0 && strncmp(name, "body.", 5) == 0;
-}
-
-/* Does the pattern match some op of the superset (of a type, or any: -1)?
- * With exclude_type set, ops without an activation site do not count. */
-static int matches_some(const char *pattern, int type, int exclude_type)
-{
-    for (size_t i = 0; i < g_nops; i++) {
-        if (type >= 0 && g_ops[i].type != type) continue;
-        if (exclude_type >= 0 && g_ops[i].type == exclude_type) continue;
-        /* conv1 of a block has no site of its own: its ReLU's site follows. */
-        if (exclude_type >= 0 && is_block_conv1(g_ops[i].name)) continue;
-        if (match(pattern, g_ops[i].name)) return 1;
-    }
-    return 0;
-}
-
-/* Checks common to op_name keys of both sections; returns 0 if unusable. */
-static int check_pattern(pctx *c, const char *key, int need_type)
+/* Checks of an op_name key's form (both sections); returns 0 if unusable.
+ * What it matches is the graph's business (kiln_recipe_check_model). */
+static int check_pattern(pctx *c, const char *key)
 {
     size_t len = strlen(key);
     if (len == 0) {
@@ -794,16 +635,6 @@ static int check_pattern(pctx *c, const char *key, int need_type)
     }
     if (len > MAX_PATTERN_LEN) {
         err(c, "pattern is %zu bytes, limit %d", len, MAX_PATTERN_LEN);
-        return 0;
-    }
-    if (!matches_some(key, need_type, -1)) {
-        if (need_type >= 0)
-            err(c, "matches no EDSR %s op (e.g. head.0, body.3.body.0, body.16, tail.0.0, "
-                   "tail.1); see docs/config.md",
-                op_type_names[need_type]);
-        else
-            err(c, "matches no EDSR op (e.g. head.0, body.3.body.1, body.3.add, add, tail.0.1); "
-                   "see docs/config.md");
         return 0;
     }
     return 1;
@@ -827,23 +658,19 @@ static void parse_qscope(pctx *c, json_t *v, int kind, int type, const char *pat
         if (!x) continue;
         size_t old = push(c, role_names[r]);
         if (kind == 1) {
-            if (r == ROLE_WEIGHT && type != T_CONV)
-                err(c, "%s ops have no weights (only conv ops do)", op_type_names[type]);
-            if (r == ROLE_INPUT && type != T_INPUT)
+            if (r == ROLE_WEIGHT && type != KILN_OP_CONV)
+                err(c, "%s ops have no weights (only conv ops do)", kiln_op_name((kiln_op)type));
+            if (r == ROLE_INPUT && type != KILN_OP_INPUT)
                 err(c, "only the network input (op type \"input\") has an input role: every "
                        "other tensor edge is quantized once, with its producer's output spec");
-            if (r == ROLE_OUTPUT && type == T_INPUT)
+            if (r == ROLE_OUTPUT && type == KILN_OP_INPUT)
                 err(c, "the network input is quantized with the \"input\" role");
         } else if (kind == 2) {
-            if (r == ROLE_WEIGHT && !matches_some(pattern, T_CONV, -1))
-                err(c, "the pattern matches no conv op, and only conv ops have weights");
+            /* The input op is called "input" in every graph; the weight and
+             * output roles depend on the graph (kiln_recipe_check_model). */
             if (r == ROLE_INPUT && !match(pattern, "input"))
                 err(c, "only the network input (op \"input\") has an input role: every other "
                        "tensor edge is quantized once, with its producer's output spec");
-            if (r == ROLE_OUTPUT && !matches_some(pattern, -1, T_INPUT))
-                err(c, "the pattern matches no op with an output site (the network input uses "
-                       "the \"input\" role; a block's conv1 output is quantized after its ReLU, "
-                       "body.{i}.body.1)");
         }
         if (json_is_null(x)) {
             role[r].state = SLOT_NULL;
@@ -857,14 +684,14 @@ static void parse_qscope(pctx *c, json_t *v, int kind, int type, const char *pat
 
 /* An op_type or op_name object of either section. The caller has reported
  * unknown op types; here every kept key (op types: type_of(key) >= 0;
- * patterns: check_pattern against ptype) becomes an entry of esize bytes
+ * patterns: check_pattern) becomes an entry of esize bytes
  * whose ehead is filled and scored and whose body fill() parses from a
  * non-null value. Entries are sorted most specific first. Returns 0 only
  * when out of memory (*out may hold the entries made so far). */
 typedef void (*entry_fill)(pctx *c, json_t *v, void *entry, int type, const char *key, int by_name);
 
 static int parse_entries(pctx *c, json_t *obj, int by_name, size_t esize, int (*type_of)(const char *),
-                         int ptype, entry_fill fill, void **out, size_t *nout)
+                         entry_fill fill, void **out, size_t *nout)
 {
     size_t n = json_object_size(obj);
     char *e = calloc(n ? n : 1, esize);
@@ -877,7 +704,7 @@ static int parse_entries(pctx *c, json_t *obj, int by_name, size_t esize, int (*
         int type = by_name ? -1 : type_of(key);
         if (!by_name && type < 0) continue; /* reported by the caller */
         size_t old = push(c, key);
-        if (by_name && !check_pattern(c, key, ptype)) {
+        if (by_name && !check_pattern(c, key)) {
             pop(c, old);
             continue;
         }
@@ -914,12 +741,7 @@ static int entries_object_ok(pctx *c, json_t *obj, int by_name, const char *what
     return 1;
 }
 
-static int op_type_of(const char *key)
-{
-    for (int t = 0; t < N_TYPES; t++)
-        if (strcmp(key, op_type_names[t]) == 0) return t;
-    return -1;
-}
+static int op_type_of(const char *key) { return kiln_op_from_name(key); }
 
 static void fill_qentry(pctx *c, json_t *v, void *entry, int type, const char *key, int by_name)
 {
@@ -931,7 +753,7 @@ static int parse_qentries(pctx *c, json_t *obj, int by_name, qentry **out, size_
     if (!entries_object_ok(c, obj, by_name, "scope")) return 1;
     if (!by_name) check_keys(c, obj, op_type_names);
     void *e = NULL;
-    int ok = parse_entries(c, obj, by_name, sizeof(qentry), op_type_of, -1, fill_qentry, &e, nout);
+    int ok = parse_entries(c, obj, by_name, sizeof(qentry), op_type_of, fill_qentry, &e, nout);
     *out = e;
     return ok;
 }
@@ -1056,7 +878,7 @@ static void parse_pspec(pctx *c, json_t *v, kiln_pspec *p)
     if (p->granularity == KILN_PG_PER_TENSOR) p->group_size = 16;
 }
 
-static int conv_type_of(const char *key) { return strcmp(key, "conv") == 0 ? T_CONV : -1; }
+static int conv_type_of(const char *key) { return strcmp(key, "conv") == 0 ? KILN_OP_CONV : -1; }
 
 static void fill_pentry(pctx *c, json_t *v, void *entry, int type, const char *key, int by_name)
 {
@@ -1076,10 +898,7 @@ static int parse_pentries(pctx *c, json_t *obj, int by_name, pentry **out, size_
         json_t *v;
         json_object_foreach(obj, key, v) {
             if (strcmp(key, "conv") == 0) continue;
-            int known = 0;
-            for (int t = 0; t < N_TYPES; t++)
-                if (strcmp(key, op_type_names[t]) == 0) known = 1;
-            if (!known) {
+            if (kiln_op_from_name(key) < 0) {
                 unknown_key(c, key, ptypes);
                 continue;
             }
@@ -1089,7 +908,7 @@ static int parse_pentries(pctx *c, json_t *obj, int by_name, pentry **out, size_
         }
     }
     void *e = NULL;
-    int ok = parse_entries(c, obj, by_name, sizeof(pentry), conv_type_of, T_CONV, fill_pentry, &e, nout);
+    int ok = parse_entries(c, obj, by_name, sizeof(pentry), conv_type_of, fill_pentry, &e, nout);
     *out = e;
     return ok;
 }
@@ -1185,6 +1004,7 @@ typedef struct qsrc {
     const char *key;
 } qsrc;
 
+/* type: a kiln_op, or -1 (no op_type scope applies). */
 static qsrc resolve_role(const kiln_recipe *r, const char *name, int type, int role)
 {
     qsrc s = {NULL, 0, NULL};
@@ -1196,7 +1016,7 @@ static qsrc resolve_role(const kiln_recipe *r, const char *name, int type, int r
     }
     for (size_t i = 0; type >= 0 && i < r->n_qtype; i++) {
         const qentry *e = &r->qtype[i];
-        if (strcmp(e->h.key, op_type_names[type]) != 0) continue;
+        if (strcmp(e->h.key, kiln_op_name((kiln_op)type)) != 0) continue;
         if (e->h.is_null) return (qsrc){NULL, 1, e->h.key};
         if (e->role[role].state != SLOT_UNSET) return (qsrc){&e->role[role], 1, e->h.key};
     }
@@ -1212,7 +1032,7 @@ typedef struct psrc {
 
 static psrc resolve_pal(const kiln_recipe *r, const char *name, int type)
 {
-    if (type != T_CONV) return (psrc){NULL, 0, NULL};
+    if (type != KILN_OP_CONV) return (psrc){NULL, 0, NULL};
     for (size_t i = 0; i < r->n_pname; i++)
         if (match(r->pname[i].h.key, name))
             return (psrc){r->pname[i].h.is_null ? NULL : &r->pname[i].p, 2, r->pname[i].h.key};
@@ -1221,67 +1041,113 @@ static psrc resolve_pal(const kiln_recipe *r, const char *name, int type)
     return (psrc){r->pglobal.h.is_null ? NULL : &r->pglobal.p, 0, NULL};
 }
 
-static int type_arg(const char *op_name, const char *op_type)
+/* The op type of a weight query: weights belong to convs, so NULL is conv. */
+static int weight_type(const char *op_type)
 {
-    if (!op_type) return op_type_index(op_name);
-    for (int t = 0; t < N_TYPES; t++)
-        if (strcmp(op_type, op_type_names[t]) == 0) return t;
-    return -1;
+    return op_type ? kiln_op_from_name(op_type) : KILN_OP_CONV;
 }
 
 int kiln_recipe_pspec(const kiln_recipe *r, const char *op_name, const char *op_type,
                       kiln_pspec *out)
 {
     if (!r || !op_name) return 0;
-    psrc s = resolve_pal(r, op_name, type_arg(op_name, op_type));
+    psrc s = resolve_pal(r, op_name, weight_type(op_type));
     if (!s.p) return 0;
     if (out) *out = *s.p;
+    return 1;
+}
+
+static int weight_spec(const kiln_recipe *r, const char *name, kiln_qspec *out)
+{
+    if (resolve_pal(r, name, KILN_OP_CONV).p) return 0;
+    qsrc s = resolve_role(r, name, KILN_OP_CONV, ROLE_WEIGHT);
+    if (!s.slot || s.slot->state != SLOT_SPEC) return 0;
+    if (out) *out = s.slot->spec;
     return 1;
 }
 
 int kiln_recipe_weight_qspec(const kiln_recipe *r, const char *op_name, const char *op_type,
                              kiln_qspec *out)
 {
-    if (!r || !op_name) return 0;
-    int t = type_arg(op_name, op_type);
-    if (t != T_CONV || resolve_pal(r, op_name, t).p) return 0;
-    qsrc s = resolve_role(r, op_name, t, ROLE_WEIGHT);
-    if (!s.slot || s.slot->state != SLOT_SPEC) return 0;
-    if (out) *out = s.slot->spec;
-    return 1;
+    if (!r || !op_name || weight_type(op_type) != KILN_OP_CONV) return 0;
+    return weight_spec(r, op_name, out);
 }
 
 static int op_act_qspec(const kiln_recipe *r, const char *op, int t, kiln_qspec *out)
 {
-    int role = t == T_INPUT ? ROLE_INPUT : ROLE_OUTPUT;
+    int role = t == KILN_OP_INPUT ? ROLE_INPUT : ROLE_OUTPUT;
     qsrc s = resolve_role(r, op, t, role);
     if (!s.slot || s.slot->state != SLOT_SPEC) return 0;
     if (out) {
         *out = s.slot->spec;
-        out->asymmetric_relu = t == T_RELU && r->asymmetric_relu;
+        /* Only a plain ReLU's output is known to be >= 0. */
+        out->asymmetric_relu = t == KILN_OP_RELU && r->asymmetric_relu;
     }
     return 1;
 }
 
-int kiln_recipe_site_qspec(const kiln_recipe *r, const char *site_name, int resblocks,
-                           kiln_qspec *out)
+int kiln_recipe_act_qspec(const kiln_recipe *r, const char *op_name, const char *op_type,
+                          kiln_qspec *out)
 {
-    char op[48];
-    if (!r) return 0;
-    const char *type = kiln_recipe_site_op(site_name, resblocks, op, sizeof op);
-    if (!type) return 0;
-    return op_act_qspec(r, op, type_arg(op, type), out);
+    if (!r || !op_name || !op_type) return 0;
+    int t = kiln_op_from_name(op_type);
+    if (t < 0) return 0;
+    return op_act_qspec(r, op_name, t, out);
 }
 
-int kiln_recipe_has_activations(const kiln_recipe *r) { return r && r->has_act; }
-int kiln_recipe_has_palettization(const kiln_recipe *r) { return r && r->has_p; }
-int kiln_recipe_has_weight_quant(const kiln_recipe *r) { return r && r->has_w; }
+/* The op behind activation site s of g: its producer node's name and op, or
+ * the network input (op "input", type input). */
+static const char *site_op(const kiln_graph *g, size_t s, int *type)
+{
+    int n = kiln_graph_site_node(g, s);
+    if (n < 0) {
+        *type = KILN_OP_INPUT;
+        return "input";
+    }
+    const kiln_gnode *nd = kiln_graph_node(g, (size_t)n);
+    *type = (int)nd->op;
+    return nd->name;
+}
+
+int kiln_recipe_site_qspec(const kiln_recipe *r, const kiln_graph *g, size_t site,
+                           kiln_qspec *out)
+{
+    if (!r || !g || site >= kiln_graph_site_count(g)) return 0;
+    int t;
+    const char *op = site_op(g, site, &t);
+    return op_act_qspec(r, op, t, out);
+}
+
+int kiln_recipe_has_activations(const kiln_recipe *r, const kiln_graph *g)
+{
+    for (size_t s = 0; r && g && s < kiln_graph_site_count(g); s++)
+        if (kiln_recipe_site_qspec(r, g, s, NULL)) return 1;
+    return 0;
+}
+
+int kiln_recipe_has_palettization(const kiln_recipe *r, const kiln_graph *g)
+{
+    for (size_t w = 0; r && g && w < kiln_graph_weight_count(g); w++)
+        if (resolve_pal(r, kiln_graph_weight(g, w)->name, KILN_OP_CONV).p) return 1;
+    return 0;
+}
+
+int kiln_recipe_has_weight_quant(const kiln_recipe *r, const kiln_graph *g)
+{
+    for (size_t w = 0; r && g && w < kiln_graph_weight_count(g); w++)
+        if (weight_spec(r, kiln_graph_weight(g, w)->name, NULL)) return 1;
+    return 0;
+}
+
 const char *kiln_recipe_name(const kiln_recipe *r) { return r ? r->name : NULL; }
 
 void kiln_recipe_get_options(const kiln_recipe *r, kiln_recipe_options *out)
 {
     if (r && out) *out = r->opt;
 }
+
+/* ------------------------------------------------------------------------ */
+/* The check against a graph.                                                */
 
 static void src_path(int kind, const char *key, const char *section, const char *leaf,
                      char out[PATH_CAP])
@@ -1296,41 +1162,169 @@ static void src_path(int kind, const char *key, const char *section, const char 
     memcpy(out, tmp.path, tmp.plen + 1);
 }
 
-/* After a clean parse: refuse ops both palettized and weight-quantized, and
- * derive the has_* flags over the op superset. */
-static void analyse(pctx *c, kiln_recipe *r)
+/* What an op_name pattern can name in g. */
+enum { NAMES_NODES = 1, NAMES_WEIGHTS = 2, NAMES_SITES = 4 };
+
+static int matches_in(const char *pattern, const kiln_graph *g, int what)
+{
+    if ((what & NAMES_NODES) && match(pattern, "input")) return 1;
+    for (size_t i = 0; (what & NAMES_NODES) && i < kiln_graph_node_count(g); i++)
+        if (match(pattern, kiln_graph_node(g, i)->name)) return 1;
+    for (size_t i = 0; (what & NAMES_WEIGHTS) && i < kiln_graph_weight_count(g); i++)
+        if (match(pattern, kiln_graph_weight(g, i)->name)) return 1;
+    /* ops that make an activation site (conv1 + ReLU: the ReLU does) */
+    for (size_t s = 0; (what & NAMES_SITES) && s < kiln_graph_site_count(g); s++) {
+        int n = kiln_graph_site_node(g, s);
+        if (n >= 0 && match(pattern, kiln_graph_node(g, (size_t)n)->name)) return 1;
+    }
+    return 0;
+}
+
+static const char *name_at(const kiln_graph *g, int weights, size_t i)
+{
+    return weights ? kiln_graph_weight(g, i)->name : kiln_graph_node(g, i)->name;
+}
+
+/* " (e.g. a, b, c, d, e)" — a few names spread over the graph — and a
+ * "did you mean" for the closest one when the graph is small enough to
+ * compare every name. */
+static void graph_examples(const kiln_graph *g, int weights, const char *pattern, char *out,
+                           size_t cap)
+{
+    size_t n = weights ? kiln_graph_weight_count(g) : kiln_graph_node_count(g), o = 0;
+    char shown[160];
+    out[0] = '\0';
+    if (n == 0) return;
+    o += (size_t)snprintf(out + o, cap - o, " (e.g. ");
+    size_t last = (size_t)-1;
+    for (size_t k = 0; k < 5 && o < cap; k++) {
+        size_t i = n == 1 ? 0 : k * (n - 1) / 4;
+        if (i == last) continue;
+        last = i;
+        show(name_at(g, weights, i), shown);
+        o += (size_t)snprintf(out + o, cap - o, "%s%s", k ? ", " : "", shown);
+    }
+    if (o < cap) o += (size_t)snprintf(out + o, cap - o, ")");
+    if (n > 4096 || o >= cap) return;
+    size_t best = 99;
+    const char *pick = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const char *nm = name_at(g, weights, i);
+        size_t d = lev(pattern, nm), lim = strlen(nm) / 3 < 2 ? strlen(nm) / 3 : 2;
+        if (lim < 1) lim = 1;
+        if (d <= lim && d < best) best = d, pick = nm;
+    }
+    if (pick) {
+        show(pick, shown);
+        snprintf(out + o, cap - o, " (did you mean \"%s\"?)", shown);
+    }
+}
+
+static void check_errs(kiln_config_errors *e, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void check_errs(kiln_config_errors *e, const char *path, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    errs_add(e, path, msg);
+}
+
+/* op_name entries of the quantization section: each must name some op of g
+ * (a node, a weight or the input), and the roles it sets must exist there. */
+static void check_qnames(const kiln_recipe *r, const kiln_graph *g, kiln_config_errors *e)
+{
+    char path[PATH_CAP], ex[600];
+    const char *arch = kiln_graph_arch(g);
+    for (size_t i = 0; i < r->n_qname; i++) {
+        const qentry *q = &r->qname[i];
+        if (!matches_in(q->h.key, g, NAMES_NODES | NAMES_WEIGHTS)) {
+            src_path(2, q->h.key, "quantization", NULL, path);
+            graph_examples(g, 0, q->h.key, ex, sizeof ex);
+            check_errs(e, path, "matches no op of this %s model%s; see docs/config.md", arch, ex);
+            continue;
+        }
+        if (q->h.is_null) continue;
+        if (q->role[ROLE_WEIGHT].state != SLOT_UNSET && !matches_in(q->h.key, g, NAMES_WEIGHTS)) {
+            src_path(2, q->h.key, "quantization", "weight", path);
+            graph_examples(g, 1, q->h.key, ex, sizeof ex);
+            check_errs(e, path,
+                       "the pattern matches no conv op of this %s model, and only conv ops have "
+                       "weights%s",
+                       arch, ex);
+        }
+        if (q->role[ROLE_OUTPUT].state != SLOT_UNSET && !matches_in(q->h.key, g, NAMES_SITES)) {
+            src_path(2, q->h.key, "quantization", "output", path);
+            check_errs(e, path,
+                       "the pattern matches no op with an output site (the network input uses the "
+                       "\"input\" role; a conv whose only consumer is its ReLU is quantized after "
+                       "its ReLU, SPEC §3.6)");
+        }
+    }
+}
+
+static void check_pnames(const kiln_recipe *r, const kiln_graph *g, kiln_config_errors *e)
+{
+    char path[PATH_CAP], ex[600];
+    for (size_t i = 0; i < r->n_pname; i++) {
+        const pentry *p = &r->pname[i];
+        if (matches_in(p->h.key, g, NAMES_WEIGHTS)) continue;
+        src_path(2, p->h.key, "palettization", NULL, path);
+        graph_examples(g, 1, p->h.key, ex, sizeof ex);
+        check_errs(e, path, "matches no conv op of this %s model%s; see docs/config.md",
+                   kiln_graph_arch(g), ex);
+    }
+}
+
+/* A conv is palettized or weight-quantized, never both (SPEC §4): report
+ * each colliding weight spec once, at its path, naming the first weight. */
+static void check_conflicts(const kiln_recipe *r, const kiln_graph *g, kiln_config_errors *e)
 {
     const void *reported[MAX_PATTERNS * 2 + 4];
     size_t nrep = 0;
-    for (size_t i = 0; i < g_nops; i++) {
-        const edsr_op *op = &g_ops[i];
-        int t = op->type;
-        if (t == T_CONV) {
-            psrc p = resolve_pal(r, op->name, t);
-            qsrc q = resolve_role(r, op->name, t, ROLE_WEIGHT);
-            int w = q.slot && q.slot->state == SLOT_SPEC;
-            if (p.p) r->has_p = 1;
-            if (w && !p.p) r->has_w = 1;
-            if (w && p.p) {
-                int seen = 0;
-                for (size_t k = 0; k < nrep; k++)
-                    if (reported[k] == q.slot) seen = 1;
-                if (!seen && nrep < sizeof reported / sizeof reported[0]) {
-                    reported[nrep++] = q.slot;
-                    char wpath[PATH_CAP], ppath[PATH_CAP], msg[PATH_CAP + 256];
-                    src_path(q.kind, q.key, "quantization", "weight", wpath);
-                    src_path(p.kind, p.key, "palettization", NULL, ppath);
-                    snprintf(msg, sizeof msg,
-                             "op \"%s\" is also palettized (%s); a palettized op is not "
-                             "weight-quantized (SPEC §4 joint recipe): set this weight spec to "
-                             "null or exempt the op",
-                             op->name, ppath);
-                    errs_add(c->e, wpath, msg);
-                }
-            }
-        }
-        if (op_act_qspec(r, op->name, t, NULL)) r->has_act = 1;
+    for (size_t w = 0; w < kiln_graph_weight_count(g); w++) {
+        const char *name = kiln_graph_weight(g, w)->name;
+        psrc p = resolve_pal(r, name, KILN_OP_CONV);
+        if (!p.p) continue;
+        qsrc q = resolve_role(r, name, KILN_OP_CONV, ROLE_WEIGHT);
+        if (!q.slot || q.slot->state != SLOT_SPEC) continue;
+        int seen = 0;
+        for (size_t k = 0; k < nrep; k++)
+            if (reported[k] == q.slot) seen = 1;
+        if (seen || nrep >= sizeof reported / sizeof reported[0]) continue;
+        reported[nrep++] = q.slot;
+        char wpath[PATH_CAP], ppath[PATH_CAP], shown[160];
+        src_path(q.kind, q.key, "quantization", "weight", wpath);
+        src_path(p.kind, p.key, "palettization", NULL, ppath);
+        show(name, shown);
+        check_errs(e, wpath,
+                   "op \"%s\" is also palettized (%s); a palettized op is not weight-quantized "
+                   "(SPEC §4 joint recipe): set this weight spec to null or exempt the op",
+                   shown, ppath);
     }
+}
+
+static kiln_status finish_errors(kiln_config_errors *e, kiln_status st, kiln_config_errors **errs);
+
+kiln_status kiln_recipe_check_model(const kiln_recipe *r, const kiln_graph *g,
+                                    kiln_config_errors **errs)
+{
+    if (errs) *errs = NULL;
+    if (!r || !g) return kiln_fail(KILN_ERR_INVALID, "kiln_recipe_check_model: NULL argument");
+    kiln_config_errors *e = calloc(1, sizeof *e);
+    if (!e) return kiln_fail(KILN_ERR_NOMEM, "config: out of memory");
+    if (!r->preset) {
+        check_qnames(r, g, e);
+        check_pnames(r, g, e);
+    }
+    check_conflicts(r, g, e);
+    if (e->n == 0 && !e->oom) {
+        kiln_config_errors_free(e);
+        return KILN_OK;
+    }
+    return finish_errors(e, KILN_ERR_CONFIG, errs);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1536,7 +1530,7 @@ static kiln_status finish_errors(kiln_config_errors *e, kiln_status st, kiln_con
     return st;
 }
 
-kiln_status kiln_recipe_parse(const char *json, size_t len, kiln_recipe **out,
+static kiln_status parse_impl(const char *json, size_t len, kiln_recipe **out,
                               kiln_config_errors **errs)
 {
     if (out) *out = NULL;
@@ -1544,7 +1538,6 @@ kiln_status kiln_recipe_parse(const char *json, size_t len, kiln_recipe **out,
     if (!out || (!json && len)) return kiln_fail(KILN_ERR_INVALID, "kiln_recipe_parse: NULL argument");
     if (len > MAX_CONFIG_BYTES)
         return kiln_fail(KILN_ERR_LIMIT, "config: %zu bytes, limit %u", len, MAX_CONFIG_BYTES);
-    if (!ops_ready()) return kiln_fail(KILN_ERR_NOMEM, "config: out of memory");
     kiln_config_errors *e = calloc(1, sizeof *e);
     if (!e) return kiln_fail(KILN_ERR_NOMEM, "config: out of memory");
     pctx *c = calloc(1, sizeof *c);
@@ -1599,7 +1592,6 @@ kiln_status kiln_recipe_parse(const char *json, size_t len, kiln_recipe **out,
     json_decref(root);
     if (!ok) e->oom = 1;
     if (!r->name && !(r->name = xstrdup("custom"))) e->oom = 1;
-    if (e->n == 0 && !e->oom) analyse(c, r);
     free(c);
     if (e->n || e->oom) {
         kiln_recipe_destroy(r);
@@ -1616,6 +1608,30 @@ kiln_status kiln_recipe_parse(const char *json, size_t len, kiln_recipe **out,
     }
     kiln_sha256_hex(r->canon, strlen(r->canon), r->hash);
     *out = r;
+    return KILN_OK;
+}
+
+static int preset_index(const char *name);
+static kiln_status preset_parse(size_t i, kiln_recipe **out);
+
+kiln_status kiln_recipe_parse(const char *json, size_t len, kiln_recipe **out,
+                              kiln_config_errors **errs)
+{
+    kiln_status st = parse_impl(json, len, out, errs);
+    if (st != KILN_OK) return st;
+    /* The canonical form of a preset is that preset (see the file comment):
+     * the name is part of the canonical form, so only a preset of the same
+     * name can be equal. */
+    int i = preset_index((*out)->name);
+    kiln_recipe *p = NULL;
+    if (i >= 0 && preset_parse((size_t)i, &p) == KILN_OK) {
+        (*out)->preset = strcmp(p->canon, (*out)->canon) == 0;
+        kiln_recipe_destroy(p);
+    } else if (i >= 0) {
+        kiln_recipe_destroy(*out);
+        *out = NULL;
+        return kiln_fail(KILN_ERR_NOMEM, "config: out of memory");
+    }
     return KILN_OK;
 }
 
@@ -1702,18 +1718,28 @@ const char *const *kiln_preset_names(void)
     return names;
 }
 
+static int preset_index(const char *name)
+{
+    for (size_t i = 0; name && i < N_PRESETS; i++)
+        if (strcmp(name, presets[i].name) == 0) return (int)i;
+    return -1;
+}
+
+static kiln_status preset_parse(size_t i, kiln_recipe **out)
+{
+    kiln_status st = parse_impl(presets[i].json, strlen(presets[i].json), out, NULL);
+    if (st == KILN_ERR_CONFIG || st == KILN_ERR_FORMAT)
+        return kiln_fail(KILN_ERR_INTERNAL, "preset %s: %s", presets[i].name, kiln_errmsg());
+    if (st == KILN_OK) (*out)->preset = 1;
+    return st;
+}
+
 kiln_status kiln_recipe_preset(const char *name, kiln_recipe **out)
 {
     if (out) *out = NULL;
     if (!name || !out) return kiln_fail(KILN_ERR_INVALID, "kiln_recipe_preset: NULL argument");
-    for (size_t i = 0; i < N_PRESETS; i++)
-        if (strcmp(name, presets[i].name) == 0) {
-            kiln_status st = kiln_recipe_parse(presets[i].json, strlen(presets[i].json), out,
-                                               NULL);
-            if (st == KILN_ERR_CONFIG || st == KILN_ERR_FORMAT)
-                return kiln_fail(KILN_ERR_INTERNAL, "preset %s: %s", name, kiln_errmsg());
-            return st;
-        }
+    int i = preset_index(name);
+    if (i >= 0) return preset_parse((size_t)i, out);
     char list[256], shown[160];
     join_names(kiln_preset_names(), list);
     show(name, shown);

@@ -12,11 +12,20 @@
  * then more literal characters; then fewer '*'; then the byte-wise smaller
  * pattern. A pattern mapped to `null` exempts the op from every role.
  *
- * An op cannot be palettized AND weight-quantized (SPEC §4: the joint recipe
- * palettizes, then quantizes activations only): such a config is refused at
- * parse time, and kiln_recipe_weight_qspec() returns 0 for palettized ops.
+ * Ops are a graph's (graph.h): op types are its op names (conv, relu,
+ * leaky_relu, prelu, add, mul, concat, pixel_shuffle, global_avg_pool,
+ * sigmoid, channel_mul, upsample, and input for the network input); op_name
+ * patterns match weight names (the checkpoint's module paths, "body.3.body.0")
+ * for weight specs and palettization, and the name of the node producing an
+ * activation site for activation specs (docs/config.md has EDSR's).
  *
- * Ops (state-dict prefixes) and activation sites: see docs/config.md.
+ * Parsing checks a config on its own (syntax, values, op_type keys and
+ * roles); kiln_recipe_check_model checks it against a graph: every op_name
+ * pattern of a config must name something there, and no conv may be both
+ * palettized and weight-quantized (SPEC §4: the joint recipe palettizes, then
+ * quantizes activations only). The presets apply to every architecture: an
+ * op_name entry of a preset that names nothing in a graph does not apply.
+ * kiln_recipe_weight_qspec() returns 0 for palettized convs either way.
  *
  * A kiln_recipe is immutable after parsing: share it freely between threads.
  */
@@ -25,6 +34,7 @@
 
 #include <stddef.h>
 
+#include "graph.h"
 #include "palette.h"
 #include "quant.h"
 #include "status.h"
@@ -85,35 +95,48 @@ char *kiln_recipe_to_json(const kiln_recipe *r);
 /* SHA-256 (lower-case hex) of kiln_recipe_to_json(r). */
 void kiln_recipe_hash(const kiln_recipe *r, char hex[65]);
 
+/* ---- the check against a model ----------------------------------------- */
+
+/* Validate r against graph g (the model it is about to compress), reporting
+ * every problem by JSON path as kiln_recipe_parse does (KILN_ERR_CONFIG,
+ * *errs if given, kiln_errmsg() = the first "path: message"):
+ *   - an op_name pattern (either section) that matches nothing in g: no node,
+ *     no weight, not the input (palettization: no weight); the message lists
+ *     a few of g's op names. Entries of a preset are exempt: they do not
+ *     apply where they name nothing;
+ *   - an op_name entry whose weight role matches no weight, or whose output
+ *     role matches no op that makes an activation site;
+ *   - a conv (weight) both palettized and weight-quantized, at the path of
+ *     the weight spec, naming the weight and the palettization scope. */
+kiln_status kiln_recipe_check_model(const kiln_recipe *r, const kiln_graph *g,
+                                    kiln_config_errors **errs);
+
 /* ---- resolution (used by the compression pipeline) ---------------------- */
 
-/* Op type of an EDSR op name ("conv", "relu", "mul", "add", "pixel_shuffle",
- * "input"), or NULL if the name is not an EDSR op. */
-const char *kiln_recipe_op_type(const char *op_name);
-/* The op of an activation site (SPEC §3.5 / model.h site names): writes the op
- * name into op (n bytes; "body.16" for body_conv when resblocks is 16) and
- * returns its type, or NULL for an unknown site name. */
-const char *kiln_recipe_site_op(const char *site_name, int resblocks, char *op, size_t n);
-
-/* 1 = quantize this conv's weights with *out, 0 = leave them (op not a conv,
- * exempt, palettized, or no weight spec). op_type may be NULL (derived from
- * the name). */
+/* 1 = quantize the weights of conv weight op_name (a graph weight name) with
+ * *out, 0 = leave them (exempt, palettized, or no weight spec). op_type may
+ * be NULL: weights are convs ("conv"); any other type gives 0. */
 int kiln_recipe_weight_qspec(const kiln_recipe *r, const char *op_name, const char *op_type,
                              kiln_qspec *out);
-/* 1 = palettize this conv's weights with *out, 0 = not. */
+/* 1 = palettize this conv weight with *out, 0 = not. */
 int kiln_recipe_pspec(const kiln_recipe *r, const char *op_name, const char *op_type,
                       kiln_pspec *out);
-/* 1 = quantize this activation site with *out, 0 = not. resblocks (R) names
- * the body conv ("body_conv" is op "body.R"). The network input uses the
- * "input" role, every other site its op's "output" role. out->asymmetric_relu
- * is set only on ReLU sites and only when the config asks for it. */
-int kiln_recipe_site_qspec(const kiln_recipe *r, const char *site_name, int resblocks,
+/* 1 = quantize the activation site made by op op_name of type op_type (a
+ * kiln_op_name; "input"/"input" for the network input) with *out, 0 = not.
+ * The network input uses the "input" role, every other site its op's
+ * "output" role. out->asymmetric_relu is set only for relu ops and only when
+ * the config asks for it. */
+int kiln_recipe_act_qspec(const kiln_recipe *r, const char *op_name, const char *op_type,
+                          kiln_qspec *out);
+/* The same for activation site `site` of g (SPEC §3.6 order), through the
+ * node that produces it (kiln_graph_site_node). */
+int kiln_recipe_site_qspec(const kiln_recipe *r, const kiln_graph *g, size_t site,
                            kiln_qspec *out);
 
-/* Whether some EDSR op (R <= 256, any scale) gets each kind of compression. */
-int kiln_recipe_has_activations(const kiln_recipe *r);
-int kiln_recipe_has_palettization(const kiln_recipe *r);
-int kiln_recipe_has_weight_quant(const kiln_recipe *r);
+/* Whether some weight / site of g gets each kind of compression. */
+int kiln_recipe_has_activations(const kiln_recipe *r, const kiln_graph *g);
+int kiln_recipe_has_palettization(const kiln_recipe *r, const kiln_graph *g);
+int kiln_recipe_has_weight_quant(const kiln_recipe *r, const kiln_graph *g);
 void kiln_recipe_get_options(const kiln_recipe *r, kiln_recipe_options *out);
 
 #endif
