@@ -378,8 +378,7 @@ kiln_status kiln_db_token_count(kiln_db *db, int64_t *n)
 
 /* ---- models -------------------------------------------------------------- */
 
-#define MODEL_COLS \
-    "seq, id, name, sha256, format, bytes, resblocks, features, scale, res_scale, params, created_at"
+#define MODEL_COLS "seq, id, name, sha256, format, bytes, arch, description, scale, params, created_at"
 
 static void model_row(sqlite3_stmt *s, kiln_db_model *m)
 {
@@ -389,12 +388,11 @@ static void model_row(sqlite3_stmt *s, kiln_db_model *m)
     cpy(m->sha256, sizeof m->sha256, sqlite3_column_text(s, 3));
     cpy(m->format, sizeof m->format, sqlite3_column_text(s, 4));
     m->bytes = sqlite3_column_int64(s, 5);
-    m->resblocks = sqlite3_column_int(s, 6);
-    m->features = sqlite3_column_int(s, 7);
+    cpy(m->arch, sizeof m->arch, sqlite3_column_text(s, 6));
+    cpy(m->description, sizeof m->description, sqlite3_column_text(s, 7));
     m->scale = sqlite3_column_int(s, 8);
-    m->res_scale = sqlite3_column_double(s, 9);
-    m->params = sqlite3_column_int64(s, 10);
-    m->created_at = sqlite3_column_double(s, 11);
+    m->params = sqlite3_column_int64(s, 9);
+    m->created_at = sqlite3_column_double(s, 10);
 }
 
 kiln_status kiln_db_model_insert(kiln_db *db, int64_t team_seq, kiln_db_model *m)
@@ -403,12 +401,11 @@ kiln_status kiln_db_model_insert(kiln_db *db, int64_t team_seq, kiln_db_model *m
     wlock(db);
     sqlite3_stmt *s;
     kiln_status st = prep(db->w, &s,
-                          "INSERT INTO models (id, team_seq, name, sha256, format, bytes, resblocks, "
-                          "features, scale, res_scale, params, created_at) "
-                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                          "titttinnndid", m->id, team_seq, m->name, m->sha256, m->format, m->bytes,
-                          m->resblocks, m->features, m->scale, (double)m->res_scale, m->params,
-                          m->created_at);
+                          "INSERT INTO models (id, team_seq, name, sha256, format, bytes, arch, "
+                          "description, scale, params, created_at) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          "titttittnid", m->id, team_seq, m->name, m->sha256, m->format, m->bytes,
+                          m->arch, m->description, m->scale, m->params, m->created_at);
     if (!st) st = run(db->w, s);
     if (!st) m->seq = sqlite3_last_insert_rowid(db->w);
     wunlock(db);
@@ -604,7 +601,8 @@ kiln_status kiln_db_datasets_list(kiln_db *db, int64_t team_seq,
     "SELECT j.seq, j.id, j.team_seq, m.id, m.sha256, d.id, d.name, d.source, d.dir, j.recipe, " \
     "j.config_json, j.config_hash, j.calib, j.status, j.attempt, j.cancel_requested, j.stage, " \
     "j.done, j.total, j.eta_s, j.heartbeat_at, j.result_json, j.error_code, j.error_message, "  \
-    "j.artifact_sha256, j.artifact_bytes, r.id, j.created_at, j.started_at, j.finished_at "     \
+    "j.artifact_sha256, j.artifact_bytes, r.id, j.created_at, j.started_at, j.finished_at, "    \
+    "m.name, m.arch, m.description, m.scale "                                                  \
     "FROM jobs j JOIN models m ON m.seq = j.model_seq JOIN datasets d ON d.seq = j.dataset_seq " \
     "LEFT JOIN jobs r ON r.seq = j.retry_of_seq "
 
@@ -649,6 +647,10 @@ static void job_row(sqlite3_stmt *s, kiln_db_job *j)
     j->created_at = sqlite3_column_double(s, 27);
     j->started_at = sqlite3_column_double(s, 28);
     j->finished_at = sqlite3_column_double(s, 29);
+    cpy(j->model_name, sizeof j->model_name, sqlite3_column_text(s, 30));
+    cpy(j->model_arch, sizeof j->model_arch, sqlite3_column_text(s, 31));
+    cpy(j->model_description, sizeof j->model_description, sqlite3_column_text(s, 32));
+    j->model_scale = sqlite3_column_int(s, 33);
 }
 
 static kiln_status job_by_seq(sqlite3 *c, int64_t seq, kiln_db_job *out)
@@ -754,9 +756,10 @@ kiln_status kiln_db_jobs_list(kiln_db *db, int64_t team_seq, const kiln_db_job_f
                           JOB_SELECT "WHERE j.team_seq = ?1 "
                           "AND (?2 IS NULL OR j.status = ?2) AND (?3 IS NULL OR m.id = ?3) "
                           "AND (?4 IS NULL OR d.id = ?4 OR d.name = ?4) AND (?5 IS NULL OR j.recipe = ?5) "
-                          "AND (?6 = 0 OR j.seq < ?6) ORDER BY j.seq DESC LIMIT ?7",
-                          "ittttin", team_seq, f->status, f->model_id, f->dataset, f->recipe,
-                          f->before_seq, limit + 1);
+                          "AND (?6 = 0 OR j.seq < ?6) AND (?8 IS NULL OR m.arch = ?8) "
+                          "ORDER BY j.seq DESC LIMIT ?7",
+                          "ittttint", team_seq, f->status, f->model_id, f->dataset, f->recipe,
+                          f->before_seq, limit + 1, f->arch);
     *next_cursor = 0;
     if (!st) {
         int rc, n = 0;

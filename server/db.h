@@ -71,15 +71,19 @@ kiln_status kiln_db_token_count(kiln_db *db, int64_t *n);
 
 /* ---- models -------------------------------------------------------------- */
 
+/* Longest description kept (kiln_model_describe, truncated beyond). */
+#define KILN_DB_DESC_MAX 255
+
 typedef struct kiln_db_model {
     int64_t seq;
     char id[32];
     char name[129];
     char sha256[65];
-    char format[16];
+    char format[16];           /* "pt-zip" | "pt-legacy" | "safetensors" | "onnx" */
     int64_t bytes;
-    int resblocks, features, scale;
-    double res_scale;
+    char arch[16];             /* kiln_model_arch: "edsr" | "carn" | "carn_m" | "onnx" */
+    char description[KILN_DB_DESC_MAX + 1];
+    int scale;                 /* the scale the model was validated at */
     int64_t params;
     double created_at;
 } kiln_db_model;
@@ -127,6 +131,10 @@ typedef struct kiln_db_job {
     int64_t team_seq;
     char model_id[32];
     char model_sha256[65];
+    char model_name[129];   /* the model row's, joined: */
+    char model_arch[16];
+    char model_description[KILN_DB_DESC_MAX + 1];
+    int model_scale;
     char dataset_id[80];
     char dataset_name[65];
     char dataset_source[8];
@@ -176,7 +184,7 @@ kiln_status kiln_db_job_create(kiln_db *db, const kiln_db_job_new *req, kiln_db_
 kiln_status kiln_db_job_get(kiln_db *db, int64_t team_seq, const char *id, kiln_db_job *out);
 
 typedef struct kiln_db_job_filter {
-    const char *status, *model_id, *dataset, *recipe; /* NULL: any */
+    const char *status, *model_id, *dataset, *recipe, *arch; /* NULL: any */
     int64_t before_seq; /* cursor: only seq < before_seq (0: from the newest) */
     int limit;
 } kiln_db_job_filter;

@@ -32,6 +32,11 @@ json_t *kiln_job_json(const kiln_db_job *j)
     json_object_set_new(o, "id", json_string(j->id));
     json_object_set_new(o, "status", json_string(j->status));
     json_object_set_new(o, "model", json_string(j->model_id));
+    /* From the model row, so lists can show and filter architectures
+     * without one request per model (and for jobs of deleted models). */
+    json_object_set_new(o, "model_name", json_string(j->model_name));
+    json_object_set_new(o, "model_arch", json_string(j->model_arch));
+    json_object_set_new(o, "model_description", json_string(j->model_description));
     json_object_set_new(o, "dataset", json_string(j->dataset_name));
     json_object_set_new(o, "dataset_id", json_string(j->dataset_id));
     json_object_set_new(o, "recipe", json_string(j->recipe));
@@ -240,6 +245,7 @@ void kiln_route_jobs_list(kiln_req *r)
     f.model_id = kiln_req_query(r, "model");
     f.dataset = kiln_req_query(r, "dataset");
     f.recipe = kiln_req_query(r, "recipe");
+    f.arch = kiln_req_query(r, "arch");
     f.limit = 50;
     static const char *const statuses[] = {"queued", "running", "succeeded", "failed", "canceled", NULL};
     if (f.status) {
@@ -250,6 +256,11 @@ void kiln_route_jobs_list(kiln_req *r)
                              "status: \"%s\" is not one of queued, running, succeeded, failed, canceled", f.status);
             return;
         }
+    }
+    if (f.arch && !kilnd_name_ok(f.arch, 15)) {
+        kiln_reply_error(r, 400, "invalid_request", "arch",
+                         "arch: an architecture name such as edsr, carn, carn_m or onnx");
+        return;
     }
     const char *lim = kiln_req_query(r, "limit");
     if (lim) {

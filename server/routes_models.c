@@ -1,34 +1,46 @@
 /*
- * routes_models.c — checkpoint uploads and the team's model list.
+ * routes_models.c — model uploads and the team's model list.
  *
  * An upload arrives as a temporary file (raw or multipart body, streamed and
  * hashed by http.c) or as base64 inside JSON (decoded here into a temporary
- * file). Either way the file is validated with the real loader
- * (kiln_weights_load) and the EDSR builder (kiln_model_from_weights) before
- * anything is kept: a truncated or garbage file is 422 invalid_checkpoint
- * with the loader's message, a valid checkpoint of another network is 422
- * wrong_architecture. Only then is the file renamed into the blob store
- * (content-addressed by sha256) and the row inserted.
+ * file). The format is told from the content, never from a name: an ONNX
+ * ModelProto (kiln_onnx_sniff), else whatever the checkpoint loader
+ * recognises (PyTorch zip or legacy pickle, safetensors). The file is then
+ * turned into a runnable model exactly as a job will do it (the ONNX
+ * importer, or the state-dict importers of arch.h) before anything is kept:
+ * a truncated or garbage file is 422 invalid_checkpoint with the loader's
+ * message; a valid file of a network kiln cannot run (unknown state-dict
+ * layout, ONNX operator outside the supported set) is 422
+ * wrong_architecture with kiln's message, which names the known
+ * architectures or the offending node. Only then is the file renamed into
+ * the blob store (content-addressed by sha256) and the row inserted.
+ *
+ * `?scale=2|3|4` picks the upsampler of a multi-scale checkpoint (CARN-M's
+ * official file holds x2, x3 and x4); for single-scale files it must match
+ * the file's own scale.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "hash.h"
 #include "model.h"
+#include "onnx.h"
 #include "routes.h"
 #include "store.h"
 #include "weights.h"
 
 json_t *kiln_model_json(const kiln_db_model *m)
 {
-    return json_pack("{s:s, s:s, s:s, s:s, s:{s:s, s:i, s:i, s:i, s:f}, s:I, s:I, s:o}", "id", m->id,
-                     "name", m->name, "sha256", m->sha256, "format", m->format, "arch", "name", "edsr",
-                     "resblocks", m->resblocks, "features", m->features, "scale", m->scale, "res_scale",
-                     m->res_scale, "params", (json_int_t)m->params, "bytes", (json_int_t)m->bytes,
-                     "created_at", kiln_json_time(m->created_at));
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:o}", "id", m->id, "name", m->name,
+                     "sha256", m->sha256, "format", m->format, "arch", m->arch, "description",
+                     m->description, "scale", m->scale, "params", (json_int_t)m->params, "bytes",
+                     (json_int_t)m->bytes, "created_at", kiln_json_time(m->created_at));
 }
 
 static int b64val(unsigned char c)
@@ -108,7 +120,9 @@ static int json_upload(kiln_req *r, char *path, size_t pathn, char sha[65], uint
     json_t *v;
     json_object_foreach(j, key, v) {
         if (strcmp(key, "name") && strcmp(key, "format") && strcmp(key, "weights_base64")) {
-            kiln_reply_error(r, 400, "invalid_request", key, "%s: unknown field (expected name, format, weights_base64)", key);
+            kiln_reply_error(r, 400, "invalid_request", key,
+                             "%s: unknown field (expected name, format, weights_base64; scale is a query "
+                             "parameter)", key);
             json_decref(j);
             return -1;
         }
@@ -119,11 +133,12 @@ static int json_upload(kiln_req *r, char *path, size_t pathn, char sha[65], uint
     if (jn && !json_is_string(jn)) {
         kiln_reply_error(r, 400, "invalid_request", "name", "name: must be a string");
     } else if (jf && (!json_is_string(jf) || (strcmp(json_string_value(jf), "pt") &&
-                                               strcmp(json_string_value(jf), "safetensors")))) {
-        kiln_reply_error(r, 400, "invalid_request", "format", "format: must be \"pt\" or \"safetensors\"");
+                                               strcmp(json_string_value(jf), "safetensors") &&
+                                               strcmp(json_string_value(jf), "onnx")))) {
+        kiln_reply_error(r, 400, "invalid_request", "format", "format: must be \"pt\", \"safetensors\" or \"onnx\"");
     } else if (!json_is_string(jw)) {
         kiln_reply_error(r, 400, "invalid_request", "weights_base64",
-                         "weights_base64: required, the checkpoint file encoded as base64");
+                         "weights_base64: required, the model file encoded as base64");
     } else {
         if (jn) snprintf(name, namen, "%s", json_string_value(jn));
         if (jf) snprintf(format, formatn, "%s", json_string_value(jf));
@@ -162,6 +177,66 @@ static int json_upload(kiln_req *r, char *path, size_t pathn, char sha[65], uint
     return rc;
 }
 
+/* The optional ?scale= of an upload: 0 when absent, 2..4, or -1 after
+ * replying 400. */
+static int upload_scale(kiln_req *r)
+{
+    const char *q = kiln_req_query(r, "scale");
+    if (!q) return 0;
+    if (!strcmp(q, "2") || !strcmp(q, "3") || !strcmp(q, "4")) return q[0] - '0';
+    kiln_reply_error(r, 400, "invalid_request", "scale",
+                     "scale: \"%.16s%s\" is not 2, 3 or 4 (the upsampler to use from a multi-scale checkpoint)",
+                     q, strlen(q) > 16 ? "..." : "");
+    return -1;
+}
+
+/* 1 when the file at path starts like an ONNX ModelProto. */
+static int looks_onnx(const char *path)
+{
+    unsigned char head[64];
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    size_t got = fread(head, 1, sizeof head, f);
+    fclose(f);
+    return kiln_onnx_sniff(head, got);
+}
+
+/* Import an uploaded ONNX file. It is parsed from memory with external data
+ * refused: the upload is one file, and its directory (state/tmp) holds other
+ * requests' uploads, which a crafted "location" must never reach. */
+static kiln_status onnx_graph(const char *path, kiln_graph **g)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+        kiln_status st = kiln_fail(KILN_ERR_IO, "onnx: opening the upload: %s", strerror(errno));
+        if (fd >= 0) close(fd);
+        return st;
+    }
+    void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) return kiln_fail(KILN_ERR_IO, "onnx: mapping the upload: %s", strerror(errno));
+    kiln_status st = kiln_onnx_parse(p, (size_t)sb.st_size, NULL, g);
+    munmap(p, (size_t)sb.st_size);
+    return st;
+}
+
+/* The reply for a file that could not be made into a model. stage 0: the
+ * file did not parse; stage 1: it parsed but is no network kiln runs.
+ * scale: the ?scale= asked for (0: none), blamed for KILN_ERR_INVALID. */
+static void reply_model_error(kiln_req *r, kiln_status st, int stage, int scale)
+{
+    const char *msg = kiln_errmsg();
+    if (st == KILN_ERR_NOMEM || st == KILN_ERR_IO || st == KILN_ERR_INTERNAL)
+        kiln_reply_error(r, 500, "internal", NULL, "loading the model: %s", msg);
+    else if (st == KILN_ERR_ARCH || (stage == 1 && st == KILN_ERR_UNSUPPORTED))
+        kiln_reply_error(r, 422, "wrong_architecture", NULL, "%s", msg);
+    else if (st == KILN_ERR_INVALID && scale)
+        kiln_reply_error(r, 422, "invalid_field", "scale", "scale: %s", msg);
+    else
+        kiln_reply_error(r, 422, "invalid_checkpoint", NULL, "%s", msg);
+}
+
 void kiln_route_model_upload(kiln_req *r)
 {
     kilnd_ctx *ctx = kiln_req_ctx(r);
@@ -172,6 +247,8 @@ void kiln_route_model_upload(kiln_req *r)
     uint64_t size = 0;
     const char *path = NULL;
 
+    int scale = upload_scale(r);
+    if (scale < 0) return;
     if (!strcmp(media, "application/json")) {
         if (json_upload(r, own, sizeof own, sha, &size, name, sizeof name, claimed, sizeof claimed)) return;
         path = own;
@@ -209,36 +286,57 @@ void kiln_route_model_upload(kiln_req *r)
         goto out;
     }
     if (size == 0) {
-        kiln_reply_error(r, 422, "invalid_checkpoint", NULL, "the checkpoint is empty (0 bytes)");
+        kiln_reply_error(r, 422, "invalid_checkpoint", NULL, "the model file is empty (0 bytes)");
         goto out;
     }
 
-    kiln_weights *w = NULL;
-    kiln_status st = kiln_weights_load(path, &w);
-    if (st) {
-        if (st == KILN_ERR_NOMEM || st == KILN_ERR_IO)
-            kiln_reply_error(r, 500, "internal", NULL, "loading the checkpoint: %s", kiln_errmsg());
-        else
-            kiln_reply_error(r, 422, "invalid_checkpoint", NULL, "%s", kiln_errmsg());
-        goto out;
-    }
-    const char *fmt = kiln_weights_format_name(kiln_weights_source_format(w));
-    if (claimed[0] && (!strcmp(claimed, "pt") ? strncmp(fmt, "pt", 2) != 0 : strcmp(fmt, claimed) != 0)) {
-        kiln_reply_error(r, 422, "invalid_field", "format", "format: \"%s\" was given but the content is %s",
-                         claimed, fmt);
-        kiln_weights_destroy(w);
-        goto out;
-    }
+    /* Default res_scale, as every job uses; the chosen scale goes into the
+     * row (workers.c refuses a job result at another scale). */
+    kiln_model_opts opts = {.scale = scale};
     kiln_model *m = NULL;
-    st = kiln_model_from_weights(w, NULL, &m);
-    kiln_weights_destroy(w);
+    kiln_status st;
+    const char *fmt;
+    if (looks_onnx(path)) {
+        fmt = "onnx";
+        if (claimed[0] && strcmp(claimed, "onnx") != 0) {
+            kiln_reply_error(r, 422, "invalid_field", "format", "format: \"%s\" was given but the content is onnx",
+                             claimed);
+            goto out;
+        }
+        kiln_graph *g = NULL;
+        st = onnx_graph(path, &g);
+        if (st) {
+            /* The importer's FORMAT / LIMIT are about the file, its ARCH /
+             * UNSUPPORTED about the network (an operator kiln lacks). */
+            reply_model_error(r, st, 1, 0);
+            goto out;
+        }
+        st = kiln_model_from_graph(g, &opts, &m); /* takes g */
+    } else {
+        kiln_weights *w = NULL;
+        st = kiln_weights_load(path, &w);
+        if (st) {
+            reply_model_error(r, st, 0, 0);
+            goto out;
+        }
+        fmt = kiln_weights_format_name(kiln_weights_source_format(w));
+        if (claimed[0] && (!strcmp(claimed, "pt") ? strncmp(fmt, "pt", 2) != 0 : strcmp(fmt, claimed) != 0)) {
+            kiln_reply_error(r, 422, "invalid_field", "format", "format: \"%s\" was given but the content is %s",
+                             claimed, fmt);
+            kiln_weights_destroy(w);
+            goto out;
+        }
+        st = kiln_model_from_weights(w, &opts, &m);
+        kiln_weights_destroy(w);
+    }
     if (st) {
-        if (st == KILN_ERR_ARCH)
-            kiln_reply_error(r, 422, "wrong_architecture", NULL, "%s", kiln_errmsg());
-        else if (st == KILN_ERR_NOMEM)
-            kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
-        else
-            kiln_reply_error(r, 422, "invalid_checkpoint", NULL, "%s", kiln_errmsg());
+        reply_model_error(r, st, 1, scale);
+        goto out;
+    }
+    if (scale && kiln_model_scale(m) != scale) { /* a graph with a fixed upsampler (ONNX) */
+        kiln_reply_error(r, 422, "invalid_field", "scale", "scale: the model is x%d, x%d was asked for",
+                         kiln_model_scale(m), scale);
+        kiln_model_destroy(m);
         goto out;
     }
     kiln_db_model row;
@@ -247,10 +345,10 @@ void kiln_route_model_upload(kiln_req *r)
     memcpy(row.sha256, sha, 65);
     snprintf(row.format, sizeof row.format, "%s", fmt);
     row.bytes = (int64_t)size;
-    row.resblocks = kiln_model_resblocks(m);
-    row.features = kiln_model_features(m);
+    snprintf(row.arch, sizeof row.arch, "%s", kiln_model_arch(m));
+    /* Truncation is harmless: the description is for people. */
+    snprintf(row.description, sizeof row.description, "%.*s", KILN_DB_DESC_MAX, kiln_model_describe(m));
     row.scale = kiln_model_scale(m);
-    row.res_scale = kiln_model_res_scale(m);
     row.params = (int64_t)kiln_model_params(m);
     kiln_model_destroy(m);
 
@@ -265,8 +363,8 @@ void kiln_route_model_upload(kiln_req *r)
         kiln_reply_error(r, 500, "internal", NULL, "%s", kiln_errmsg());
         goto out;
     }
-    kilnd_log("team %s uploaded model %s (%s, %s, %lld bytes)", who->team, row.id, row.name, row.format,
-              (long long)row.bytes);
+    kilnd_log("team %s uploaded model %s (%s, %s, %s, %lld bytes)", who->team, row.id, row.name, row.format,
+              row.arch, (long long)row.bytes);
     kiln_reply_json(r, 201, kiln_model_json(&row));
 out:
     if (own[0]) unlink(own);

@@ -13,6 +13,12 @@
  *
  * Ownership: each slot's fields are guarded by its mutex except `cancel`
  * (atomic, read by kiln_job_run between images).
+ *
+ * Scale: a model row records the scale it was validated at (`?scale=` on
+ * upload picks one upsampler of a multi-scale checkpoint). kiln_job_spec
+ * cannot pass a scale yet, so a job opens the checkpoint with the default
+ * (the smallest upsampler); a result whose model scale differs from the
+ * row's is refused rather than stored under the wrong label.
  */
 #include "workers.h"
 
@@ -24,6 +30,8 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <jansson.h>
 
 #include "db.h"
 #include "hash.h"
@@ -80,6 +88,20 @@ void kilnd_job_dataset_path(const kilnd_ctx *ctx, const kiln_db_job *j, char *ou
         snprintf(out, n, "%s/%s", ctx->cfg.state_dir, j->dataset_dir);
 }
 
+/* KILN_OK when the result's model has the scale of the model row. */
+static kiln_status check_result_scale(const kiln_db_job *job, const char *result)
+{
+    json_t *j = result ? json_loads(result, 0, NULL) : NULL;
+    json_t *sc = json_object_get(json_object_get(j, "model"), "scale");
+    long long got = json_is_integer(sc) ? json_integer_value(sc) : 0;
+    json_decref(j);
+    if (job->model_scale == 0 || got == job->model_scale) return KILN_OK;
+    return kiln_fail(KILN_ERR_UNSUPPORTED,
+                     "model %s was uploaded for x%d but the job ran it at x%lld: jobs cannot choose the "
+                     "upsampler of a multi-scale checkpoint yet (upload it without ?scale=, or with the "
+                     "smallest scale it holds)", job->model_id, job->model_scale, got);
+}
+
 static void run_one(slot *s, kiln_db_job *job)
 {
     kiln_workers *w = s->w;
@@ -103,6 +125,7 @@ static void run_one(slot *s, kiln_db_job *job)
               job->attempt, job->recipe, job->dataset_name, job->calib);
     char *result = NULL;
     if (!st) st = kiln_job_run(&spec, on_progress, s, &s->cancel, &result);
+    if (!st) st = check_result_scale(job, result);
 
     pthread_mutex_lock(&s->mu);
     int lost = s->lost;
