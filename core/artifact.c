@@ -1,7 +1,7 @@
 /*
- * artifact.c — the .kiln file: a finalized, compressed EDSR (SPEC §5).
+ * artifact.c — the .kiln file: a finalized, compressed network (SPEC §5).
  *
- * Layout (all integers little-endian; version 1):
+ * Layout (all integers little-endian; version 2, which reads version 1 too):
  *
  *   [0, 128)                 header (kiln__art_header, pinned below)
  *   [128, 128 + M)           manifest: compact UTF-8 JSON, keys in a fixed order
@@ -11,8 +11,8 @@
  *
  *   header   off size field
  *              0    8 magic "KILNART\0"
- *              8    4 version (1); a newer version is refused (unsupported)
- *             12    4 flags (0; no flag is defined in version 1)
+ *              8    4 version (2); a newer version is refused (unsupported)
+ *             12    4 flags (0; no flag is defined in versions 1 and 2)
  *             16    4 header_size (128)
  *             20    4 reserved, 0
  *             24    8 manifest_offset (128)
@@ -23,9 +23,13 @@
  *             64   32 sha256 of bytes [128, file_length)
  *             96   32 reserved, 0
  *
- * The manifest describes the architecture and, per conv, its kind and a
+ * The manifest holds the network's topology ("graph": kiln_graph_to_json's
+ * object, graph.h) and, per weight of that graph (a "conv"), its kind and a
  * tensor table {name: {dtype, offset, length, shape}} with offsets relative
- * to blob_offset. Tensors are laid out canonically: in conv order, in the
+ * to blob_offset; then the qparams of every activation site of the graph.
+ * Version 1 files (EDSR only) have an "arch" object (resblocks, features,
+ * scale, res_scale) instead of the graph; the reader rebuilds EDSR's graph
+ * from it (kiln_arch_edsr_topology), so they load as version 2 artifacts. Tensors are laid out canonically: in conv order, in the
  * per-kind order given by art_conv_tensors(), each at the next multiple of 64
  * after the previous one. The reader recomputes that layout from the
  * manifest's shapes and requires every offset and length to equal it, so a
@@ -37,17 +41,21 @@
  *                  stream bits [i*n, i*n+n), stream bit j is bit j%8 of byte
  *                  j/8 (4 bits: low nibble first); signed values are n-bit
  *                  two's complement; unused bits of the last byte are 0.
- * Floats in the manifest (scales, ranges, res_scale) are C99 hex strings
- * ("%a", e.g. "0x1.7c85acp-10") so they round-trip bit-exactly.
+ * Floats in the manifest (scales, ranges; version 1's res_scale) are C99
+ * hex strings ("%a", e.g. "0x1.7c85acp-10") so they round-trip bit-exactly;
+ * the graph's few constants (mul factors, slopes) are decimal numbers with
+ * 17 significant digits, which round-trip exactly too.
  * docs/artifact-format.md has the full manifest schema.
  *
  * Trust: decode treats its input as hostile (files are uploaded and
  * downloaded). It checks the header, the checksum, then every manifest field
  * (types, ranges, counts, name lengths, tensor offsets/lengths/dtypes against
  * shapes and bits); an array is allocated only once its length has been
- * checked against the bytes present in the file. Finally it runs the same
- * whole-artifact validation (art_check) the writer runs, so encode never
- * writes what decode would refuse.
+ * checked against the bytes present in the file. The graph goes through
+ * kiln_graph_from_json, which applies every check of the graph builder;
+ * then every conv and site must match the graph's weights and sites. Finally
+ * it runs the same whole-artifact validation (art_check) the writer runs, so
+ * encode never writes what decode would refuse.
  *
  * Determinism: the same kiln_artifact always gives the same bytes (fixed key
  * order, canonical layout, zeroed padding, no timestamps).
@@ -69,21 +77,25 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "arch.h"
 #include "hash.h"
 #include "quant.h"
 
-#define ART_VERSION 1u
+#define ART_VERSION 2u
 #define ART_HEADER_SIZE 128u
 #define ART_ALIGN 64u
 
-/* Bounds that keep a hostile manifest from asking for absurd allocations;
- * EDSR (full: F=256, R=32, x4) is far inside all of them. */
+/* Bounds that keep a hostile manifest from asking for absurd allocations or
+ * work; EDSR (full: F=256, R=32, x4), CARN and RCAN are far inside all of
+ * them. */
 #define ART_MAX_CONVS 4096
 #define ART_MAX_SITES 65536
 #define ART_MAX_DIM 16384
 #define ART_MAX_K 15
 #define ART_MAX_NUMEL (1ull << 28)
-#define ART_MAX_RESBLOCKS 1024
+#define ART_MAX_RESBLOCKS 1024   /* version 1 "arch" */
+#define ART_MAX_NODES 8192       /* graph nodes (the graph parser's name
+                                  * lookups are linear: keep it bounded)  */
 #define ART_MAX_STR 256          /* recipe, kiln_version */
 #define ART_MAX_CONFIG (1u << 20) /* canonical config JSON */
 #define ART_MAX_FILE (1ull << 32)
@@ -278,12 +290,13 @@ static void tensor_set(art_tensor *t, const char *name, const char *dtype, int b
 
 /* The tensor table of a conv whose scalar fields are already validated
  * (art_check_conv_shape): names, dtypes, shapes and lengths, in file order.
- * has_lut_q/has_cs say whether the optional palette tensors exist (the reader
- * knows this from the manifest before the arrays exist). */
-static int art_conv_tensors(const kiln_art_conv *c, int has_lut_q, int has_cs, art_tensor *t)
+ * has_lut_q/has_cs/has_bias say whether the optional tensors exist (the
+ * reader knows this from the manifest and the graph before the arrays
+ * exist). */
+static int art_conv_tensors(const kiln_art_conv *c, int has_lut_q, int has_cs, int has_bias, art_tensor *t)
 {
     int n = 0;
-    int64_t co = c->cout, ci = c->cin, k = c->k;
+    int64_t co = c->cout, ci = c->cin / c->groups, k = c->k;
     switch (c->kind) {
     case KILN_WK_F32:
         tensor_set(&t[n++], "weight", "float32", 32, 0, 4, co, ci, k, k);
@@ -308,7 +321,7 @@ static int art_conv_tensors(const kiln_art_conv *c, int has_lut_q, int has_cs, a
         break;
     }
     }
-    tensor_set(&t[n++], "bias", "float32", 32, 0, 1, co, 0, 0, 0);
+    if (has_bias) tensor_set(&t[n++], "bias", "float32", 32, 0, 1, co, 0, 0, 0);
     return n;
 }
 
@@ -340,9 +353,9 @@ static size_t int_expected_scales(const kiln_art_conv *c)
     case KILN_QG_PER_TENSOR: return 1;
     case KILN_QG_PER_CHANNEL: return (size_t)c->cout;
     case KILN_QG_PER_BLOCK: {
-        /* Blocks run along each output channel's flattened cin*k*k row, as
-         * kiln_quant_weight lays them out. */
-        int inner = c->cin * c->k * c->k;
+        /* Blocks run along each output channel's flattened
+         * (cin/groups)*k*k row, as kiln_quant_weight lays them out. */
+        int inner = c->cin / c->groups * c->k * c->k;
         if (c->block_size < 1 || c->block_size > inner) return 0;
         return (size_t)c->cout * (size_t)((inner + c->block_size - 1) / c->block_size);
     }
@@ -357,14 +370,17 @@ static kiln_status art_check_conv_shape(const kiln_art_conv *c, size_t i, kiln_s
         return kiln_fail(st, "artifact: convs[%zu]: name is empty, not NUL-terminated within "
                          "%d bytes, or has non-printable characters", i, KILN_ART_NAME_MAX);
     const char *nm = c->name;
-    if (c->cout < 1 || c->cin < 1 || c->k < 1)
-        return kiln_fail(st, "artifact: conv %s: shape [%d,%d,%d,%d] has a dimension < 1", nm,
-                         c->cout, c->cin, c->k, c->k);
+    if (c->cout < 1 || c->cin < 1 || c->k < 1 || c->groups < 1)
+        return kiln_fail(st, "artifact: conv %s: shape [%d,%d,%d,%d] or groups %d has a dimension "
+                         "< 1", nm, c->cout, c->cin, c->k, c->k, c->groups);
     if (c->cout > ART_MAX_DIM || c->cin > ART_MAX_DIM || c->k > ART_MAX_K)
         return kiln_fail(KILN_ERR_LIMIT, "artifact: conv %s: shape [%d,%d,%d,%d] exceeds the "
                          "limits (channels <= %d, kernel <= %d)", nm, c->cout, c->cin, c->k,
                          c->k, ART_MAX_DIM, ART_MAX_K);
-    uint64_t numel = (uint64_t)c->cout * (uint64_t)c->cin * (uint64_t)c->k * (uint64_t)c->k;
+    if (c->cin % c->groups || c->cout % c->groups)
+        return kiln_fail(st, "artifact: conv %s: %d groups do not divide %d input and %d output "
+                         "channels", nm, c->groups, c->cin, c->cout);
+    uint64_t numel = kiln_art_conv_numel(c);
     if (numel > ART_MAX_NUMEL)
         return kiln_fail(KILN_ERR_LIMIT, "artifact: conv %s: %llu weights exceed the limit %llu",
                          nm, (unsigned long long)numel, (unsigned long long)ART_MAX_NUMEL);
@@ -376,9 +392,9 @@ static kiln_status art_check_conv_shape(const kiln_art_conv *c, size_t i, kiln_s
         if (c->is_signed != 0 && c->is_signed != 1)
             return kiln_fail(st, "artifact: conv %s: is_signed %d is not 0 or 1", nm, c->is_signed);
         if (c->granularity == KILN_QG_PER_BLOCK &&
-            (c->block_size < 1 || c->block_size > c->cin * c->k * c->k))
-            return kiln_fail(st, "artifact: conv %s: block_size %d not in [1, cin*k*k=%d]", nm,
-                             c->block_size, c->cin * c->k * c->k);
+            (c->block_size < 1 || c->block_size > c->cin / c->groups * c->k * c->k))
+            return kiln_fail(st, "artifact: conv %s: block_size %d not in [1, cin/groups*k*k=%d]",
+                             nm, c->block_size, c->cin / c->groups * c->k * c->k);
         if (int_expected_scales(c) == 0)
             return kiln_fail(st, "artifact: conv %s: granularity %d is not per_tensor, "
                              "per_channel or per_block", nm, c->granularity);
@@ -406,8 +422,7 @@ static kiln_status art_check_conv(const kiln_art_conv *c, size_t i, kiln_status 
     kiln_status s = art_check_conv_shape(c, i, st);
     if (s != KILN_OK) return s;
     const char *nm = c->name;
-    size_t numel = (size_t)c->cout * (size_t)c->cin * (size_t)c->k * (size_t)c->k;
-    if (!c->bias) return kiln_fail(st, "artifact: conv %s: bias is missing", nm);
+    size_t numel = kiln_art_conv_numel(c);
     switch (c->kind) {
     case KILN_WK_F32:
         if (!c->weight) return kiln_fail(st, "artifact: conv %s: weight is missing", nm);
@@ -494,6 +509,49 @@ static kiln_status art_check_site(const kiln_art_site *s, size_t i, kiln_status 
     return KILN_OK;
 }
 
+/* Site i's name in the graph: its tensor's. */
+static const char *graph_site_name(const kiln_graph *g, size_t i)
+{
+    return kiln_graph_tensor(g, (size_t)kiln_graph_site_tensor(g, i))->name;
+}
+
+/* convs[i] is weight i and sites[i] is site i of the graph. */
+static kiln_status art_check_graph(const kiln_artifact *a, kiln_status st)
+{
+    const kiln_graph *g = a->graph;
+    if (!g) return kiln_fail(st, "artifact: no graph (the network topology is missing)");
+    if (kiln_graph_output(g) < 0) return kiln_fail(st, "artifact: the graph is not finished");
+    if (kiln_graph_node_count(g) > ART_MAX_NODES)
+        return kiln_fail(KILN_ERR_LIMIT, "artifact: graph of %zu nodes exceeds the limit %d",
+                         kiln_graph_node_count(g), ART_MAX_NODES);
+    if (a->n_convs != kiln_graph_weight_count(g))
+        return kiln_fail(st, "artifact: %zu convs, the graph has %zu weights", a->n_convs,
+                         kiln_graph_weight_count(g));
+    if (a->n_sites != kiln_graph_site_count(g))
+        return kiln_fail(st, "artifact: %zu sites, the graph has %zu activation sites", a->n_sites,
+                         kiln_graph_site_count(g));
+    for (size_t i = 0; i < a->n_convs; i++) {
+        const kiln_art_conv *c = &a->convs[i];
+        const kiln_gweight *w = kiln_graph_weight(g, i);
+        if (strcmp(c->name, w->name) != 0)
+            return kiln_fail(st, "artifact: convs[%zu] is %s, graph weight %zu is %s", i, c->name, i,
+                             w->name);
+        if (c->cout != w->cout || c->cin != w->cin || c->k != w->k || c->groups != w->groups)
+            return kiln_fail(st, "artifact: conv %s: shape [%d,%d,%d,%d] groups %d, the graph's "
+                             "weight is [%d,%d,%d,%d] groups %d", c->name, c->cout, c->cin, c->k,
+                             c->k, c->groups, w->cout, w->cin, w->k, w->k, w->groups);
+        if ((c->bias != NULL) != (w->has_bias != 0))
+            return kiln_fail(st, "artifact: conv %s: %s, the graph's weight %s", c->name,
+                             c->bias ? "has a bias" : "has no bias",
+                             w->has_bias ? "has one" : "has none");
+    }
+    for (size_t i = 0; i < a->n_sites; i++)
+        if (strcmp(a->sites[i].name, graph_site_name(g, i)) != 0)
+            return kiln_fail(st, "artifact: sites[%zu] is %s, graph site %zu is %s", i,
+                             a->sites[i].name, i, graph_site_name(g, i));
+    return KILN_OK;
+}
+
 /* The whole artifact; st is KILN_ERR_INVALID for the writer (caller's data)
  * and KILN_ERR_FORMAT for the reader (file content). */
 static kiln_status art_check(const kiln_artifact *a, kiln_status st)
@@ -503,10 +561,6 @@ static kiln_status art_check(const kiln_artifact *a, kiln_status st)
                          "%d / %d", a->n_convs, a->n_sites, ART_MAX_CONVS, ART_MAX_SITES);
     if ((a->n_convs && !a->convs) || (a->n_sites && !a->sites))
         return kiln_fail(st, "artifact: convs or sites array missing");
-    if (a->resblocks < 0 || a->resblocks > ART_MAX_RESBLOCKS || a->features < 1 ||
-        a->features > ART_MAX_DIM || a->scale < 1 || a->scale > 8 || !isfinite(a->res_scale))
-        return kiln_fail(st, "artifact: arch resblocks %d, features %d, scale %d, res_scale %g "
-                         "out of range", a->resblocks, a->features, a->scale, (double)a->res_scale);
     if (a->recipe && strlen(a->recipe) > ART_MAX_STR)
         return kiln_fail(st, "artifact: recipe longer than %d bytes", ART_MAX_STR);
     if (a->kiln_version && strlen(a->kiln_version) > ART_MAX_STR)
@@ -528,7 +582,7 @@ static kiln_status art_check(const kiln_artifact *a, kiln_status st)
         kiln_status s = art_check_site(&a->sites[i], i, st);
         if (s != KILN_OK) return s;
     }
-    return KILN_OK;
+    return art_check_graph(a, st);
 }
 
 /* ------------------------------------------------------ create / free */
@@ -554,9 +608,67 @@ kiln_status kiln_artifact_create(size_t n_convs, size_t n_sites, kiln_artifact *
     return KILN_OK;
 }
 
+/* A topology-only copy: the JSON form carries no weight data. */
+static kiln_status graph_topology(const kiln_graph *g, kiln_graph **out)
+{
+    *out = NULL;
+    if (!g || kiln_graph_output(g) < 0) return kiln_fail(KILN_ERR_INVALID, "artifact: the graph is missing or not finished");
+    char *text = kiln_graph_to_json(g);
+    if (!text) return kiln_fail(KILN_ERR_NOMEM, "artifact: out of memory serializing the graph");
+    kiln_status st = kiln_graph_from_json(text, out);
+    free(text);
+    return st;
+}
+
+kiln_status kiln_artifact_set_graph(kiln_artifact *a, const kiln_graph *g)
+{
+    kiln_graph *t;
+    kiln_status st = graph_topology(g, &t);
+    if (st != KILN_OK) return st;
+    kiln_graph_destroy(a->graph);
+    a->graph = t;
+    return KILN_OK;
+}
+
+kiln_status kiln_artifact_from_graph(const kiln_graph *g, kiln_artifact **out)
+{
+    *out = NULL;
+    if (!g || kiln_graph_output(g) < 0) return kiln_fail(KILN_ERR_INVALID, "artifact: the graph is missing or not finished");
+    kiln_artifact *a;
+    kiln_status st = kiln_artifact_create(kiln_graph_weight_count(g), kiln_graph_site_count(g), &a);
+    if (st != KILN_OK) return st;
+    if ((st = kiln_artifact_set_graph(a, g)) != KILN_OK) {
+        kiln_artifact_free(a);
+        return st;
+    }
+    for (size_t i = 0; i < a->n_convs; i++) {
+        const kiln_gweight *w = kiln_graph_weight(g, i);
+        kiln_art_conv *c = &a->convs[i];
+        snprintf(c->name, sizeof c->name, "%s", w->name);
+        c->cout = w->cout;
+        c->cin = w->cin;
+        c->k = w->k;
+        c->groups = w->groups;
+        c->kind = KILN_WK_F32;
+    }
+    for (size_t i = 0; i < a->n_sites; i++)
+        snprintf(a->sites[i].name, sizeof a->sites[i].name, "%s", graph_site_name(g, i));
+    *out = a;
+    return KILN_OK;
+}
+
+int kiln_artifact_scale(const kiln_artifact *a) { return a && a->graph ? kiln_graph_scale(a->graph) : 0; }
+
+size_t kiln_art_conv_numel(const kiln_art_conv *c)
+{
+    int g = c->groups > 0 ? c->groups : 1;
+    return (size_t)c->cout * (size_t)(c->cin / g) * (size_t)c->k * (size_t)c->k;
+}
+
 void kiln_artifact_free(kiln_artifact *a)
 {
     if (!a) return;
+    kiln_graph_destroy(a->graph);
     for (size_t i = 0; a->convs && i < a->n_convs; i++) {
         kiln_art_conv *c = &a->convs[i];
         free(c->bias);
@@ -581,11 +693,11 @@ void kiln_artifact_free(kiln_artifact *a)
 
 /* ----------------------------------------------------------------- sizes */
 
-size_t kiln_art_conv_bias_bytes(const kiln_art_conv *c) { return 4 * (size_t)c->cout; }
+size_t kiln_art_conv_bias_bytes(const kiln_art_conv *c) { return c->bias ? 4 * (size_t)c->cout : 0; }
 
 size_t kiln_art_conv_weight_bytes(const kiln_art_conv *c)
 {
-    uint64_t numel = (uint64_t)c->cout * (uint64_t)c->cin * (uint64_t)c->k * (uint64_t)c->k;
+    uint64_t numel = kiln_art_conv_numel(c);
     uint64_t n = 0;
     switch (c->kind) {
     case KILN_WK_F32: n = 4 * numel; break;
@@ -621,7 +733,7 @@ kiln_status kiln_art_conv_dequantize(const kiln_art_conv *c, float *out)
 {
     kiln_status st = art_check_conv(c, 0, KILN_ERR_INVALID);
     if (st != KILN_OK) return st;
-    size_t per_out = (size_t)c->cin * (size_t)c->k * (size_t)c->k;
+    size_t per_out = (size_t)(c->cin / c->groups) * (size_t)c->k * (size_t)c->k;
     size_t numel = (size_t)c->cout * per_out;
     switch (c->kind) {
     case KILN_WK_F32:
@@ -686,10 +798,11 @@ static json_t *conv_manifest(const kiln_art_conv *c, const art_tensor *t, int nt
     jset(o, "name", json_string(c->name), oom);
     json_t *shape = json_array();
     jappend(shape, json_integer(c->cout), oom);
-    jappend(shape, json_integer(c->cin), oom);
+    jappend(shape, json_integer(c->cin / c->groups), oom);
     jappend(shape, json_integer(c->k), oom);
     jappend(shape, json_integer(c->k), oom);
     jset(o, "shape", shape, oom);
+    jset(o, "groups", json_integer(c->groups), oom);
     jset(o, "kind", json_string(kind_name(c->kind)), oom);
     if (c->kind == KILN_WK_INT) {
         jset(o, "bits", json_integer(c->bits), oom);
@@ -788,7 +901,7 @@ kiln_status kiln_artifact_encode(const kiln_artifact *a, void **buf, size_t *len
     for (size_t i = 0; i < a->n_convs; i++) {
         art_tensor *t = tabs + i * ART_MAX_TENSORS;
         const kiln_art_conv *c = &a->convs[i];
-        counts[i] = art_conv_tensors(c, c->lut_q != NULL, c->channel_scales != NULL, t);
+        counts[i] = art_conv_tensors(c, c->lut_q != NULL, c->channel_scales != NULL, c->bias != NULL, t);
         for (int j = 0; j < counts[i]; j++) {
             t[j].offset = align64(blob_len);
             blob_len = t[j].offset + t[j].length;
@@ -802,12 +915,10 @@ kiln_status kiln_artifact_encode(const kiln_artifact *a, void **buf, size_t *len
     jset(m, "recipe", jstr_or_null(a->recipe), &oom);
     jset(m, "config_sha256", json_string(a->config_hash), &oom);
     jset(m, "config", jstr_or_null(a->config_json), &oom);
-    json_t *arch = json_object();
-    jset(arch, "resblocks", json_integer(a->resblocks), &oom);
-    jset(arch, "features", json_integer(a->features), &oom);
-    jset(arch, "scale", json_integer(a->scale), &oom);
-    jset(arch, "res_scale", jhexf(a->res_scale), &oom);
-    jset(m, "arch", arch, &oom);
+    char *gtext = kiln_graph_to_json(a->graph);
+    json_error_t gerr;
+    jset(m, "graph", gtext ? json_loads(gtext, 0, &gerr) : NULL, &oom);
+    free(gtext);
     jset(m, "source_sha256", jstr_or_null(a->source_sha256), &oom);
     json_t *convs = json_array();
     for (size_t i = 0; i < a->n_convs && !oom; i++)
@@ -1076,9 +1187,11 @@ static kiln_status read_tensor(kiln_art_conv *c, json_t *tensors, const char *ct
     return KILN_OK;
 }
 
-/* Reads convs[i]: scalar fields first (validated), then the tensors. */
-static kiln_status read_conv(kiln_art_conv *c, json_t *o, size_t i, const uint8_t *blob,
-                             uint64_t blob_len, uint64_t *cursor)
+/* Reads convs[i]: scalar fields first (validated), then the tensors.
+ * Version 1 convs have no "groups" (1) and always a bias; from version 2 the
+ * graph's weight says whether there is one. */
+static kiln_status read_conv(kiln_art_conv *c, json_t *o, size_t i, uint32_t version, int has_bias,
+                             const uint8_t *blob, uint64_t blob_len, uint64_t *cursor)
 {
     char ctx[128];
     snprintf(ctx, sizeof ctx, "convs[%zu]", i);
@@ -1108,10 +1221,19 @@ static kiln_status read_conv(kiln_art_conv *c, json_t *o, size_t i, const uint8_
     c->cout = (int)d[0];
     c->cin = (int)d[1];
     c->k = (int)d[2];
+    c->groups = 1;
+    long long v;
+    if (version >= 2) {
+        if ((st = jget_int(o, ctx, "groups", 1, ART_MAX_DIM, &v)) != KILN_OK) return st;
+        if (d[1] * v > ART_MAX_DIM)
+            return kiln_fail(KILN_ERR_LIMIT, "artifact: manifest %s: %lld groups of %lld input "
+                             "channels exceed the limit %d", ctx, v, d[1], ART_MAX_DIM);
+        c->groups = (int)v;
+        c->cin = (int)(d[1] * v);
+    }
 
     const char *kind;
     if ((st = jget_str(o, ctx, "kind", 16, &kind)) != KILN_OK) return st;
-    long long v;
     int has_lut_q = 0, has_cs = 0;
     if (!strcmp(kind, "f32")) {
         c->kind = KILN_WK_F32;
@@ -1129,7 +1251,7 @@ static kiln_status read_conv(kiln_art_conv *c, json_t *o, size_t i, const uint8_
             return kiln_fail(KILN_ERR_FORMAT, "artifact: manifest %s: granularity \"%s\" is not "
                              "per_tensor, per_channel or per_block", ctx, g);
         if (c->granularity == KILN_QG_PER_BLOCK) {
-            if ((st = jget_int(o, ctx, "block_size", 1, (long long)c->cin * c->k * c->k, &v)) !=
+            if ((st = jget_int(o, ctx, "block_size", 1, (long long)d[1] * c->k * c->k, &v)) !=
                 KILN_OK)
                 return st;
             c->block_size = (int)v;
@@ -1162,7 +1284,7 @@ static kiln_status read_conv(kiln_art_conv *c, json_t *o, size_t i, const uint8_
     }
     if ((st = art_check_conv_shape(c, i, KILN_ERR_FORMAT)) != KILN_OK) return st;
     art_tensor t[ART_MAX_TENSORS];
-    int nt = art_conv_tensors(c, has_lut_q, has_cs, t);
+    int nt = art_conv_tensors(c, has_lut_q, has_cs, has_bias, t);
 
     json_t *tensors;
     if ((st = jget(o, ctx, "tensors", JSON_OBJECT, &tensors)) != KILN_OK) return st;
@@ -1223,11 +1345,54 @@ static kiln_status read_site(kiln_art_site *s, json_t *o, size_t i)
     return KILN_OK;
 }
 
+/* A graph failure reported as a manifest failure: every status but the
+ * limits and memory becomes format (the file is what is wrong). */
+static kiln_status graph_fail(kiln_status st, const char *what)
+{
+    if (st != KILN_ERR_LIMIT && st != KILN_ERR_NOMEM) st = KILN_ERR_FORMAT;
+    kiln_errmsg_prefix("artifact: manifest %s: ", what);
+    return st;
+}
+
+/* The topology: version 2's "graph" object, or EDSR's graph rebuilt from
+ * version 1's "arch" object. */
+static kiln_status read_graph(json_t *m, uint32_t version, kiln_graph **out)
+{
+    kiln_status st;
+    json_t *o;
+    long long v;
+    if (version == 1) {
+        int R, F, scale;
+        float rs;
+        if ((st = jget(m, "", "arch", JSON_OBJECT, &o)) != KILN_OK) return st;
+        if ((st = jget_int(o, "arch", "resblocks", 0, ART_MAX_RESBLOCKS, &v)) != KILN_OK) return st;
+        R = (int)v;
+        if ((st = jget_int(o, "arch", "features", 1, ART_MAX_DIM, &v)) != KILN_OK) return st;
+        F = (int)v;
+        if ((st = jget_int(o, "arch", "scale", 1, 8, &v)) != KILN_OK) return st;
+        scale = (int)v;
+        if ((st = jget_hexf(o, "arch", "res_scale", &rs)) != KILN_OK) return st;
+        st = kiln_arch_edsr_topology(R, F, scale, rs, out);
+        return st == KILN_OK ? st : graph_fail(st, "arch");
+    }
+    if ((st = jget(m, "", "graph", JSON_OBJECT, &o)) != KILN_OK) return st;
+    json_t *nodes = json_object_get(o, "nodes"), *weights = json_object_get(o, "weights");
+    if (json_array_size(nodes) > ART_MAX_NODES || json_array_size(weights) > ART_MAX_CONVS)
+        return kiln_fail(KILN_ERR_LIMIT, "artifact: manifest graph: %zu nodes / %zu weights exceed "
+                         "the limits %d / %d", json_array_size(nodes), json_array_size(weights),
+                         ART_MAX_NODES, ART_MAX_CONVS);
+    char *text = json_dumps(o, JSON_COMPACT);
+    if (!text) return kiln_fail(KILN_ERR_NOMEM, "artifact: out of memory for the graph");
+    st = kiln_graph_from_json(text, out);
+    free(text);
+    return st == KILN_OK ? st : graph_fail(st, "graph");
+}
+
 static kiln_status read_manifest(json_t *m, uint32_t version, const uint8_t *blob,
                                  uint64_t blob_len, kiln_artifact **out)
 {
     kiln_status st;
-    json_t *convs, *sites, *arch;
+    json_t *convs, *sites;
     long long v;
     if (!json_is_object(m))
         return kiln_fail(KILN_ERR_FORMAT, "artifact: manifest is not a JSON object");
@@ -1248,20 +1413,22 @@ static kiln_status read_manifest(json_t *m, uint32_t version, const uint8_t *blo
     if ((st = jget_str(m, "", "config_sha256", 64, &hash))) goto fail;
     memcpy(a->config_hash, hash, strlen(hash) + 1);
     if ((st = jget_strdup_or_null(m, "", "config", ART_MAX_CONFIG, &a->config_json))) goto fail;
-    if ((st = jget(m, "", "arch", JSON_OBJECT, &arch))) goto fail;
-    if ((st = jget_int(arch, "arch", "resblocks", 0, ART_MAX_RESBLOCKS, &v))) goto fail;
-    a->resblocks = (int)v;
-    if ((st = jget_int(arch, "arch", "features", 1, ART_MAX_DIM, &v))) goto fail;
-    a->features = (int)v;
-    if ((st = jget_int(arch, "arch", "scale", 1, 8, &v))) goto fail;
-    a->scale = (int)v;
-    if ((st = jget_hexf(arch, "arch", "res_scale", &a->res_scale))) goto fail;
+    if ((st = read_graph(m, version, &a->graph))) goto fail;
     if ((st = jget_strdup_or_null(m, "", "source_sha256", 64, &a->source_sha256))) goto fail;
+    if (a->n_convs != kiln_graph_weight_count(a->graph) || a->n_sites != kiln_graph_site_count(a->graph)) {
+        st = kiln_fail(KILN_ERR_FORMAT, "artifact: manifest: %zu convs and %zu sites, the graph has "
+                       "%zu weights and %zu activation sites", a->n_convs, a->n_sites,
+                       kiln_graph_weight_count(a->graph), kiln_graph_site_count(a->graph));
+        goto fail;
+    }
 
     uint64_t cursor = 0;
-    for (size_t i = 0; i < a->n_convs; i++)
-        if ((st = read_conv(&a->convs[i], json_array_get(convs, i), i, blob, blob_len, &cursor)))
+    for (size_t i = 0; i < a->n_convs; i++) {
+        int has_bias = version == 1 || kiln_graph_weight(a->graph, i)->has_bias;
+        if ((st = read_conv(&a->convs[i], json_array_get(convs, i), i, version, has_bias, blob,
+                            blob_len, &cursor)))
             goto fail;
+    }
     if (cursor != blob_len) {
         st = kiln_fail(KILN_ERR_FORMAT, "artifact: blob section is %llu bytes, the tensors end at "
                        "%llu", (unsigned long long)blob_len, (unsigned long long)cursor);

@@ -1,8 +1,11 @@
 /*
- * test_artifact.c — the .kiln format: round trips of every weight kind,
+ * test_artifact.c — the .kiln format: round trips of every weight kind
+ * (grouped convs and convs without bias included) and of the graph,
  * determinism, atomic file writes, hostile input (truncation, bit flips,
- * manifest and blob mutations with a valid checksum), version refusal,
- * SPEC §5 sizes and dequantization.
+ * manifest and blob mutations with a valid checksum, convs and sites that
+ * do not match the graph), version refusal, version 1 files (EDSR, from
+ * before the graph: tests/fixtures/edsr_*_v1.kiln), SPEC §5 sizes and
+ * dequantization.
  *
  * With KILN_FUZZ_CORPUS_OUT=<dir> it also writes the fuzz seed corpus
  * (fuzz/corpus/fuzz_artifact/ is generated that way; see its README).
@@ -13,7 +16,9 @@
 #include <stdint.h>
 #include <sys/stat.h>
 
+#include "arch.h"
 #include "artifact.h"
+#include "graph.h"
 #include "hash.h"
 #include "quant.h"
 
@@ -28,10 +33,7 @@ static void set_name(char *dst, const char *s)
     memcpy(dst, s, n < KILN_ART_NAME_MAX - 1 ? n : KILN_ART_NAME_MAX - 1);
 }
 
-static size_t numel_of(const kiln_art_conv *c)
-{
-    return (size_t)c->cout * (size_t)c->cin * (size_t)c->k * (size_t)c->k;
-}
+static size_t numel_of(const kiln_art_conv *c) { return kiln_art_conv_numel(c); }
 
 static float *randf(size_t n, float lo, float hi)
 {
@@ -46,6 +48,7 @@ static void conv_shape(kiln_art_conv *c, const char *name, int cout, int cin, in
     c->cout = cout;
     c->cin = cin;
     c->k = k;
+    c->groups = 1;
     c->bias = randf((size_t)cout, -1, 1);
 }
 
@@ -120,12 +123,38 @@ static void make_site(kiln_art_site *s, const char *name, int enabled, float sca
     s->range_max = hi;
 }
 
+/* A graph for the convs and sites of a test artifact: every conv is a
+ * weight of the graph (same shape, a bias when the conv has one). With
+ * `chain`, input -> conv(weight chain[0]) -> relu -> conv(weight chain[1]),
+ * whose sites are named after sites[0..2]; else input -> relu, sites
+ * "input" and "out". Other weights are used by no node (the format allows
+ * it). */
+static void attach_graph(kiln_artifact *a, const int *chain)
+{
+    kiln_graph *g = NULL;
+    int id, t = 0;
+    const char *s1 = chain ? a->sites[1].name : "out", *s2 = chain ? a->sites[2].name : "";
+    CHECK_OK(kiln_graph_create("test", chain ? a->sites[0].name : "input", &g));
+    for (size_t i = 0; g && i < a->n_convs; i++) {
+        const kiln_art_conv *c = &a->convs[i];
+        CHECK_OK(kiln_graph_add_weight(g, c->name, c->cout, c->cin, c->k, c->groups, NULL, NULL, c->bias != NULL,
+                                       0, &id));
+    }
+    if (!g) return;
+    if (chain) {
+        CHECK_OK(kiln_graph_conv(g, "conv1", "t1", 0, chain[0], &t));
+        CHECK_OK(kiln_graph_unary(g, KILN_OP_RELU, "relu1", s1, t, 0, &t));
+        CHECK_OK(kiln_graph_conv(g, "conv2", s2, t, chain[1], &t));
+    } else {
+        CHECK_OK(kiln_graph_unary(g, KILN_OP_RELU, "relu", s1, 0, 0, &t));
+    }
+    CHECK_OK(kiln_graph_finish(g, t, 1.0f));
+    CHECK_OK(kiln_artifact_set_graph(a, g));
+    kiln_graph_destroy(g);
+}
+
 static void set_strings(kiln_artifact *a)
 {
-    a->resblocks = 16;
-    a->features = 64;
-    a->scale = 2;
-    a->res_scale = 1.0f;
     a->recipe = strdup("w8a8");
     a->config_json = strdup("{\"weights\":{\"dtype\":\"int8\"},\"note\":\"quoted \\\" and \\u00e9\"}");
     kiln_sha256_hex(a->config_json, strlen(a->config_json), a->config_hash);
@@ -138,9 +167,8 @@ static void set_strings(kiln_artifact *a)
 static kiln_artifact *make_all_kinds(void)
 {
     kiln_artifact *a;
-    if (kiln_artifact_create(11, 3, &a) != KILN_OK) return NULL;
+    if (kiln_artifact_create(12, 3, &a) != KILN_OK) return NULL;
     set_strings(a);
-    a->res_scale = 0.1f;
     kiln_art_conv *c = a->convs;
     make_f32(&c[0], "sub_mean", 3, 3, 1);
     make_int(&c[1], "head.0", 5, 3, 3, 8, 1, KILN_QG_PER_CHANNEL, 0);
@@ -153,9 +181,18 @@ static kiln_artifact *make_all_kinds(void)
     make_palette(&c[8], "pal1.q.cs", 3, 3, 1, 1, 1, 1, 1);
     make_palette(&c[9], "pal6.float", 2, 7, 3, 6, 2, 0, 0);
     make_palette(&c[10], "pal8.int8lut", 3, 2, 3, 8, 3, 1, 0);
+    /* 4 -> 4 in 2 groups: the weight holds 4 x 2 x 3 x 3; no bias */
+    conv_shape(&c[11], "grouped.nobias", 4, 4, 3);
+    c[11].groups = 2;
+    free(c[11].bias);
+    c[11].bias = NULL;
+    c[11].kind = KILN_WK_F32;
+    c[11].weight = randf(numel_of(&c[11]), -0.5f, 0.5f);
     make_site(&a->sites[0], "input", 1, 1.0f / 127.5f, 0, -128, 127, 0.0f, 1.0f);
     make_site(&a->sites[1], "body.0.relu", 0, 0, 0, 0, 0, 0, 0);
     make_site(&a->sites[2], "add_mean", 1, 0x1.234568p-7f, 7, 0, 255, -0.0625f, 3.75e-5f);
+    static const int chain[2] = {0, 2}; /* sub_mean 3->3, int4.tensor 3->3 */
+    attach_graph(a, chain);
     return a;
 }
 
@@ -163,7 +200,7 @@ static kiln_artifact *make_all_kinds(void)
 static kiln_artifact *make_single(int which)
 {
     kiln_artifact *a;
-    if (kiln_artifact_create(1, 1, &a) != KILN_OK) return NULL;
+    if (kiln_artifact_create(1, 2, &a) != KILN_OK) return NULL;
     set_strings(a);
     switch (which) {
     case 0: make_f32(&a->convs[0], "tail.1", 3, 2, 3); break;
@@ -172,6 +209,8 @@ static kiln_artifact *make_single(int which)
     default: make_palette(&a->convs[0], "pal3", 3, 1, 3, 3, 1, 0, 0); break;
     }
     make_site(&a->sites[0], "input", 1, 1.0f / 127.5f, 0, -128, 127, 0.0f, 1.0f);
+    make_site(&a->sites[1], "out", 1, 1.0f / 127.5f, 0, -128, 127, 0.0f, 1.0f);
+    attach_graph(a, NULL);
     return a;
 }
 
@@ -199,8 +238,12 @@ static int art_diff(const kiln_artifact *a, const kiln_artifact *b)
             bad++;                                                                  \
         }                                                                           \
     } while (0)
-    SAME(a->resblocks == b->resblocks && a->features == b->features && a->scale == b->scale);
-    SAME(same_bytes(&a->res_scale, &b->res_scale, 4));
+    SAME(a->graph && b->graph);
+    if (bad) return bad;
+    char *ga = kiln_graph_to_json(a->graph), *gb = kiln_graph_to_json(b->graph);
+    SAME(same_str(ga, gb));
+    free(ga);
+    free(gb);
     SAME(same_str(a->recipe, b->recipe));
     SAME(same_str(a->config_json, b->config_json));
     SAME(strcmp(a->config_hash, b->config_hash) == 0);
@@ -212,9 +255,11 @@ static int art_diff(const kiln_artifact *a, const kiln_artifact *b)
         const kiln_art_conv *x = &a->convs[i], *y = &b->convs[i];
         size_t n = numel_of(x);
         SAME(strcmp(x->name, y->name) == 0);
-        SAME(x->cout == y->cout && x->cin == y->cin && x->k == y->k && x->kind == y->kind);
+        SAME(x->cout == y->cout && x->cin == y->cin && x->k == y->k && x->groups == y->groups &&
+             x->kind == y->kind);
         if (bad) return bad;
-        SAME(same_bytes(x->bias, y->bias, (size_t)x->cout * 4));
+        SAME((x->bias == NULL) == (y->bias == NULL));
+        if (x->bias && y->bias) SAME(same_bytes(x->bias, y->bias, (size_t)x->cout * 4));
         if (x->kind == KILN_WK_F32) SAME(same_bytes(x->weight, y->weight, n * 4));
         if (x->kind == KILN_WK_INT) {
             SAME(x->bits == y->bits && x->is_signed == y->is_signed);
@@ -354,11 +399,12 @@ TEST(roundtrip_every_kind)
 
 TEST(roundtrip_empty_and_nulls)
 {
+    /* no conv, no string: a graph of one relu */
     kiln_artifact *a;
-    CHECK_OK(kiln_artifact_create(0, 0, &a));
-    a->features = 64;
-    a->scale = 4;
-    a->res_scale = -0.0f; /* sign of zero must survive */
+    CHECK_OK(kiln_artifact_create(0, 2, &a));
+    make_site(&a->sites[0], "input", 1, 1.0f / 127.5f, 0, -128, 127, -0.0f, 1.0f); /* sign of zero survives */
+    make_site(&a->sites[1], "out", 0, 0, 0, 0, 0, 0, 0);
+    attach_graph(a, NULL);
     check_roundtrip(a);
     void *buf;
     size_t len;
@@ -366,7 +412,8 @@ TEST(roundtrip_empty_and_nulls)
     kiln_artifact *b = NULL;
     CHECK_OK(kiln_artifact_decode(buf, len, &b));
     CHECK(b && b->recipe == NULL && b->config_json == NULL && b->source_sha256 == NULL &&
-          b->kiln_version == NULL && b->config_hash[0] == '\0' && signbit(b->res_scale));
+          b->kiln_version == NULL && b->config_hash[0] == '\0' && signbit(b->sites[0].range_min));
+    CHECK(b && b->graph && kiln_artifact_scale(b) == 1 && kiln_graph_weight_count(b->graph) == 0);
     kiln_artifact_free(b);
     free(buf);
     kiln_artifact_free(a);
@@ -380,7 +427,7 @@ TEST(layout_matches_documentation)
     CHECK_OK(kiln_artifact_encode(a, &vbuf, &len));
     const uint8_t *p = vbuf;
     CHECK(memcmp(p, "KILNART\0", 8) == 0);
-    CHECK_EQ_INT(p[8] | p[9] << 8 | p[10] << 16 | (uint32_t)p[11] << 24, 1); /* version */
+    CHECK_EQ_INT(p[8] | p[9] << 8 | p[10] << 16 | (uint32_t)p[11] << 24, 2); /* version */
     CHECK_EQ_INT(p[16], 128);                                              /* header_size */
     CHECK_EQ_INT(rd64(p + 24), 128);
     CHECK_EQ_INT(rd64(p + 40) % 64, 0);
@@ -391,8 +438,15 @@ TEST(layout_matches_documentation)
     kiln_sha256(p + 128, len - 128, d);
     CHECK(memcmp(d, p + 64, 32) == 0);
     char *m = manifest_of(p);
-    CHECK(strncmp(m, "{\"format\":1,\"kiln_version\":", 27) == 0);
-    CHECK(strstr(m, "\"res_scale\":\"0x1.99999ap-4\"") != NULL); /* 0.1f in hex */
+    CHECK(strncmp(m, "{\"format\":2,\"kiln_version\":", 27) == 0);
+    /* the graph object between the config and the source hash; convs in
+     * graph weight order, with their groups */
+    const char *gr = strstr(m, ",\"graph\":{\"arch\":\"test\",\"input\":\"input\"");
+    CHECK(gr != NULL && gr < strstr(m, "\"source_sha256\":"));
+    CHECK(strstr(m, "{\"name\":\"grouped.nobias\",\"shape\":[4,2,3,3],\"groups\":2,\"kind\":\"f32\"") != NULL);
+    /* no bias tensor for the conv without one */
+    const char *gn = strstr(m, "{\"name\":\"grouped.nobias\",\"shape\"");
+    CHECK(gn && strstr(gn, "\"bias\":{") == NULL);
     /* int4 codes of the 3x3x1x1 conv: low nibble first, 9 codes → 5 bytes. */
     CHECK(strstr(m, "\"codes\":{\"dtype\":\"int4\"") != NULL);
     CHECK(strstr(m, "\"length\":5,\"shape\":[3,3,1,1]") != NULL);
@@ -532,10 +586,10 @@ TEST(newer_version_refused)
     size_t len;
     CHECK_OK(kiln_artifact_encode(a, &vbuf, &len));
     uint8_t *buf = vbuf;
-    buf[8] = 2;
+    buf[8] = 3;
     kiln_artifact *b = (kiln_artifact *)1;
     CHECK_EQ_INT(kiln_artifact_decode(buf, len, &b), KILN_ERR_UNSUPPORTED);
-    CHECK_STR(kiln_errmsg(), "artifact format version 2 is newer than this kiln (1)");
+    CHECK_STR(kiln_errmsg(), "artifact format version 3 is newer than this kiln (2)");
     CHECK(b == NULL);
     buf[8] = 0;
     buf[9] = 1; /* 256 */
@@ -543,7 +597,10 @@ TEST(newer_version_refused)
     CHECK(strstr(kiln_errmsg(), "version 256") != NULL);
     buf[9] = 0; /* 0: invalid, not newer */
     CHECK_EQ_INT(kiln_artifact_decode(buf, len, &b), KILN_ERR_FORMAT);
-    buf[8] = 1;
+    buf[8] = 1; /* version 1 with a version 2 manifest: refused, not misread */
+    CHECK_EQ_INT(kiln_artifact_decode(buf, len, &b), KILN_ERR_FORMAT);
+    CHECK(strstr(kiln_errmsg(), "format") != NULL);
+    buf[8] = 2;
     buf[12] = 1; /* an unknown flag */
     CHECK_EQ_INT(kiln_artifact_decode(buf, len, &b), KILN_ERR_UNSUPPORTED);
     CHECK(strstr(kiln_errmsg(), "flags") != NULL);
@@ -568,8 +625,8 @@ TEST(manifest_mutations_refused)
     CHECK_OK(kiln_artifact_encode(a, &vbuf, &len));
     const uint8_t *buf = vbuf;
     char *man = manifest_of(buf);
-    char long_name[80];
-    snprintf(long_name, sizeof long_name, "\"name\":\"%064d\"", 0);
+    char long_name[128];
+    snprintf(long_name, sizeof long_name, "{\"name\":\"%096d\",\"shape\"", 0);
     const struct {
         const char *from, *to, *expect;
     } cases[] = {
@@ -597,25 +654,43 @@ TEST(manifest_mutations_refused)
         {"\"zero_point\":7", "\"zero_point\":300", "zero_point"},
         {"\"scale\":\"0x", "\"scale\":\"-0x", "scale"},
         {"\"scale\":\"0x", "\"scale\":\"1.5\",\"x\":\"0x", "scale"},
-        {"\"res_scale\":\"0x1.99999ap-4\"", "\"res_scale\":\"0.1\"", "res_scale"},
-        {"\"res_scale\":\"0x1.99999ap-4\"", "\"res_scale\":\"0x1.99999a0001p-4\"", "res_scale"},
-        {"\"res_scale\":\"0x1.99999ap-4\"", "\"res_scale\":\"0x1p+999\"", "res_scale"},
-        {"\"res_scale\":\"0x1.99999ap-4\"", "\"res_scale\":0.1", "res_scale"},
+        {"\"scale\":\"0x1.234568p-7\"", "\"scale\":\"0.1\"", "scale"},
+        {"\"scale\":\"0x1.234568p-7\"", "\"scale\":\"0x1.2345680001p-7\"", "scale"},
+        {"\"scale\":\"0x1.234568p-7\"", "\"scale\":\"0x1p+999\"", "scale"},
+        {"\"scale\":\"0x1.234568p-7\"", "\"scale\":0.1", "scale"},
         {"\"range\":[", "\"range\":[\"0x1p+0\",", "range"},
-        {"\"name\":\"sub_mean\"", long_name, "name"},
-        {"\"name\":\"sub_mean\"", "\"name\":\"sub mean\"", "name"},
-        {"\"name\":\"sub_mean\"", "\"name\":\"sub\\u0000mean\"", "JSON"},
-        {"\"name\":\"sub_mean\"", "\"name\":\"\"", "name"},
-        {"\"format\":1", "\"format\":2", "format"},
-        {"\"format\":1,", "\"format\":1,\"format\":1,", "duplicate"},
-        {"\"resblocks\":16", "\"resblocks\":-1", "resblocks"},
-        {"\"scale\":2", "\"scale\":0", "scale"},
+        {"{\"name\":\"sub_mean\",\"shape\"", long_name, "name"},
+        {"{\"name\":\"sub_mean\",\"shape\"", "{\"name\":\"sub mean\",\"shape\"", "name"},
+        {"{\"name\":\"sub_mean\",\"shape\"", "{\"name\":\"sub\\u0000mean\",\"shape\"", "JSON"},
+        {"{\"name\":\"sub_mean\",\"shape\"", "{\"name\":\"\",\"shape\"", "name"},
+        {"\"format\":2", "\"format\":1", "format"},
+        {"\"format\":2,", "\"format\":2,\"format\":2,", "duplicate"},
         {"\"config_sha256\":\"", "\"config_sha256\":\"X", "config_sha256"},
         {"\"source_sha256\":\"", "\"source_sha256\":\"0", "source_sha256"},
         {"\"sites\":[", "\"sites\":{}, \"x\":[", "sites"},
-        {"\"convs\":[", "\"convs\":[7,", "convs[0]"},
+        {"\"convs\":[", "\"convs\":[7,", "13 convs"},
         {"{\"format\"", "[{\"format\"", "JSON"},
         {"\"tensors\":{", "\"tensors\":{\"extra\":{},", "tensors"},
+        /* the graph, and convs / sites that do not match it */
+        {"\"graph\":{", "\"graph0\":{", "graph"},
+        {"\"graph\":{", "\"graph\":7,\"g\":{", "graph"},
+        {"\"op\":\"relu\"", "\"op\":\"gelu\"", "unknown op"},
+        {"\"in\":[\"input\"]", "\"in\":[\"nothing\"]", "unknown tensor"},
+        {"\"in\":[\"input\"]", "\"in\":[\"add_mean\"]", "unknown tensor"},
+        {"\"out_div\":1.0", "\"out_div\":0.0", "divisor"},
+        {"\"output\":\"add_mean\"", "\"output\":\"t1\"", "nothing uses"},
+        {"\"weight\":\"sub_mean\"", "\"weight\":\"head.0\"", "channels"},
+        {"{\"name\":\"pal8.int8lut\",\"cout\":3", "{\"name\":\"pal8.int8lux\",\"cout\":3", "graph weight 10 is pal8.int8lux"},
+        {"\"name\":\"head.0\",\"cout\":5", "\"name\":\"head.0\",\"cout\":6", "the graph's weight is [6"},
+        {"\"cout\":4,\"cin\":4,\"k\":3,\"groups\":2", "\"cout\":4,\"cin\":4,\"k\":3,\"groups\":3", "groups"},
+        {"\"groups\":2,\"kind\"", "\"groups\":1,\"kind\"", "groups 1"},
+        {"\"groups\":2,\"kind\"", "\"groups\":0,\"kind\"", "groups"},
+        {"\"groups\":2,\"kind\"", "\"groups\":10000,\"kind\"", "groups"},
+        {"\"bias\":true", "\"bias\":false", "tensors"},
+        {"\"bias\":false", "\"bias\":true", "tensors"},
+        {"{\"name\":\"body.0.relu\",\"enabled\"", "{\"name\":\"body.0.relu2\",\"enabled\"", "sites[1] is body.0.relu2"},
+        {"\"sites\":[", "\"sites\":[{\"name\":\"x\",\"enabled\":false,\"scale\":\"0x0p+0\",\"zero_point\":0,"
+                       "\"qmin\":0,\"qmax\":0,\"range\":[\"0x0p+0\",\"0x0p+0\"]},", "4 sites"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *m2 = replace1(man, cases[i].from, cases[i].to);
@@ -749,29 +824,15 @@ TEST(encode_refuses_invalid)
     kiln_artifact_free(a);
 }
 
-/* EDSR-baseline x2: 38 convs in state-dict order. */
+/* EDSR-baseline x2: 38 convs in state-dict order, from the EDSR graph. */
 static kiln_artifact *edsr_baseline_x2(void)
 {
-    kiln_artifact *a;
-    if (kiln_artifact_create(38, 0, &a) != KILN_OK) return NULL;
-    int n = 0;
-    char name[64];
-    conv_shape(&a->convs[n++], "sub_mean", 3, 3, 1);
-    conv_shape(&a->convs[n++], "head.0", 64, 3, 3);
-    for (int i = 0; i < 16; i++) {
-        snprintf(name, sizeof name, "body.%d.body.0", i);
-        conv_shape(&a->convs[n++], name, 64, 64, 3);
-        snprintf(name, sizeof name, "body.%d.body.2", i);
-        conv_shape(&a->convs[n++], name, 64, 64, 3);
-    }
-    conv_shape(&a->convs[n++], "body.16", 64, 64, 3);
-    conv_shape(&a->convs[n++], "tail.0.0", 256, 64, 3);
-    conv_shape(&a->convs[n++], "tail.1", 3, 64, 3);
-    conv_shape(&a->convs[n++], "add_mean", 3, 3, 1);
-    a->resblocks = 16;
-    a->features = 64;
-    a->scale = 2;
-    a->res_scale = 1;
+    kiln_graph *g = NULL;
+    kiln_artifact *a = NULL;
+    CHECK_OK(kiln_arch_edsr_topology(16, 64, 2, 1.0f, &g));
+    if (g) CHECK_OK(kiln_artifact_from_graph(g, &a));
+    kiln_graph_destroy(g);
+    for (size_t i = 0; a && i < a->n_convs; i++) a->convs[i].bias = randf((size_t)a->convs[i].cout, -1, 1);
     return a;
 }
 
@@ -779,6 +840,12 @@ TEST(sizes_edsr_baseline_x2)
 {
     kiln_artifact *a = edsr_baseline_x2();
     CHECK(a && a->n_convs == 38);
+    if (!a) return;
+    CHECK_STR(a->convs[0].name, "sub_mean");
+    CHECK_STR(a->convs[36].name, "tail.1");
+    CHECK_EQ_INT(a->convs[35].cout, 256);
+    CHECK_EQ_INT(a->n_sites, 74);
+    CHECK_EQ_INT(kiln_artifact_scale(a), 2);
     for (size_t i = 0; i < a->n_convs; i++) {
         a->convs[i].kind = KILN_WK_F32;
         a->convs[i].weight = randf(numel_of(&a->convs[i]), -1, 1);
@@ -793,6 +860,12 @@ TEST(sizes_edsr_baseline_x2)
     CHECK_OK(kiln_artifact_encode(a, &buf, &len));
     CHECK(len > 5479532 && len < 5479532 + 128 + 76 * 64 + 40000);
     free(buf);
+    /* A conv without bias stores and counts none. */
+    float *b0 = a->convs[0].bias;
+    a->convs[0].bias = NULL;
+    CHECK_EQ_INT(kiln_art_conv_weight_bytes(&a->convs[0]), 4 * 9);
+    CHECK_EQ_INT(kiln_artifact_bias_bytes(a), 9764 - 12);
+    a->convs[0].bias = b0;
 
     /* W8 per channel: numel bytes + 4 per channel scale + biases. */
     for (size_t i = 0; i < a->n_convs; i++) {
@@ -833,6 +906,15 @@ TEST(sizes_edsr_baseline_x2)
     c->n_bits = 3;
     CHECK_EQ_INT(kiln_art_conv_weight_bytes(c), 648 + 4 * 32 + 256 + 256);
     kiln_artifact_free(a);
+
+    /* Grouped: CARN-M's 64 -> 64 conv in 4 groups holds 64 x 16 x 3 x 3. */
+    kiln_art_conv g;
+    memset(&g, 0, sizeof g);
+    g.cout = 64, g.cin = 64, g.k = 3, g.groups = 4, g.kind = KILN_WK_F32;
+    CHECK_EQ_INT(kiln_art_conv_numel(&g), 64 * 16 * 9);
+    CHECK_EQ_INT(kiln_art_conv_weight_bytes(&g), 4 * 64 * 16 * 9);
+    g.kind = KILN_WK_INT, g.bits = 8, g.granularity = KILN_QG_PER_CHANNEL, g.n_scales = 64;
+    CHECK_EQ_INT(kiln_art_conv_weight_bytes(&g), 64 * 16 * 9 + 4 * 64);
 }
 
 TEST(dequantize_each_kind)
@@ -849,7 +931,7 @@ TEST(dequantize_each_kind)
     float scales[3] = {0.5f, 0.25f, 2.0f};
     int32_t zps[3] = {0, 1, 0};
     c.kind = KILN_WK_INT;
-    c.cout = 2, c.cin = 1, c.k = 1, c.bits = 8, c.is_signed = 1;
+    c.cout = 2, c.cin = 1, c.k = 1, c.groups = 1, c.bits = 8, c.is_signed = 1;
     c.granularity = KILN_QG_PER_CHANNEL, c.n_scales = 2;
     c.codes = codes, c.scales = scales, c.zero_points = zps;
     CHECK_OK(kiln_art_conv_dequantize(&c, out));
@@ -884,7 +966,7 @@ TEST(dequantize_each_kind)
     float lut[4] = {0.5f, -1.0f, 2.0f, 3.0f};
     float cs[2] = {2.0f, 0.5f};
     c.kind = KILN_WK_PALETTE;
-    c.cout = 2, c.cin = 2, c.k = 1, c.n_bits = 1, c.n_luts = 2, c.group_size = 1;
+    c.cout = 2, c.cin = 2, c.k = 1, c.groups = 1, c.n_bits = 1, c.n_luts = 2, c.group_size = 1;
     c.indices = idx, c.lut = lut;
     CHECK_OK(kiln_art_conv_dequantize(&c, out));
     CHECK(out[0] == -1.0f && out[1] == 0.5f && out[2] == 3.0f && out[3] == 3.0f);
@@ -916,6 +998,130 @@ TEST(dequantize_each_kind)
     kiln_artifact_free(a);
 }
 
+/* Version 1 files (EDSR, before the graph; made by kiln 0.1.0 at commit
+ * f39a804 from the r2f8 fixtures): they load, get EDSR's graph from their
+ * "arch", match it conv for conv and site for site, and re-encode as
+ * version 2 with the same contents. */
+TEST(version1_edsr_fixtures)
+{
+    static const struct {
+        const char *path;
+        int scale;
+        size_t convs, sites;
+    } fx[] = {{"tests/fixtures/edsr_r2f8_x2_w8a8_v1.kiln", 2, 10, 18},
+              {"tests/fixtures/edsr_r2f8_x4_p4a8_v1.kiln", 4, 11, 20}};
+    for (size_t f = 0; f < sizeof fx / sizeof fx[0]; f++) {
+        size_t len = 0;
+        uint8_t *buf = kiln_test_read_file(fx[f].path, &len);
+        CHECK_MSG(buf != NULL, "%s missing", fx[f].path);
+        if (!buf) continue;
+        CHECK_EQ_INT(buf[8], 1);
+        kiln_artifact *a = NULL, *b = NULL;
+        CHECK_OK(kiln_artifact_decode(buf, len, &a));
+        if (a) {
+            CHECK_STR(kiln_graph_arch(a->graph), "edsr");
+            CHECK_EQ_INT(kiln_artifact_scale(a), fx[f].scale);
+            CHECK_EQ_INT(a->n_convs, fx[f].convs);
+            CHECK_EQ_INT(a->n_sites, fx[f].sites);
+            CHECK_STR(a->convs[0].name, "sub_mean");
+            CHECK_STR(a->convs[a->n_convs - 1].name, "add_mean");
+            CHECK_STR(a->sites[1].name, "mul255");
+            CHECK_STR(a->sites[a->n_sites - 1].name, "add_mean");
+            for (size_t i = 0; i < a->n_convs; i++) CHECK(a->convs[i].groups == 1 && a->convs[i].bias);
+            void *enc = NULL;
+            size_t elen = 0;
+            CHECK_OK(kiln_artifact_encode(a, &enc, &elen));
+            if (enc) {
+                CHECK_EQ_INT(((uint8_t *)enc)[8], 2);
+                CHECK_OK(kiln_artifact_decode(enc, elen, &b));
+                if (b) CHECK_EQ_INT(art_diff(a, b), 0);
+                CHECK_EQ_INT(kiln_artifact_weight_bytes(a), kiln_artifact_weight_bytes(b));
+            }
+            free(enc);
+        }
+        /* a version 1 manifest must describe an EDSR its convs fit */
+        char *man = manifest_of(buf);
+        const char *edits[][3] = {{"\"arch\":{", "\"arch0\":{", "arch"},
+                                  {"\"resblocks\":2", "\"resblocks\":3", "convs"},
+                                  {"\"features\":8", "\"features\":9", "shape"},
+                                  {"\"scale\":2", "\"scale\":5", "EDSR"},
+                                  {"\"res_scale\":\"0x1p+0\"", "\"res_scale\":\"-0x1p+0\"", "EDSR"}};
+        for (size_t e = 0; e < sizeof edits / sizeof edits[0]; e++) {
+            char *m2 = replace1(man, edits[e][0], edits[e][1]);
+            if (!m2) continue; /* "scale":2 only in the x2 file */
+            size_t l2;
+            uint8_t *f2 = with_manifest(buf, len, m2, &l2);
+            kiln_artifact *c = (kiln_artifact *)1;
+            kiln_status st = kiln_artifact_decode(f2, l2, &c);
+            CHECK_MSG(st == KILN_ERR_FORMAT, "%s: edit %zu: status %d", fx[f].path, e, st);
+            CHECK(c == NULL);
+            CHECK_MSG(strstr(kiln_errmsg(), edits[e][2]) != NULL, "edit %zu: \"%s\" not in: %s", e, edits[e][2],
+                      kiln_errmsg());
+            free(f2);
+            free(m2);
+        }
+        free(man);
+        kiln_artifact_free(a);
+        kiln_artifact_free(b);
+        free(buf);
+    }
+}
+
+/* A graph with what CARN-M needs (a weight shared by two convs, grouped
+ * convs, concat, conv + add + relu): the graph and the convs round-trip. */
+TEST(graph_with_shared_weights_roundtrip)
+{
+    kiln_graph *g = NULL;
+    int w0, w1, w2, t0, t1, t2, t3, cat[2];
+    CHECK_OK(kiln_graph_create("carn_m_like", "input", &g));
+    if (!g) return;
+    CHECK_OK(kiln_graph_add_weight(g, "entry", 8, 3, 3, 1, NULL, NULL, 1, 0, &w0));
+    CHECK_OK(kiln_graph_add_weight(g, "unit.body.0", 8, 8, 3, 4, NULL, NULL, 0, 0, &w1));
+    CHECK_OK(kiln_graph_add_weight(g, "exit", 3, 16, 1, 1, NULL, NULL, 1, 0, &w2));
+    CHECK_OK(kiln_graph_conv(g, "entry", "entry", 0, w0, &t0));
+    CHECK_OK(kiln_graph_conv(g, "u1", "u1.conv", t0, w1, &t1));
+    CHECK_OK(kiln_graph_binary(g, KILN_OP_ADD, "u1.add", "u1.add", t1, t0, &t1));
+    CHECK_OK(kiln_graph_unary(g, KILN_OP_RELU, "u1.relu", "u1.relu", t1, 0, &t1));
+    CHECK_OK(kiln_graph_conv(g, "u2", "u2.conv", t1, w1, &t2)); /* the same weight again */
+    cat[0] = t2, cat[1] = t1;
+    CHECK_OK(kiln_graph_concat(g, "cat", "cat", cat, 2, &t3));
+    CHECK_OK(kiln_graph_conv(g, "exit", "exit", t3, w2, &t3));
+    CHECK_OK(kiln_graph_finish(g, t3, 1.0f));
+    kiln_artifact *a = NULL;
+    CHECK_OK(kiln_artifact_from_graph(g, &a));
+    if (a) {
+        CHECK_EQ_INT(a->n_convs, 3);
+        CHECK_EQ_INT(a->n_sites, kiln_graph_site_count(g));
+        CHECK_EQ_INT(a->convs[1].groups, 4);
+        for (size_t i = 0; i < a->n_convs; i++) {
+            kiln_art_conv *c = &a->convs[i];
+            c->weight = randf(numel_of(c), -1, 1);
+            if (kiln_graph_weight(g, i)->has_bias) c->bias = randf((size_t)c->cout, -1, 1);
+        }
+        CHECK_EQ_INT(kiln_art_conv_weight_bytes(&a->convs[1]), 4 * 8 * 2 * 9); /* no bias */
+        for (size_t i = 0; i < a->n_sites; i++) {
+            char nm[KILN_ART_NAME_MAX];
+            memcpy(nm, a->sites[i].name, sizeof nm);
+            make_site(&a->sites[i], nm, 1, 0.01f, 0, -128, 127, -1.0f, 1.0f);
+        }
+        check_roundtrip(a);
+        /* a bias the graph does not have is refused */
+        a->convs[1].bias = randf(8, -1, 1);
+        void *buf = (void *)1;
+        size_t len;
+        CHECK_EQ_INT(kiln_artifact_encode(a, &buf, &len), KILN_ERR_INVALID);
+        CHECK(strstr(kiln_errmsg(), "unit.body.0") != NULL && strstr(kiln_errmsg(), "bias") != NULL);
+        /* no graph: refused */
+        kiln_graph *keep = a->graph;
+        a->graph = NULL;
+        CHECK_EQ_INT(kiln_artifact_encode(a, &buf, &len), KILN_ERR_INVALID);
+        CHECK(strstr(kiln_errmsg(), "graph") != NULL);
+        a->graph = keep;
+    }
+    kiln_artifact_free(a);
+    kiln_graph_destroy(g);
+}
+
 /* Writes the fuzz seed corpus when asked (see fuzz/corpus/fuzz_artifact/README). */
 TEST(fuzz_corpus_seeds)
 {
@@ -923,9 +1129,10 @@ TEST(fuzz_corpus_seeds)
     kiln_artifact *arts[6];
     arts[0] = make_all_kinds();
     for (int i = 0; i < 4; i++) arts[1 + i] = make_single(i);
-    CHECK_OK(kiln_artifact_create(0, 0, &arts[5]));
-    arts[5]->features = 1;
-    arts[5]->scale = 2;
+    CHECK_OK(kiln_artifact_create(0, 2, &arts[5]));
+    make_site(&arts[5]->sites[0], "input", 0, 0, 0, 0, 0, 0, 0);
+    make_site(&arts[5]->sites[1], "out", 0, 0, 0, 0, 0, 0, 0);
+    attach_graph(arts[5], NULL);
     for (int i = 0; i < 6; i++) {
         void *buf;
         size_t len;
@@ -964,6 +1171,8 @@ int main(void)
     RUN(encode_refuses_invalid);
     RUN(sizes_edsr_baseline_x2);
     RUN(dequantize_each_kind);
+    RUN(version1_edsr_fixtures);
+    RUN(graph_with_shared_weights_roundtrip);
     RUN(fuzz_corpus_seeds);
     return check_summary();
 }
