@@ -19,7 +19,7 @@
 CC      ?= cc
 BUILD   ?= build
 SAN     ?= 0
-PKGS    := libpng jansson libzip libmicrohttpd sqlite3 libcurl libarchive libcrypto
+PKGS    := libpng jansson libzip libmicrohttpd sqlite3 libcurl libarchive libcrypto libprotobuf-c
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
@@ -36,7 +36,7 @@ endif
 CFLAGS_ALL += $(OPT) $(CFLAGS)
 LDLIBS_ALL := $(LDSAN) -pthread $(PKG_LIBS) -lm $(LDLIBS)
 
-CORE_SRC   := $(sort $(wildcard core/*.c core/*/*.c))
+CORE_SRC   := $(sort $(wildcard core/*.c core/*/*.c core/loader/onnx/*.c))
 CLI_SRC    := $(sort $(wildcard cli/*.c))
 SERVER_SRC := $(sort $(wildcard server/*.c))
 TUTIL_SRC  := $(sort $(wildcard tests/util/*.c))
@@ -66,6 +66,13 @@ $(BUILD)/obj/%.o: %.c
 # whenever one of its sources changes.
 server/embedded_gen.c: server/gen_embed.sh server/openapi.json $(wildcard migrations/*.sql) $(wildcard static/*)
 	sh server/gen_embed.sh
+
+# The ONNX schema's C code (core/loader/onnx/onnx.pb-c.[ch]) is made by protoc-c
+# (Debian's protobuf-c-compiler) from the vendored onnx.proto and committed, so a
+# checkout builds without the compiler; remake it after changing onnx.proto.
+.PHONY: onnx-proto
+onnx-proto:
+	cd core/loader/onnx && protoc-c --c_out=. onnx.proto
 
 $(LIB): $(CORE_OBJ)
 	@mkdir -p $(dir $@)
