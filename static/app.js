@@ -5,9 +5,12 @@
  * the token lives in sessionStorage under "kiln.token" and never in a URL
  * (routes are hash fragments that carry only job ids). Views:
  *   #/           results: one server page of jobs (cursor paging, server-side
- *                filters), FP32 baselines pinned on top, sort within the
- *                page, CSV/JSON export of what is shown, PSNR-vs-size plot
- *                with the Pareto frontier; polls while jobs are active;
+ *                filters), one FP32 baseline per model pinned on top, sort
+ *                within the page, CSV/JSON export of what is shown,
+ *                PSNR-vs-size plot across architectures (colour =
+ *                architecture, marker shape = model within it) with the
+ *                overall and per-architecture Pareto frontiers; polls while
+ *                jobs are active;
  *   #/new        job form: preset, or a JSON config validated live by
  *                POST /v1/configs:validate;
  *   #/jobs/ID    detail: progress, cancel/retry, facts, per-image PSNR chart,
@@ -22,12 +25,17 @@
   const TOKEN_KEY = 'kiln.token';
   const POLL_MS = 1500;
   const PALETTE = ['#2f5fd0', '#d0572f', '#1b7f3b', '#8e3fc7', '#c7a02f', '#2fa8c7', '#c72f7a', '#5d6677'];
+  // The architectures kiln names (kiln_model_arch) get fixed colours, so a
+  // plot reads the same on every page; others take the rest of the palette.
+  const ARCHS = { edsr: ['EDSR', 0], carn: ['CARN', 1], carn_m: ['CARN-M', 2], onnx: ['ONNX', 3] };
+  const N_SHAPES = 6;
   const SVG_NS = 'http://www.w3.org/2000/svg';
   const $ = (id) => document.getElementById(id);
 
   const state = {
     models: new Map(),     // id -> model
-    modelOrder: [],        // ids, for stable colours
+    modelOrder: [],        // ids, oldest first: stable marker shapes
+    archOrder: [],         // architectures not in ARCHS, for stable colours
     datasets: [],
     presets: {},
     cursors: [null],       // cursor of page i (null: first page)
@@ -145,11 +153,61 @@
     toast.timer = setTimeout(() => { t.hidden = true; }, 3500);
   }
 
-  function modelName(id) { const m = state.models.get(id); return m ? m.name : id; }
-  function modelColour(id) {
-    let i = state.modelOrder.indexOf(id);
-    if (i < 0) { state.modelOrder.push(id); i = state.modelOrder.length - 1; }
-    return PALETTE[i % PALETTE.length];
+  // A job carries its model's name, arch and description (model_*); the
+  // model list fills in for older servers.
+  function modelName(id, j) {
+    if (j && j.model_name) return j.model_name;
+    const m = state.models.get(id); return m ? m.name : id;
+  }
+  function jobArch(j) {
+    if (j.model_arch) return j.model_arch;
+    const m = state.models.get(j.model); return (m && m.arch) || '';
+  }
+  function jobArchDescription(j) {
+    if (j.model_description) return j.model_description;
+    const m = state.models.get(j.model); return (m && m.description) || '';
+  }
+  const archLabel = (a) => (ARCHS[a] ? ARCHS[a][0] : a || '?');
+  function archColour(a) {
+    if (ARCHS[a]) return PALETTE[ARCHS[a][1]];
+    let i = state.archOrder.indexOf(a);
+    if (i < 0) { state.archOrder.push(a); i = state.archOrder.length - 1; }
+    return PALETTE[(4 + i) % PALETTE.length];
+  }
+  function noteModel(id, arch) {
+    if (!state.modelOrder.some((m) => m.id === id)) state.modelOrder.push({ id, arch });
+  }
+  // Marker shape of a model: its rank among the models of its architecture.
+  function modelShape(id, arch) {
+    noteModel(id, arch);
+    const same = state.modelOrder.filter((m) => m.arch === arch);
+    return same.findIndex((m) => m.id === id) % N_SHAPES;
+  }
+  // SVG path of marker `shape` (circle, square, triangle, diamond,
+  // triangle down, hexagon) of radius r centred on (x, y).
+  function markerPath(shape, x, y, r) {
+    const f = (v) => v.toFixed(1);
+    switch (shape) {
+      case 1: { const a = r * 0.88; return `M${f(x - a)},${f(y - a)}h${f(2 * a)}v${f(2 * a)}h${f(-2 * a)}Z`; }
+      case 2: { const a = r * 1.2; return `M${f(x)},${f(y - a)}L${f(x + a)},${f(y + a * 0.7)}L${f(x - a)},${f(y + a * 0.7)}Z`; }
+      case 3: { const a = r * 1.25; return `M${f(x)},${f(y - a)}L${f(x + a)},${f(y)}L${f(x)},${f(y + a)}L${f(x - a)},${f(y)}Z`; }
+      case 4: { const a = r * 1.2; return `M${f(x)},${f(y + a)}L${f(x + a)},${f(y - a * 0.7)}L${f(x - a)},${f(y - a * 0.7)}Z`; }
+      case 5: {
+        let d = '';
+        for (let k = 0; k < 6; k++) {
+          const t = Math.PI / 3 * k;
+          d += (k ? 'L' : 'M') + f(x + r * 1.1 * Math.cos(t)) + ',' + f(y + r * 1.1 * Math.sin(t));
+        }
+        return d + 'Z';
+      }
+      default: return `M${f(x - r)},${f(y)}a${f(r)},${f(r)} 0 1,0 ${f(2 * r)},0a${f(r)},${f(r)} 0 1,0 ${f(-2 * r)},0Z`;
+    }
+  }
+  // A small inline marker for the table and the legend.
+  function markerIcon(id, arch) {
+    const ic = svg('svg', { class: 'marker', width: 12, height: 12, viewBox: '0 0 12 12', 'aria-hidden': 'true' });
+    ic.append(svg('path', { d: markerPath(modelShape(id, arch), 6, 6, 4.2), fill: archColour(arch) }));
+    return ic;
   }
   function jobSeconds(j) {
     if (!j.started_at) return null;
@@ -187,14 +245,16 @@
       api('GET', '/v1/openapi.json').catch(() => null),
     ]);
     state.models = new Map(models.models.map((m) => [m.id, m]));
-    for (const m of [...models.models].reverse()) modelColour(m.id); // oldest first keeps colours stable
+    for (const m of [...models.models].reverse()) noteModel(m.id, m.arch || ''); // oldest first: stable shapes
+    const archs = [...new Set(models.models.map((m) => m.arch).filter(Boolean))].sort();
     state.datasets = datasets.datasets;
     state.presets = presets.presets || {};
     state.hasPreview = !!(doc && doc.paths && doc.paths['/v1/jobs/{id}/preview']);
     fillSelect($('f-model'), [['', 'any'], ...models.models.map((m) => [m.id, m.name])]);
+    fillSelect($('f-arch'), [['', 'any'], ...archs.map((a) => [a, archLabel(a)])]);
     fillSelect($('f-dataset'), [['', 'any'], ...state.datasets.map((d) => [d.name, d.name])]);
     fillSelect($('f-recipe'), [['', 'any'], ...Object.keys(state.presets).map((p) => [p, p]), ['custom', 'custom']]);
-    fillSelect($('j-model'), models.models.map((m) => [m.id, `${m.name} (x${m.arch ? m.arch.scale : '?'}, ${fmt.bytes(m.bytes)})`]));
+    fillSelect($('j-model'), models.models.map((m) => [m.id, `${m.name} (${archLabel(m.arch)} x${m.scale || '?'}, ${fmt.bytes(m.bytes)})`]));
     fillSelect($('j-dataset'), state.datasets.map((d) => [d.name, `${d.name} (${d.images} images, ${d.source})`]));
     fillSelect($('j-preset'), Object.keys(state.presets).map((p) => [p, p]));
     if (state.presets.w8a8) $('j-preset').value = 'w8a8';
@@ -241,8 +301,8 @@
 
   // ---- results -----------------------------------------------------------------
   function filters() {
-    return { status: $('f-status').value, model: $('f-model').value, dataset: $('f-dataset').value,
-             recipe: $('f-recipe').value };
+    return { status: $('f-status').value, model: $('f-model').value, arch: $('f-arch').value,
+             dataset: $('f-dataset').value, recipe: $('f-recipe').value };
   }
 
   function resetPaging() { state.cursors = [null]; state.page = 0; }
@@ -265,6 +325,7 @@
   // job's result (fp32_psnr_db / fp32_weight_bytes).
   async function loadBaselines(f) {
     let ids = f.model ? [f.model] : [...state.models.keys()];
+    if (f.arch) ids = ids.filter((id) => (state.models.get(id) || {}).arch === f.arch);
     ids = ids.slice(0, 12);
     const found = await Promise.all(ids.map((id) =>
       api('GET', '/v1/jobs' + qs({ model: id, dataset: f.dataset, recipe: 'fp32', status: 'succeeded', limit: 1 }))
@@ -275,17 +336,21 @@
       const src = state.rows.find((j) => j.model === id && j.result && typeof j.result.fp32_psnr_db === 'number');
       if (src) {
         out.push({ derived: true, job: {
-          id: src.id, model: id, dataset: src.dataset, recipe: 'fp32 (reference)', status: 'succeeded',
+          id: src.id, model: id, model_name: src.model_name, model_arch: src.model_arch,
+          model_description: src.model_description, dataset: src.dataset, recipe: 'fp32 (reference)', status: 'succeeded',
           created_at: src.created_at, started_at: null, finished_at: null,
           result: { psnr_db: src.result.fp32_psnr_db, delta_db: 0, weight_bytes: src.result.fp32_weight_bytes, ratio: 1 },
         } });
       }
     });
+    // Grouped by architecture, so the reference of each is easy to find.
+    out.sort((a, b) => archLabel(jobArch(a.job)).localeCompare(archLabel(jobArch(b.job))));
     state.baselines = out;
   }
 
   const sortKeys = {
-    model: (j) => modelName(j.model).toLowerCase(),
+    model: (j) => modelName(j.model, j).toLowerCase(),
+    arch: (j) => archLabel(jobArch(j)).toLowerCase(),
     dataset: (j) => (j.dataset || '').toLowerCase(),
     recipe: (j) => j.recipe || '',
     psnr: (j) => (j.result ? j.result.psnr_db : null),
@@ -341,7 +406,8 @@
     const secs = jobSeconds(j);
     const delta = r.delta_db;
     const tr = el('tr', { class: 'clickable', 'data-job': j.id, 'data-status': j.status, tabindex: '0' },
-      el('td', {}, el('span', { class: 'swatch' }), modelName(j.model)),
+      el('td', { class: 'model' }, markerIcon(j.model, jobArch(j)), modelName(j.model, j)),
+      el('td', { class: 'arch', 'data-arch': jobArch(j), title: jobArchDescription(j) || null, text: archLabel(jobArch(j)) }),
       el('td', { text: j.dataset }),
       el('td', { text: j.recipe }),
       el('td', { class: 'num psnr', text: fmt.db(r.psnr_db) }),
@@ -351,7 +417,6 @@
       el('td', {}, status),
       el('td', { title: j.created_at, text: fmt.when(j.created_at, true) + (secs !== null ? ' · ' + fmt.secs(secs) : '') }),
       el('td', { class: 'noprint' }, baseline ? null : actionButtons(j)));
-    tr.querySelector('.swatch').style.background = modelColour(j.model);
     const open = () => { location.hash = '#/jobs/' + j.id; };
     tr.addEventListener('click', open);
     tr.addEventListener('keydown', (ev) => { if (ev.key === 'Enter') open(); });
@@ -362,7 +427,7 @@
     $('baseline-rows').replaceChildren(...state.baselines.map((b) => jobRow(b.job, true)));
     const rows = sortedRows();
     $('rows').replaceChildren(...(rows.length ? rows.map((j) => jobRow(j, false))
-      : [el('tr', {}, el('td', { colspan: '10', class: 'muted', text: 'No jobs match these filters.' }))]));
+      : [el('tr', {}, el('td', { colspan: '11', class: 'muted', text: 'No jobs match these filters.' }))]));
     for (const th of document.querySelectorAll('#results th[data-sort]')) {
       th.classList.toggle('asc', !!state.sort && state.sort.key === th.dataset.sort && state.sort.dir > 0);
       th.classList.toggle('desc', !!state.sort && state.sort.key === th.dataset.sort && state.sort.dir < 0);
@@ -389,6 +454,15 @@
     return front;
   }
 
+  function staircase(front, sx, sy) {
+    let d = '';
+    front.forEach((p, i) => {
+      d += i === 0 ? `M${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`
+                   : `H${sx(p.x).toFixed(1)}V${sy(p.y).toFixed(1)}`;
+    });
+    return d;
+  }
+
   function renderPlot() {
     const plot = $('plot');
     const W = 520, H = 360, L = 58, R = 14, T = 12, B = 44;
@@ -399,7 +473,7 @@
       const key = j.id + (baseline ? ':b' : '');
       if (seen.has(key)) return;
       seen.add(key);
-      pts.push({ job: j, x: Math.log10(r.weight_bytes), y: r.psnr_db, baseline });
+      pts.push({ job: j, arch: jobArch(j), x: Math.log10(r.weight_bytes), y: r.psnr_db, baseline });
     };
     for (const b of state.baselines) add(b.job, true);
     for (const j of state.rows) if (j.status === 'succeeded') add(j, false);
@@ -436,37 +510,57 @@
     kids.push(svg('line', { class: 'axis', x1: L, x2: L, y1: T, y2: H - B }));
     kids.push(svg('text', { x: (L + W - R) / 2, y: H - 8, 'text-anchor': 'middle' }, 'weight size (log scale)'));
     kids.push(svg('text', { x: 14, y: (T + H - B) / 2, 'text-anchor': 'middle', transform: `rotate(-90 14 ${(T + H - B) / 2})` }, 'PSNR (dB)'));
-    // Pareto frontier as a staircase
+    // Frontiers: one per architecture (thin, its colour) when several are
+    // shown, then the overall one (dashed) over every point.
+    const archs = [...new Set(pts.map((p) => p.arch))].sort((a, b) => archLabel(a).localeCompare(archLabel(b)));
+    const onArchFront = new Set();
+    if (archs.length > 1) {
+      for (const a of archs) {
+        const fa = paretoFrontier(pts.filter((p) => p.arch === a));
+        for (const p of fa) onArchFront.add(p);
+        const path = svg('path', { class: 'frontier-arch', 'data-arch': a, d: staircase(fa, sx, sy) });
+        path.style.stroke = archColour(a);
+        kids.push(path);
+      }
+    }
     const front = paretoFrontier(pts);
-    let d = '';
-    front.forEach((p, i) => {
-      d += i === 0 ? `M${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`
-                   : `H${sx(p.x).toFixed(1)}V${sy(p.y).toFixed(1)}`;
-    });
-    kids.push(svg('path', { class: 'frontier', d }));
+    kids.push(svg('path', { class: 'frontier', d: staircase(front, sx, sy) }));
     const onFront = new Set(front);
     for (const p of pts) {
-      const c = svg('circle', {
-        class: 'pt' + (p.baseline ? ' baseline' : '') + (onFront.has(p) ? ' pareto' : ''),
-        cx: sx(p.x).toFixed(1), cy: sy(p.y).toFixed(1), r: p.baseline ? 6.5 : 5,
-        fill: modelColour(p.job.model), 'data-job': p.job.id, tabindex: '0', role: 'link',
+      const shape = modelShape(p.job.model, p.arch);
+      const c = svg('path', {
+        class: 'pt' + (p.baseline ? ' baseline' : '') + (onFront.has(p) ? ' pareto' : '') +
+               (onArchFront.has(p) ? ' pareto-arch' : ''),
+        d: markerPath(shape, sx(p.x), sy(p.y), p.baseline ? 6.5 : 5),
+        fill: archColour(p.arch), 'data-job': p.job.id, 'data-arch': p.arch, 'data-model': p.job.model,
+        'data-shape': String(shape), tabindex: '0', role: 'link',
       });
       if (p.baseline) { c.setAttribute('stroke', '#1d2330'); c.setAttribute('stroke-width', '2'); }
       const r = p.job.result;
-      c.append(svg('title', {}, `${modelName(p.job.model)} · ${p.job.recipe} · ${p.job.dataset}\n` +
-                                 `${fmt.db(r.psnr_db)} dB · ${fmt.bytes(r.weight_bytes)} · ${fmt.ratio(r.ratio)}`));
+      c.append(svg('title', {}, `${modelName(p.job.model, p.job)} (${jobArchDescription(p.job) || archLabel(p.arch)})\n` +
+                                 `${p.job.recipe} · ${p.job.dataset} · ${fmt.db(r.psnr_db)} dB · ` +
+                                 `${fmt.bytes(r.weight_bytes)} · ${fmt.ratio(r.ratio)}`));
       const open = () => { location.hash = '#/jobs/' + p.job.id; };
       c.addEventListener('click', open);
       c.addEventListener('keydown', (ev) => { if (ev.key === 'Enter') open(); });
       kids.push(c);
     }
     plot.replaceChildren(...kids);
-    const models = [...new Set(pts.map((p) => p.job.model))];
-    $('legend').replaceChildren(...models.map((id) => {
+    // Legend: each architecture (its colour), then its models (their shapes).
+    const items = [];
+    for (const a of archs) {
       const sw = el('span', { class: 'swatch' });
-      sw.style.background = modelColour(id);
-      return el('li', {}, sw, modelName(id));
-    }), el('li', { class: 'muted', text: '◯ thick outline: FP32 baseline · dashed: Pareto frontier' }));
+      sw.style.background = archColour(a);
+      items.push(el('li', { class: 'legend-arch', 'data-arch': a }, sw, el('strong', { text: archLabel(a) })));
+      const models = [];
+      for (const p of pts) if (p.arch === a && !models.some((q) => q.job.model === p.job.model)) models.push(p);
+      for (const p of models)
+        items.push(el('li', { class: 'legend-model', 'data-model': p.job.model, 'data-arch': a, title: jobArchDescription(p.job) || null },
+                      markerIcon(p.job.model, a), modelName(p.job.model, p.job)));
+    }
+    items.push(el('li', { class: 'muted legend-note', text: 'thick outline: FP32 baseline · dashed: Pareto frontier of all points' +
+                                        (archs.length > 1 ? ' · thin: per architecture' : '') }));
+    $('legend').replaceChildren(...items);
   }
 
   // ---- export -------------------------------------------------------------------
@@ -489,12 +583,12 @@
   }
 
   function exportCsv() {
-    const cols = ['id', 'baseline', 'model_id', 'model', 'dataset', 'recipe', 'status', 'psnr_db', 'delta_db',
+    const cols = ['id', 'baseline', 'model_id', 'model', 'arch', 'dataset', 'recipe', 'status', 'psnr_db', 'delta_db',
                   'weight_bytes', 'ratio', 'created_at', 'started_at', 'finished_at', 'seconds'];
     const lines = [cols.join(',')];
     for (const j of shownJobs()) {
       const r = j.result || {};
-      lines.push([j.id, j.baseline ? 1 : 0, j.model, modelName(j.model), j.dataset, j.recipe, j.status, r.psnr_db,
+      lines.push([j.id, j.baseline ? 1 : 0, j.model, modelName(j.model, j), jobArch(j), j.dataset, j.recipe, j.status, r.psnr_db,
                   r.delta_db, r.weight_bytes, r.ratio, j.created_at, j.started_at, j.finished_at, jobSeconds(j)]
         .map(csvCell).join(','));
     }
@@ -619,7 +713,7 @@
     const r = j.result || {};
     $('view-job').dataset.job = j.id;
     $('view-job').dataset.status = j.status;
-    $('jd-title').textContent = `${j.recipe} · ${modelName(j.model)} · ${j.dataset}`;
+    $('jd-title').textContent = `${j.recipe} · ${modelName(j.model, j)} · ${j.dataset}`;
     $('jd-progress').replaceChildren(isActive(j) ? progressCell(j)
       : el('span', { class: 'st st-' + j.status, id: 'jd-status', text: j.status }));
     const dl = $('jd-facts');
@@ -630,7 +724,8 @@
     fact(dl, 'FP32 PSNR', r.fp32_psnr_db !== undefined ? fmt.db(r.fp32_psnr_db) + ' dB' : null);
     fact(dl, 'Δ vs FP32', r.delta_db !== undefined ? fmt.delta(r.delta_db) + ' dB' : null);
     fact(dl, 'Weights', r.weight_bytes !== undefined ? `${fmt.bytes(r.weight_bytes)} (FP32 ${fmt.bytes(r.fp32_weight_bytes)}, ${fmt.ratio(r.ratio)})` : null);
-    fact(dl, 'Model', `${modelName(j.model)} (${j.model})`);
+    fact(dl, 'Model', `${modelName(j.model, j)} (${j.model})`);
+    fact(dl, 'Architecture', `${archLabel(jobArch(j))}${jobArchDescription(j) ? ' · ' + jobArchDescription(j) : ''}`);
     fact(dl, 'Dataset', r.dataset ? `${j.dataset}: ${r.dataset.calibration} calibration + ${r.dataset.evaluation} evaluation images` : j.dataset);
     fact(dl, 'Calibration images', String(j.calibration_images));
     fact(dl, 'Config hash', j.config_hash || r.config_hash);
@@ -772,7 +867,7 @@
       }
     });
     $('signout').addEventListener('click', () => signOut(''));
-    for (const id of ['f-status', 'f-model', 'f-dataset', 'f-recipe', 'f-limit'])
+    for (const id of ['f-status', 'f-model', 'f-arch', 'f-dataset', 'f-recipe', 'f-limit'])
       $(id).addEventListener('change', () => { resetPaging(); loadPage().catch((e) => toast('Error: ' + e.message)); });
     $('next').addEventListener('click', () => {
       if (!state.nextCursor) return;
