@@ -41,6 +41,11 @@ fail=0
 expect() { grep -qi -- "$1" "$out" || { echo "missing in the examples' output: $1"; fail=1; }; }
 expect '"status":"ok"'
 expect '"format": "pt-zip"'
+expect '"arch": "edsr"'
+expect '"description": "EDSR, 16 blocks, 64 features, x2, res_scale 1"'
+expect '"arch":"carn_m","description":"CARN-M, x2","scale":2'
+expect '"code":"invalid_request".*"field":"scale"'
+expect ' pt-zip edsr$'
 expect '^safetensors$'
 expect '^pt-legacy$'
 expect '"images": 3'

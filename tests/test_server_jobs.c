@@ -66,9 +66,9 @@ TEST(upload_model_and_dataset)
     json_t *m = http_json(&r);
     http_resp_free(&r);
     CHECK_EQ_INT(json_integer_value(json_object_get(m, "params")), 1369859);
-    json_t *arch = json_object_get(m, "arch");
-    CHECK_EQ_INT(json_integer_value(json_object_get(arch, "resblocks")), 16);
-    CHECK_EQ_INT(json_integer_value(json_object_get(arch, "features")), 64);
+    CHECK_STR(jstr(m, "arch"), "edsr");
+    CHECK_STR(jstr(m, "description"), "EDSR, 16 blocks, 64 features, x2, res_scale 1");
+    CHECK_EQ_INT(json_integer_value(json_object_get(m, "scale")), 2);
     snprintf(MODEL_ID, sizeof MODEL_ID, "%s", jstr(m, "id") ? jstr(m, "id") : "");
     json_decref(m);
     free(pt);

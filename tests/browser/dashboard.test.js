@@ -6,7 +6,7 @@
 //   KILN_TOKEN   an admin token of a fresh team
 //   KILND_DB     kilnd's SQLite database (the 10,000-job test seeds it)
 //   DATASET_TAR  a tar of a few B100 HR images (uploaded as dataset "b4")
-//   KILN_DATA    the shared data folder (tiny model fixtures)
+//   KILN_DATA    the shared data folder (tiny EDSR fixtures, the CARN-M checkpoint)
 //   SHOTS        screenshot folder
 //   MODE         "test" (default: both tests) or "bench" (load time only)
 // Prints one line per check and "N passed, N failed"; exits non-zero on any
@@ -60,15 +60,18 @@ async function setup() {
   const ds = await api('POST', '/v1/datasets?name=b4', fs.readFileSync(TAR), 'application/x-tar');
   const a = await api('POST', '/v1/models?name=tiny-r2f8', fs.readFileSync(path.join(DATA, 'models/fixtures/r2f8_x2_zip.pt')), 'application/octet-stream');
   const b = await api('POST', '/v1/models?name=tiny-r1f12', fs.readFileSync(path.join(DATA, 'models/fixtures/r1f12_x2_resscale0.1_zip.pt')), 'application/octet-stream');
+  // A second architecture: the CARN authors' CARN-M (multi-scale file, x2 used).
+  const c = await api('POST', '/v1/models?name=carn-m&scale=2', fs.readFileSync(path.join(DATA, 'models/zoo/carn_m.pth')), 'application/octet-stream');
+  if (c.arch !== 'carn_m') throw new Error('carn_m.pth uploaded as ' + JSON.stringify(c));
   const jobs = [];
-  for (const [m, recipe] of [[a, 'fp32'], [b, 'fp32'], [a, 'p4'], [b, 'w8a8']])
+  for (const [m, recipe] of [[a, 'fp32'], [b, 'fp32'], [a, 'p4'], [b, 'w8a8'], [c, 'fp32'], [c, 'w8a8']])
     jobs.push(await api('POST', '/v1/jobs', { model: m.id, dataset: 'b4', recipe, calibration_images: 1 }));
   for (const j of jobs) {
     const done = await waitJob(j.id);
     if (done.status !== 'succeeded') throw new Error(`setup job ${j.id} (${j.recipe}) ended ${done.status}: ${JSON.stringify(done.error)}`);
   }
   const doc = await (await fetch(API + '/v1/openapi.json')).json();
-  return { ds, a, b, hasPreview: !!doc.paths['/v1/jobs/{id}/preview'] };
+  return { ds, a, b, c, hasPreview: !!doc.paths['/v1/jobs/{id}/preview'] };
 }
 
 // ---- browser -------------------------------------------------------------------
@@ -117,8 +120,9 @@ async function mainTest(ctx, s) {
   check(stored[0] === TOKEN && stored[1] === 0, 'the token is in sessionStorage only');
   check((await page.textContent('#who')).includes('browser'), 'signed in as the test team', await page.textContent('#who'));
   await page.waitForSelector('#rows tr[data-job]');
-  check(await page.locator('#baseline-rows tr').count() === 2, 'one pinned FP32 baseline per model',
+  check(await page.locator('#baseline-rows tr').count() === 3, 'one pinned FP32 baseline per model',
         await page.locator('#baseline-rows tr').count());
+  await architectureColumn(page, s);
 
   // Live validation: local JSON errors, a server-side 422, then a valid config.
   await page.click('nav a[data-nav=new]');
@@ -160,12 +164,10 @@ async function mainTest(ctx, s) {
   check(/^\d+\.\d\d$/.test(psnr.trim()), 'the new row shows its PSNR', psnr);
   const apiJob = await api('GET', '/v1/jobs/' + id);
   check(Math.abs(Number(psnr) - apiJob.result.psnr_db) < 0.006, 'row PSNR equals the API result', `${psnr} vs ${apiJob.result.psnr_db}`);
-  check(await page.locator(`#plot circle[data-job="${id}"]`).count() === 1, 'the new job has a point on the plot');
+  check(await page.locator(`#plot .pt[data-job="${id}"]`).count() === 1, 'the new job has a point on the plot');
   check(await page.locator('#plot path.frontier').getAttribute('d').then((d) => /^M[\d.]+,[\d.]+/.test(d || '')),
         'the Pareto frontier is drawn');
-  check(await page.locator('#legend li').count() >= 3, 'the legend lists both models');
-  const fills = await page.$$eval('#plot circle.pt', (cs) => [...new Set(cs.map((c) => c.getAttribute('fill')))]);
-  check(fills.length === 2, 'one colour per model on the plot', fills.join(' '));
+  await plotAcrossArchitectures(page, s);
 
   // Sorting within the page.
   await page.click('#results th[data-sort=psnr]');
@@ -176,15 +178,16 @@ async function mainTest(ctx, s) {
   // Exports.
   const [csv] = await Promise.all([page.waitForEvent('download'), page.click('#export-csv')]);
   const csvText = fs.readFileSync(await csv.path(), 'utf8');
-  check(csvText.startsWith('id,baseline,model_id,model,dataset,recipe,status,psnr_db') && csvText.includes(id),
+  check(csvText.startsWith('id,baseline,model_id,model,arch,dataset,recipe,status,psnr_db') && csvText.includes(id),
         'CSV export has the header and the new job');
+  check(csvText.split('\n').some((l) => l.includes(',carn-m,carn_m,')), 'CSV export names the architecture');
   const [js] = await Promise.all([page.waitForEvent('download'), page.click('#export-json')]);
   const arr = JSON.parse(fs.readFileSync(await js.path(), 'utf8'));
-  check(Array.isArray(arr) && arr.some((j) => j.id === id) && arr.filter((j) => j.baseline).length === 2,
+  check(Array.isArray(arr) && arr.some((j) => j.id === id) && arr.filter((j) => j.baseline).length === 3,
         'JSON export has the jobs and the baselines');
 
   // The frontier marks exactly the points no other point beats on size and PSNR.
-  const pts = await page.$$eval('#plot circle.pt', (cs) => cs.map((c) => ({ id: c.dataset.job, pareto: c.classList.contains('pareto') })));
+  const pts = await page.$$eval('#plot .pt', (cs) => cs.map((c) => ({ id: c.dataset.job, pareto: c.classList.contains('pareto') })));
   const byId = {};
   for (const j of (await api('GET', '/v1/jobs?limit=50')).jobs) byId[j.id] = j;
   const res = (pid) => byId[pid] && byId[pid].result;
@@ -199,7 +202,7 @@ async function mainTest(ctx, s) {
   await page.locator('#plot').screenshot({ path: path.join(SHOTS, 'plot.png') });
 
   // Click its point -> detail.
-  await page.click(`#plot circle[data-job="${id}"]`);
+  await page.click(`#plot .pt[data-job="${id}"]`);
   await page.waitForSelector('#view-job:not([hidden])');
   check(page.url().endsWith('#/jobs/' + id), 'clicking the point opens the job', page.url());
   await page.waitForSelector('#jd-chart circle.img-pt');
@@ -235,9 +238,74 @@ async function mainTest(ctx, s) {
   const retried = await api('GET', '/v1/jobs/' + rid);
   check(retried.retry_of === id && retried.status === 'succeeded', 'retry queues a linked job that succeeds', JSON.stringify([retried.retry_of, retried.status]));
 
+  check((await page.textContent('#jd-facts')).includes('EDSR, 2 blocks, 8 features'), 'the detail page names the architecture');
+
   await progressAndCancel(page);
   await page.close();
   return errors;
+}
+
+// The Architecture column: label per row, the model's description on hover,
+// sortable, and the architecture filter (applied by the server).
+async function architectureColumn(page, s) {
+  const heads = await page.$$eval('#results thead th', (ths) => ths.map((t) => t.textContent.trim()));
+  check(heads[1] === 'Architecture', 'the results table has an Architecture column after Model', heads.join(' | '));
+  const cells = await page.$$eval('#rows tr[data-job] td.arch, #baseline-rows tr td.arch',
+                                  (tds) => tds.map((t) => [t.textContent, t.getAttribute('title'), t.dataset.arch]));
+  check(cells.length >= 6 && cells.every((c) => c[0] === (c[2] === 'carn_m' ? 'CARN-M' : 'EDSR')),
+        'every row shows its architecture', JSON.stringify(cells));
+  check(cells.some((c) => c[1] === 'CARN-M, x2') && cells.some((c) => /^EDSR, 2 blocks, 8 features, x2/.test(c[1] || '')),
+        "hovering an architecture shows the model's description", JSON.stringify(cells.map((c) => c[1])));
+  const base = await page.$$eval('#baseline-rows tr td.arch', (tds) => tds.map((t) => t.dataset.arch));
+  check(base.filter((a) => a === 'carn_m').length === 1 && base.filter((a) => a === 'edsr').length === 2,
+        'the FP32 baselines cover both architectures, one per model', base.join(' '));
+  await page.click('#results th[data-sort=arch]');
+  const sorted = await page.$$eval('#rows td.arch', (tds) => tds.map((t) => t.textContent));
+  check(sorted.every((v, i) => i === 0 || sorted[i - 1].toLowerCase() <= v.toLowerCase()), 'sorting by architecture orders the page',
+        sorted.join(' '));
+  // Back to newest first (time, clicked twice: ascending, then descending).
+  await page.click('#results th[data-sort=time]');
+  await page.click('#results th[data-sort=time]');
+  const archOpts = await page.$$eval('#f-arch option', (os) => os.map((o) => o.value));
+  check(archOpts.includes('carn_m') && archOpts.includes('edsr'), 'the architecture filter offers the team\'s architectures', archOpts.join(' '));
+  const asked = page.waitForRequest((r) => new URL(r.url()).pathname === '/v1/jobs' && new URL(r.url()).searchParams.get('arch') === 'carn_m' &&
+                                           new URL(r.url()).searchParams.get('recipe') !== 'fp32');
+  await page.selectOption('#f-arch', 'carn_m');
+  await asked;
+  await page.waitForFunction(() => [...document.querySelectorAll('#rows tr[data-job] td.arch')].every((t) => t.dataset.arch === 'carn_m') &&
+                                   document.querySelectorAll('#rows tr[data-job]').length > 0);
+  check(await page.locator('#rows tr[data-job]').count() === 2, 'filtering by architecture shows only its jobs');
+  check(await page.locator('#baseline-rows tr').count() === 1, '... and only its baseline');
+  await page.selectOption('#f-arch', '');
+  await page.waitForFunction(() => document.querySelectorAll('#baseline-rows tr').length === 3);
+}
+
+// The plot across architectures: colour = architecture, marker shape = model
+// within it, a legend grouped by architecture, per-architecture frontiers.
+async function plotAcrossArchitectures(page, s) {
+  const pts = await page.$$eval('#plot .pt', (cs) => cs.map((c) => ({ fill: c.getAttribute('fill'), arch: c.dataset.arch,
+                                                                     model: c.dataset.model, shape: c.dataset.shape })));
+  const fillOf = {};
+  let consistent = true;
+  for (const p of pts) { if (fillOf[p.arch] && fillOf[p.arch] !== p.fill) consistent = false; fillOf[p.arch] = p.fill; }
+  check(consistent && Object.keys(fillOf).length === 2 && fillOf.edsr !== fillOf.carn_m, 'one colour per architecture on the plot',
+        JSON.stringify(fillOf));
+  const shapeOf = (m) => [...new Set(pts.filter((p) => p.model === m).map((p) => p.shape))];
+  check(shapeOf(s.a.id).length === 1 && shapeOf(s.b.id).length === 1 && shapeOf(s.a.id)[0] !== shapeOf(s.b.id)[0],
+        'the two EDSR models have different marker shapes', JSON.stringify([shapeOf(s.a.id), shapeOf(s.b.id)]));
+  check(pts.some((p) => p.arch === 'carn_m'), 'CARN-M jobs are on the plot');
+  const legend = await page.$$eval('#legend li', (ls) => ls.map((l) => [l.className, l.dataset.arch || '', l.textContent]));
+  const archItems = legend.filter((l) => l[0].includes('legend-arch')).map((l) => l[2]);
+  const modelItems = legend.filter((l) => l[0].includes('legend-model')).map((l) => l[2]);
+  check(archItems.includes('EDSR') && archItems.includes('CARN-M'), 'the legend names both architectures', JSON.stringify(legend));
+  check(['tiny-r2f8', 'tiny-r1f12', 'carn-m'].every((n) => modelItems.includes(n)), 'the legend lists every model under its architecture',
+        JSON.stringify(modelItems));
+  check(await page.locator('#legend li.legend-model svg.marker path').count() === modelItems.length, 'each legend model has its marker');
+  const fronts = await page.$$eval('#plot path.frontier-arch', (ps) => ps.map((p) => [p.dataset.arch, p.getAttribute('d')]));
+  check(fronts.length === 2 && fronts.every((f) => /^M[\d.]+,[\d.]+/.test(f[1] || '')), 'a Pareto frontier per architecture is drawn',
+        JSON.stringify(fronts));
+  check(/Pareto frontier of all points/.test(await page.textContent('#legend')) &&
+        /frontier of all points/.test(await page.textContent('.plot figcaption')), 'the plot says which frontier is which');
 }
 
 // A running job (a row whose lease is held far into the future by a worker
@@ -273,10 +341,11 @@ UPDATE jobs SET status = 'canceled', finished_at = ${now + 1}, lease_owner = NUL
 function seed(n) {
   const sql = `PRAGMA busy_timeout = 20000;
 WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ${n}),
-     t AS (SELECT team_seq, model_seq, dataset_seq FROM jobs ORDER BY seq LIMIT 1)
+     t AS (SELECT team_seq, model_seq, dataset_seq FROM jobs ORDER BY seq LIMIT 1),
+     m AS (SELECT seq, row_number() OVER (ORDER BY seq) - 1 AS r, count(*) OVER () AS n FROM models)
 INSERT INTO jobs (id, team_seq, model_seq, dataset_seq, recipe, calib, status, attempt, stage, done, total,
                   result_json, created_at, started_at, finished_at)
-SELECT printf('job_seed%08d', i), t.team_seq, t.model_seq, t.dataset_seq,
+SELECT printf('job_seed%08d', i), t.team_seq, m.seq, t.dataset_seq,
        CASE i % 4 WHEN 0 THEN 'fp32' WHEN 1 THEN 'w8a8' WHEN 2 THEN 'p4' ELSE 'w8' END,
        1, 'succeeded', 1, 'done', 3, 3,
        json_object('psnr_db', 30.0 - (i % 4) * 0.25 - (i % 97) / 1000.0, 'fp32_psnr_db', 30.0,
@@ -286,7 +355,7 @@ SELECT printf('job_seed%08d', i), t.team_seq, t.model_seq, t.dataset_seq,
                    'ratio', 22796.0 / CASE i % 4 WHEN 0 THEN 22796 WHEN 2 THEN 3200 ELSE 5800 END,
                    'per_image', json_array()),
        1700000000 + i, 1700000000 + i, 1700000001 + i
-FROM k, t;
+FROM k, t, m WHERE m.r = i % m.n;
 SELECT count(*) FROM jobs;`;
   return Number(execFileSync('sqlite3', [DB], { input: sql, encoding: 'utf8' }).trim().split('\n').pop());
 }
@@ -336,8 +405,11 @@ async function manyJobsTest(ctx) {
   check(listRequests(reqs).every((u) => Number(u.searchParams.get('limit')) >= 1 && Number(u.searchParams.get('limit')) <= 200),
         'every job list request is limited (<= 200)');
   const received = () => bodies.reduce((n, b) => n + ((b && b.jobs) ? b.jobs.length : 0), 0);
-  check(received() <= 50 + 2, 'at most one page (+ baselines) of jobs crossed the network', received());
+  check(received() <= 50 + 3, 'at most one page (+ one baseline per model) of jobs crossed the network', received());
   check(await page.locator('#rows tr[data-job]').count() === 50, '50 rows rendered');
+  const archs = await page.$$eval('#rows tr[data-job] td.arch', (tds) => [...new Set(tds.map((t) => t.textContent))]);
+  check(archs.includes('EDSR') && archs.includes('CARN-M'), 'the seeded page mixes architectures in the Architecture column', archs.join(' '));
+  check(await page.locator('#legend li.legend-arch').count() === 2, 'the legend groups the page by architecture');
   const first = await page.getAttribute('#rows tr[data-job]', 'data-job');
   await page.screenshot({ path: path.join(SHOTS, 'results-10k.png') });
 
@@ -353,9 +425,9 @@ async function manyJobsTest(ctx) {
   await page.waitForFunction(() => document.querySelectorAll('#rows tr[data-job]').length === 100);
   check(main().length === 3 && main()[2].searchParams.get('limit') === '100', 'changing the page size refetches one page');
   await page.selectOption('#f-recipe', 'p4');
-  await page.waitForFunction(() => [...document.querySelectorAll('#rows tr[data-job] td:nth-child(3)')].every((t) => t.textContent === 'p4'));
+  await page.waitForFunction(() => [...document.querySelectorAll('#rows tr[data-job] td:nth-child(4)')].every((t) => t.textContent === 'p4'));
   check(main().length === 4 && main()[3].searchParams.get('recipe') === 'p4', 'the recipe filter is applied by the server');
-  check(received() <= 50 + 50 + 100 + 100 + 4 * 2, 'jobs received stay within the pages asked for', received());
+  check(received() <= 50 + 50 + 100 + 100 + 4 * 3, 'jobs received stay within the pages asked for', received());
   await page.close();
   return errors;
 }
