@@ -9,11 +9,13 @@
  * turned into a runnable model exactly as a job will do it (the ONNX
  * importer, or the state-dict importers of arch.h) before anything is kept:
  * a truncated or garbage file is 422 invalid_checkpoint with the loader's
- * message; a valid file of a network kiln cannot run (unknown state-dict
- * layout, ONNX operator outside the supported set) is 422
- * wrong_architecture with kiln's message, which names the known
- * architectures or the offending node. Only then is the file renamed into
- * the blob store (content-addressed by sha256) and the row inserted.
+ * message; tensors that form no network kiln knows (KILN_ERR_ARCH: a state
+ * dict of another layout, an ONNX graph whose channels do not fit) are 422
+ * wrong_architecture with kiln's message, which lists the known
+ * architectures; a valid ONNX file that uses what the importer does not
+ * take (KILN_ERR_UNSUPPORTED: an operator, an attribute, external tensor
+ * data) is 422 unsupported_model naming it. Only then is the file renamed
+ * into the blob store (content-addressed by sha256) and the row inserted.
  *
  * `?scale=2|3|4` picks the upsampler of a multi-scale checkpoint (CARN-M's
  * official file holds x2, x3 and x4); for single-scale files it must match
@@ -222,15 +224,19 @@ static kiln_status onnx_graph(const char *path, kiln_graph **g)
 }
 
 /* The reply for a file that could not be made into a model. stage 0: the
- * file did not parse; stage 1: it parsed but is no network kiln runs.
- * scale: the ?scale= asked for (0: none), blamed for KILN_ERR_INVALID. */
+ * checkpoint loader (its KILN_ERR_UNSUPPORTED refusals, such as a pickle
+ * global, are about the file); stage 1: the ONNX importer or the model
+ * builder. scale: the ?scale= asked for (0: none), blamed for
+ * KILN_ERR_INVALID. */
 static void reply_model_error(kiln_req *r, kiln_status st, int stage, int scale)
 {
     const char *msg = kiln_errmsg();
     if (st == KILN_ERR_NOMEM || st == KILN_ERR_IO || st == KILN_ERR_INTERNAL)
         kiln_reply_error(r, 500, "internal", NULL, "loading the model: %s", msg);
-    else if (st == KILN_ERR_ARCH || (stage == 1 && st == KILN_ERR_UNSUPPORTED))
+    else if (st == KILN_ERR_ARCH)
         kiln_reply_error(r, 422, "wrong_architecture", NULL, "%s", msg);
+    else if (st == KILN_ERR_UNSUPPORTED && stage == 1)
+        kiln_reply_error(r, 422, "unsupported_model", NULL, "%s", msg);
     else if (st == KILN_ERR_INVALID && scale)
         kiln_reply_error(r, 422, "invalid_field", "scale", "scale: %s", msg);
     else
@@ -306,8 +312,6 @@ void kiln_route_model_upload(kiln_req *r)
         kiln_graph *g = NULL;
         st = onnx_graph(path, &g);
         if (st) {
-            /* The importer's FORMAT / LIMIT are about the file, its ARCH /
-             * UNSUPPORTED about the network (an operator kiln lacks). */
             reply_model_error(r, st, 1, 0);
             goto out;
         }

@@ -2,8 +2,8 @@
  * test_server_arch.c — kilnd and the architectures kiln knows, against a
  * real daemon: EDSR, CARN and the official multi-scale CARN-M checkpoint
  * uploaded with and without ?scale=, bad scales refused with the parameter
- * named, ONNX uploads (format told from the content, external data and
- * unsupported operators refused), the arch / description of models and of
+ * named, ONNX uploads (format told from the content; external data,
+ * unsupported operators and non-RGB graphs refused with their codes), the arch / description of models and of
  * the jobs that use them (and the ?arch= job filter), and the schema
  * migration from a database written by the first schema (0001).
  *
@@ -267,10 +267,13 @@ TEST(onnx_uploads)
     CHECK_STR(http_error_field(&r), "format");
     http_resp_free(&r);
 
-    /* An operator kiln does not run: wrong_architecture naming the node. */
-    upload_err("tests/fixtures/onnx/err_tanh.onnx", 0, NULL, 422, "wrong_architecture", NULL, "Tanh");
-    /* External tensor data is never read at upload (one file per upload). */
-    upload_err("tests/fixtures/onnx/ext/conv3_ext.onnx", 0, NULL, 422, "invalid_checkpoint", NULL, NULL);
+    /* An operator the importer does not take: unsupported_model naming the
+     * node; a graph whose wiring is no SR network: wrong_architecture. */
+    upload_err("tests/fixtures/onnx/err_tanh.onnx", 0, NULL, 422, "unsupported_model", NULL, "Tanh");
+    upload_err("tests/fixtures/onnx/err_gray.onnx", 0, NULL, 422, "wrong_architecture", NULL, "3 channels");
+    /* External tensor data is never read at upload (one file per upload,
+     * and state/tmp holds other requests' files). */
+    upload_err("tests/fixtures/onnx/ext/conv3_ext.onnx", 0, NULL, 422, "unsupported_model", NULL, "external data");
     /* A truncated file. */
     size_t n = 0;
     char *buf = kiln_test_read_file(fx, &n);
