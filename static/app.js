@@ -546,17 +546,19 @@
       kids.push(c);
     }
     plot.replaceChildren(...kids);
-    // Legend: each architecture (its colour), then its models (their shapes).
+    // Legend: one line per architecture (its colour), then its models
+    // (their marker shapes).
     const items = [];
     for (const a of archs) {
       const sw = el('span', { class: 'swatch' });
       sw.style.background = archColour(a);
-      items.push(el('li', { class: 'legend-arch', 'data-arch': a }, sw, el('strong', { text: archLabel(a) })));
+      const li = el('li', { class: 'legend-arch', 'data-arch': a }, el('strong', {}, sw, archLabel(a)));
       const models = [];
       for (const p of pts) if (p.arch === a && !models.some((q) => q.job.model === p.job.model)) models.push(p);
       for (const p of models)
-        items.push(el('li', { class: 'legend-model', 'data-model': p.job.model, 'data-arch': a, title: jobArchDescription(p.job) || null },
-                      markerIcon(p.job.model, a), modelName(p.job.model, p.job)));
+        li.append(el('span', { class: 'legend-model', 'data-model': p.job.model, title: jobArchDescription(p.job) || null },
+                     markerIcon(p.job.model, a), modelName(p.job.model, p.job)));
+      items.push(li);
     }
     items.push(el('li', { class: 'muted legend-note', text: 'thick outline: FP32 baseline · dashed: Pareto frontier of all points' +
                                         (archs.length > 1 ? ' · thin: per architecture' : '') }));

@@ -294,13 +294,16 @@ async function plotAcrossArchitectures(page, s) {
   check(shapeOf(s.a.id).length === 1 && shapeOf(s.b.id).length === 1 && shapeOf(s.a.id)[0] !== shapeOf(s.b.id)[0],
         'the two EDSR models have different marker shapes', JSON.stringify([shapeOf(s.a.id), shapeOf(s.b.id)]));
   check(pts.some((p) => p.arch === 'carn_m'), 'CARN-M jobs are on the plot');
-  const legend = await page.$$eval('#legend li', (ls) => ls.map((l) => [l.className, l.dataset.arch || '', l.textContent]));
-  const archItems = legend.filter((l) => l[0].includes('legend-arch')).map((l) => l[2]);
-  const modelItems = legend.filter((l) => l[0].includes('legend-model')).map((l) => l[2]);
-  check(archItems.includes('EDSR') && archItems.includes('CARN-M'), 'the legend names both architectures', JSON.stringify(legend));
-  check(['tiny-r2f8', 'tiny-r1f12', 'carn-m'].every((n) => modelItems.includes(n)), 'the legend lists every model under its architecture',
-        JSON.stringify(modelItems));
-  check(await page.locator('#legend li.legend-model svg.marker path').count() === modelItems.length, 'each legend model has its marker');
+  const legend = await page.$$eval('#legend li.legend-arch', (ls) => ls.map((l) => ({
+    arch: l.dataset.arch, label: l.querySelector('strong').textContent,
+    models: [...l.querySelectorAll('.legend-model')].map((m) => m.textContent) })));
+  const byArch = Object.fromEntries(legend.map((l) => [l.arch, l]));
+  check(byArch.edsr && byArch.edsr.label === 'EDSR' && byArch.carn_m && byArch.carn_m.label === 'CARN-M',
+        'the legend names both architectures', JSON.stringify(legend));
+  check(byArch.edsr && ['tiny-r2f8', 'tiny-r1f12'].every((n) => byArch.edsr.models.includes(n)) &&
+        byArch.carn_m && byArch.carn_m.models.join() === 'carn-m', 'the legend lists every model under its architecture',
+        JSON.stringify(legend));
+  check(await page.locator('#legend .legend-model svg.marker path').count() === 3, 'each legend model has its marker');
   const fronts = await page.$$eval('#plot path.frontier-arch', (ps) => ps.map((p) => [p.dataset.arch, p.getAttribute('d')]));
   check(fronts.length === 2 && fronts.every((f) => /^M[\d.]+,[\d.]+/.test(f[1] || '')), 'a Pareto frontier per architecture is drawn',
         JSON.stringify(fronts));
