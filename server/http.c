@@ -182,6 +182,13 @@ static void reply_errorv(kiln_req *r, int status, const char *code, const char *
     char msg[1024];
     vsnprintf(msg, sizeof msg, fmt, ap);
     json_t *e = json_pack("{s:s, s:s}", "code", code, "message", msg);
+    if (!e) {
+        /* The message quoted input that is not UTF-8 (or was cut inside a
+         * character): keep its ASCII, so the reply still has its code. */
+        for (char *c = msg; *c; c++)
+            if ((unsigned char)*c >= 0x80) *c = '?';
+        e = json_pack("{s:s, s:s}", "code", code, "message", msg);
+    }
     if (e && field) json_object_set_new(e, "field", json_string(field));
     if (e && details) json_object_set(e, "details", details);
     json_decref(details);

@@ -188,7 +188,7 @@ static int upload_scale(kiln_req *r)
     if (!strcmp(q, "2") || !strcmp(q, "3") || !strcmp(q, "4")) return q[0] - '0';
     kiln_reply_error(r, 400, "invalid_request", "scale",
                      "scale: \"%.16s%s\" is not 2, 3 or 4 (the upsampler to use from a multi-scale checkpoint)",
-                     q, strlen(q) > 16 ? "..." : "");
+                     q, strlen(q) > 16 ? "..." : ""); /* http.c keeps the reply valid JSON */
     return -1;
 }
 

@@ -172,7 +172,7 @@ TEST(bad_scales_and_architectures)
 
     /* Not 2, 3 or 4: 400 naming the parameter, before the file is read. */
     const char *bad[] = {"?scale=5", "?scale=0", "?scale=1", "?scale=x2", "?scale=", "?scale=22", "?scale=-2",
-                         "?scale=2.0", "?scale=%202"};
+                         "?scale=2.0", "?scale=%202", "?scale=%ff%fe"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         upload_err("models/zoo/carn_m.pth", 1, bad[i], 400, "invalid_request", "scale", "scale");
     upload_err("models/zoo/carn_m.pth", 1, "?scale=5", 400, "invalid_request", "scale", "not 2, 3 or 4");
