@@ -390,8 +390,10 @@ static kiln_status read_external(const imp *im, const Onnx__TensorProto *tp, con
     if (!loc || !*loc) return kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s: external data without a location", tname);
     char lname[KILN_GRAPH_NAME_MAX];
     kname(lname, loc, "");
-    if (loc[0] == '/' || strchr(loc, '\\'))
+    if (loc[0] == '/')
         return kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s: external data location %s is absolute (it must be relative to the model's directory)", tname, lname);
+    if (strchr(loc, '\\'))
+        return kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s: external data location %s has a backslash", tname, lname);
     for (const char *c = loc; *c;) {
         size_t l = strcspn(c, "/");
         if (l == 2 && c[0] == '.' && c[1] == '.')
