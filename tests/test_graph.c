@@ -12,6 +12,8 @@
 
 #include "arch.h"
 #include "check.h"
+#include "dataset.h"
+#include "eval.h"
 #include "graph.h"
 #include "image.h"
 #include "model.h"
@@ -275,6 +277,58 @@ TEST(unknown_state_dict_lists_architectures)
     kiln_weights_destroy(w);
 }
 
+/* B100 x2 PSNR of the official weights (models/zoo/README.md). The release
+ * run measures the published protocols on the whole split; the sanitizer
+ * run checks the first two evaluation images against PyTorch's per-image
+ * PSNR (the same arithmetic, measured with the network of
+ * tests/fixtures/carn/make_reference.py). */
+static double eval_psnr(kiln_model *m, size_t first, size_t count, const char *metric, int shave, int round8)
+{
+    kiln_dataset *ds = NULL;
+    kiln_pool *pool = NULL;
+    kiln_eval_result r = {0};
+    double mean = NAN;
+    CHECK_OK(kiln_dataset_open(kiln_test_data("B100"), kiln_model_scale(m), &ds));
+    CHECK_OK(kiln_pool_create(2, &pool));
+    kiln_eval_opts eo = {.metric = {.shave = shave, .round8 = round8}};
+    CHECK_OK(kiln_metric_parse(metric, &eo.metric.metric));
+    if (ds && pool && kiln_eval_run(m, ds, first, count ? count : kiln_dataset_count(ds) - first, pool, &eo, &r) == KILN_OK)
+        mean = r.mean;
+    kiln_eval_result_free(&r);
+    kiln_pool_destroy(pool);
+    kiln_dataset_close(ds);
+    return mean;
+}
+
+TEST(carn_psnr_reproduces_published_figures)
+{
+    static const struct {
+        const char *file;
+        double rgb_eval, y_all, img20, img21;
+    } nets[] = {
+        {"models/zoo/carn_x2.pt", 30.6471, 32.12, 25.880715, 27.861199},
+        {"models/zoo/carn_m.pth", 30.4877, 31.97, 25.777270, 27.454716},
+    };
+    for (size_t i = 0; i < 2; i++) {
+        kiln_model *m = load_zoo(nets[i].file, 0);
+        if (!m) continue;
+        if (kiln_test_full()) {
+            double rgb = eval_psnr(m, 20, 0, "psnr", 0, 0);
+            CHECK_MSG(fabs(rgb - nets[i].rgb_eval) < 0.005, "%s: eval RGB %.4f, PyTorch %.4f", nets[i].file, rgb,
+                      nets[i].rgb_eval);
+            if (i == 1) { /* the published protocol: Y, shave 2, 8-bit SR, all 100 images */
+                double y = eval_psnr(m, 0, 0, "psnr-y", 2, 1);
+                CHECK_MSG(fabs(y - nets[i].y_all) < 0.01, "%s: all-100 Y %.4f, published %.2f", nets[i].file, y,
+                          nets[i].y_all);
+            }
+        } else {
+            double two = eval_psnr(m, 20, 2, "psnr", 0, 0);
+            CHECK_MSG(fabs(two - (nets[i].img20 + nets[i].img21) / 2) < 1e-4, "%s: %.6f", nets[i].file, two);
+        }
+        kiln_model_destroy(m);
+    }
+}
+
 /* ---- every op against a plain reference ------------------------------------ */
 
 typedef struct rng {
@@ -479,6 +533,7 @@ int main(void)
     RUN(carn_x2_official);
     RUN(carn_m_official_shared_weights);
     RUN(unknown_state_dict_lists_architectures);
+    RUN(carn_psnr_reproduces_published_figures);
     RUN(every_op_against_reference);
     return check_summary();
 }
