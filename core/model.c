@@ -35,10 +35,7 @@
 #include <string.h>
 
 #include "arch.h"
-#if __has_include("onnx.h") /* TEMP until the importer lands */
 #include "onnx.h"
-#define HAVE_ONNX 1
-#endif
 #include "quant.h"
 
 /* A weight ready for the kernels: one packed conv per group (k = 1 or 3), or
@@ -252,15 +249,11 @@ kiln_status kiln_model_load(const char *path, const kiln_model_opts *opts, kiln_
         fclose(f);
     }
     kiln_status st;
-#ifdef HAVE_ONNX
     if (f && kiln_onnx_sniff(head, got)) {
         kiln_graph *g;
         st = kiln_onnx_load(path, &g);
         if (st == KILN_OK) st = kiln_model_from_graph(g, opts, out);
-    } else
-#endif
-    {
-        (void)got;
+    } else {
         kiln_weights *w;
         st = kiln_weights_load(path, &w);
         if (st != KILN_OK) return st;
