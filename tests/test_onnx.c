@@ -97,7 +97,9 @@ static float *eval_graph(const kiln_graph *g, const float *in, int h, int w)
         size_t hw = (size_t)a->h * a->w, na = (size_t)a->c * hw;
         switch (n->op) {
         case KILN_OP_CONV: conv_ref(kiln_graph_weight(g, (size_t)n->weight), a, y); break;
-        case KILN_OP_RELU: for (size_t i = 0; i < na; i++) y->d[i] = a->d[i] > 0 ? a->d[i] : 0; break;
+        case KILN_OP_RELU:
+            for (size_t i = 0; i < na; i++) y->d[i] = a->d[i] > 0 ? a->d[i] : 0;
+            break;
         case KILN_OP_LEAKY_RELU:
             for (size_t i = 0; i < na; i++) y->d[i] = a->d[i] >= 0 ? a->d[i] : a->d[i] * n->alpha;
             break;
@@ -107,10 +109,18 @@ static float *eval_graph(const kiln_graph *g, const float *in, int h, int w)
                 y->d[i] = a->d[i] >= 0 ? a->d[i] : a->d[i] * s;
             }
             break;
-        case KILN_OP_ADD: for (size_t i = 0; i < na; i++) y->d[i] = a->d[i] + b->d[i]; break;
-        case KILN_OP_MUL: for (size_t i = 0; i < na; i++) y->d[i] = n->div ? a->d[i] / n->alpha : a->d[i] * n->alpha; break;
-        case KILN_OP_SIGMOID: for (size_t i = 0; i < na; i++) y->d[i] = 1.0f / (1.0f + expf(-a->d[i])); break;
-        case KILN_OP_CHANNEL_MUL: for (size_t i = 0; i < na; i++) y->d[i] = a->d[i] * b->d[i / hw]; break;
+        case KILN_OP_ADD:
+            for (size_t i = 0; i < na; i++) y->d[i] = a->d[i] + b->d[i];
+            break;
+        case KILN_OP_MUL:
+            for (size_t i = 0; i < na; i++) y->d[i] = n->div ? a->d[i] / n->alpha : a->d[i] * n->alpha;
+            break;
+        case KILN_OP_SIGMOID:
+            for (size_t i = 0; i < na; i++) y->d[i] = 1.0f / (1.0f + expf(-a->d[i]));
+            break;
+        case KILN_OP_CHANNEL_MUL:
+            for (size_t i = 0; i < na; i++) y->d[i] = a->d[i] * b->d[i / hw];
+            break;
         case KILN_OP_GAP:
             for (int c = 0; c < a->c; c++) {
                 double s = 0;
@@ -178,7 +188,8 @@ static void check_outputs(const char *file, kiln_graph *g, const char *ref)
     float *in = read_f32(ref, "in", &nin), *want = read_f32(ref, "out", &nout);
     int s = kiln_graph_scale(g);
     size_t n = (size_t)3 * h * s * w * s;
-    CHECK_MSG(in && want && nin == (size_t)3 * h * w && nout == n, "%s: reference files of %s (%zu, %zu floats)", file, ref, nin, nout);
+    CHECK_MSG(in && want && nin == (size_t)3 * h * w && nout == n, "%s: reference files of %s (%zu, %zu floats)", file,
+              ref, nin, nout);
     if (in && want && nout == n) {
         float *got = eval_graph(g, in, h, w);
         double e = rel_err(got, want, n);
@@ -220,23 +231,29 @@ static void check_structure(const char *file, const kiln_graph *g, json_t *m)
     v = json_object_get(m, "scale");
     CHECK_MSG(kiln_graph_scale(g) == (v ? json_integer_value(v) : 1), "%s: scale %d", file, kiln_graph_scale(g));
     v = json_object_get(m, "out_div");
-    CHECK_MSG(kiln_graph_out_div(g) == (v ? (float)json_number_value(v) : 1.0f), "%s: out_div %g", file, (double)kiln_graph_out_div(g));
+    CHECK_MSG(kiln_graph_out_div(g) == (v ? (float)json_number_value(v) : 1.0f), "%s: out_div %g", file,
+              (double)kiln_graph_out_div(g));
     if ((v = json_object_get(m, "nodes")))
-        CHECK_MSG(kiln_graph_node_count(g) == (size_t)json_integer_value(v), "%s: %zu nodes", file, kiln_graph_node_count(g));
+        CHECK_MSG(kiln_graph_node_count(g) == (size_t)json_integer_value(v), "%s: %zu nodes", file,
+                  kiln_graph_node_count(g));
     if ((v = json_object_get(m, "weights")))
-        CHECK_MSG(kiln_graph_weight_count(g) == (size_t)json_integer_value(v), "%s: %zu weights", file, kiln_graph_weight_count(g));
+        CHECK_MSG(kiln_graph_weight_count(g) == (size_t)json_integer_value(v), "%s: %zu weights", file,
+                  kiln_graph_weight_count(g));
     if ((v = json_object_get(m, "ops"))) CHECK_MSG(has_op_sequence(g, v), "%s: not the expected op sequence", file);
     size_t i;
     json_t *e;
     size_t nms = 0;
-    json_array_foreach(json_object_get(m, "meanshift"), i, e) {
+    json_array_foreach(json_object_get(m, "meanshift"), i, e)
+    {
         long w = kiln_graph_weight_find(g, json_string_value(e));
-        CHECK_MSG(w >= 0 && kiln_graph_weight(g, (size_t)w)->meanshift, "%s: %s is not a MeanShift weight", file, json_string_value(e));
+        CHECK_MSG(w >= 0 && kiln_graph_weight(g, (size_t)w)->meanshift, "%s: %s is not a MeanShift weight", file,
+                  json_string_value(e));
     }
     for (size_t k = 0; k < kiln_graph_weight_count(g); k++) nms += (size_t)kiln_graph_weight(g, k)->meanshift;
     CHECK_MSG(nms == json_array_size(json_object_get(m, "meanshift")), "%s: %zu MeanShift weights", file, nms);
     const char *key;
-    json_object_foreach(json_object_get(m, "shared"), key, e) {
+    json_object_foreach(json_object_get(m, "shared"), key, e)
+    {
         long w = kiln_graph_weight_find(g, key);
         CHECK_MSG(w >= 0, "%s: no weight %s", file, key);
         if (w >= 0) CHECK_EQ_INT(kiln_graph_weight_uses(g, (size_t)w, NULL, 0), json_integer_value(e));
@@ -252,10 +269,12 @@ TEST(fixtures_match_pytorch)
     if (!j) return;
     size_t i, k, files = 0;
     json_t *m, *f;
-    json_array_foreach(json_object_get(j, "models"), i, m) {
+    json_array_foreach(json_object_get(j, "models"), i, m)
+    {
         const char *name = json_string_value(json_object_get(m, "name"));
         char *first = NULL;
-        json_array_foreach(json_object_get(m, "files"), k, f) {
+        json_array_foreach(json_object_get(m, "files"), k, f)
+        {
             const char *file = json_string_value(f);
             kiln_graph *g = load(file);
             if (!g) continue;
@@ -264,9 +283,11 @@ TEST(fixtures_match_pytorch)
             check_outputs(file, g, name);
             /* Every opset gives the same graph. */
             char *js = kiln_graph_to_json(g);
-            if (!first) first = js;
+            if (!first)
+                first = js;
             else {
-                CHECK_MSG(strcmp(first, js) == 0, "%s: another graph than %s", file, json_string_value(json_array_get(json_object_get(m, "files"), 0)));
+                CHECK_MSG(strcmp(first, js) == 0, "%s: another graph than %s", file,
+                          json_string_value(json_array_get(json_object_get(m, "files"), 0)));
                 free(js);
             }
             kiln_graph_destroy(g);
@@ -280,10 +301,11 @@ TEST(edsr_graph)
 {
     kiln_graph *g = load("edsr_r2f8_x2.opset21.onnx");
     if (!g) return;
-    static const char *const names[] = {"sub_mean", "head.0", "body.0.body.0", "body.0.body.2", "body.1.body.0",
-                                        "body.1.body.2", "body.2", "tail.0.0", "tail.1", "add_mean"};
+    static const char *const names[] = {"sub_mean",      "head.0", "body.0.body.0", "body.0.body.2", "body.1.body.0",
+                                        "body.1.body.2", "body.2", "tail.0.0",      "tail.1",        "add_mean"};
     CHECK_EQ_INT(kiln_graph_weight_count(g), 10);
-    for (size_t i = 0; i < 10 && i < kiln_graph_weight_count(g); i++) CHECK_STR(kiln_graph_weight(g, i)->name, names[i]);
+    for (size_t i = 0; i < 10 && i < kiln_graph_weight_count(g); i++)
+        CHECK_STR(kiln_graph_weight(g, i)->name, names[i]);
     /* x*255 is a mul node, /255 at the end the graph's out_div. */
     CHECK_EQ_INT(kiln_graph_node(g, 0)->op, KILN_OP_MUL);
     CHECK(kiln_graph_node(g, 0)->alpha == 255.0f);
@@ -297,7 +319,8 @@ TEST(edge_files)
 {
     size_t i;
     json_t *e;
-    json_array_foreach(json_object_get(manifest(), "edge"), i, e) {
+    json_array_foreach(json_object_get(manifest(), "edge"), i, e)
+    {
         const char *file = json_string_value(json_object_get(e, "file"));
         kiln_graph *g = load(file);
         if (!g) continue;
@@ -306,8 +329,8 @@ TEST(edge_files)
         if (ref && !json_is_true(json_object_get(e, "fp16"))) check_outputs(file, g, ref);
         size_t k;
         json_t *nm;
-        json_array_foreach(json_object_get(e, "node_names"), k, nm)
-            if (k < kiln_graph_node_count(g)) CHECK_STR(kiln_graph_node(g, k)->name, json_string_value(nm));
+        json_array_foreach(json_object_get(e, "node_names"), k, nm) if (k < kiln_graph_node_count(g))
+            CHECK_STR(kiln_graph_node(g, k)->name, json_string_value(nm));
         if (json_is_true(json_object_get(e, "fp16"))) {
             /* The FLOAT16 copy holds the FLOAT weights rounded to half precision. */
             kiln_graph *g32 = load("conv3_bias.opset13.onnx");
@@ -371,15 +394,18 @@ TEST(refusals)
 {
     size_t i, n = 0;
     json_t *e;
-    json_array_foreach(json_object_get(manifest(), "errors"), i, e) {
+    json_array_foreach(json_object_get(manifest(), "errors"), i, e)
+    {
         const char *file = json_string_value(json_object_get(e, "file"));
         const char *piece = json_string_value(json_object_get(e, "message"));
         char path[512];
         snprintf(path, sizeof path, FIX "%s", file);
         kiln_graph *g = (kiln_graph *)1;
         kiln_status st = kiln_onnx_load(path, &g);
-        CHECK_MSG(st == status_of(json_string_value(json_object_get(e, "status"))), "%s: %s (%s)", file, kiln_status_str(st), kiln_errmsg());
-        CHECK_MSG(strstr(kiln_errmsg(), piece) && strncmp(kiln_errmsg(), "onnx: ", 6) == 0, "%s: \"%s\" lacks \"%s\"", file, kiln_errmsg(), piece);
+        CHECK_MSG(st == status_of(json_string_value(json_object_get(e, "status"))), "%s: %s (%s)", file,
+                  kiln_status_str(st), kiln_errmsg());
+        CHECK_MSG(strstr(kiln_errmsg(), piece) && strncmp(kiln_errmsg(), "onnx: ", 6) == 0, "%s: \"%s\" lacks \"%s\"",
+                  file, kiln_errmsg(), piece);
         CHECK(g == NULL);
         n++;
     }
@@ -395,13 +421,15 @@ static void must_fail(const void *buf, size_t len, const char *what)
     kiln_graph *g = NULL;
     kiln_errmsg_clear();
     kiln_status st = kiln_onnx_parse(buf, len, NULL, &g);
-    CHECK_MSG(st != KILN_OK && g == NULL && strncmp(kiln_errmsg(), "onnx: ", 6) == 0, "%s: %s (%s)", what, kiln_status_str(st), kiln_errmsg());
+    CHECK_MSG(st != KILN_OK && g == NULL && strncmp(kiln_errmsg(), "onnx: ", 6) == 0, "%s: %s (%s)", what,
+              kiln_status_str(st), kiln_errmsg());
     kiln_graph_destroy(g);
 }
 
 TEST(truncated_files)
 {
-    static const char *const files[] = {"conv3_bias.opset13.onnx", "channel_attention.opset17.onnx", "carn_m_f8_x2.opset11.onnx"};
+    static const char *const files[] = {"conv3_bias.opset13.onnx", "channel_attention.opset17.onnx",
+                                        "carn_m_f8_x2.opset11.onnx"};
     for (size_t f = 0; f < 3; f++) {
         char path[512];
         snprintf(path, sizeof path, FIX "%s", files[f]);
@@ -434,12 +462,15 @@ TEST(corrupted_files)
         unsigned char *c = malloc(len);
         memcpy(c, buf, len);
         int flips = 1 + (int)(kiln_test_rand(&seed) % 4);
-        for (int k = 0; k < flips; k++) c[kiln_test_rand(&seed) % len] ^= (unsigned char)(1u << (kiln_test_rand(&seed) % 8));
+        for (int k = 0; k < flips; k++)
+            c[kiln_test_rand(&seed) % len] ^= (unsigned char)(1u << (kiln_test_rand(&seed) % 8));
         kiln_graph *g = NULL;
         kiln_errmsg_clear();
         kiln_status st = kiln_onnx_parse(c, len, NULL, &g);
-        if (st == KILN_OK) ok++;
-        else CHECK_MSG(g == NULL && strncmp(kiln_errmsg(), "onnx: ", 6) == 0, "round %d: %s", round, kiln_errmsg());
+        if (st == KILN_OK)
+            ok++;
+        else
+            CHECK_MSG(g == NULL && strncmp(kiln_errmsg(), "onnx: ", 6) == 0, "round %d: %s", round, kiln_errmsg());
         kiln_graph_destroy(g);
         free(c);
     }
@@ -461,7 +492,7 @@ static size_t wrap(unsigned char *buf, size_t at, size_t len, unsigned field)
     unsigned char hdr[16];
     size_t h = 0;
     hdr[h++] = (unsigned char)(field << 3 | 2);
-    for (size_t v = len; ; v >>= 7) {
+    for (size_t v = len;; v >>= 7) {
         hdr[h++] = (unsigned char)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
         if (v <= 0x7f) break;
     }
@@ -478,7 +509,7 @@ TEST(nesting_bomb)
     for (int d = 0; d < 10000; d++) {
         start -= wrap(buf, start, end - start, d % 2 ? 4 : 1); /* TypeProto.sequence_type / Sequence.elem_type */
     }
-    start -= wrap(buf, start, end - start, 2); /* ValueInfoProto.type */
+    start -= wrap(buf, start, end - start, 2);  /* ValueInfoProto.type */
     start -= wrap(buf, start, end - start, 11); /* GraphProto.input */
     start -= wrap(buf, start, end - start, 7);  /* ModelProto.graph */
     buf[--start] = 8;
@@ -515,7 +546,9 @@ TEST(sniff)
 {
     size_t i, k;
     json_t *m, *f;
-    json_array_foreach(json_object_get(manifest(), "models"), i, m) json_array_foreach(json_object_get(m, "files"), k, f) {
+    json_array_foreach(json_object_get(manifest(), "models"), i, m)
+        json_array_foreach(json_object_get(m, "files"), k, f)
+    {
         char path[512];
         snprintf(path, sizeof path, FIX "%s", json_string_value(f));
         size_t len;
@@ -525,10 +558,11 @@ TEST(sniff)
         free(buf);
     }
     /* The other formats kiln reads. */
-    static const char *const others[] = {"models/edsr_r16f64_x2.pt", "models/edsr_r16f64_x2_legacy.pt",
-                                         "models/edsr_r16f64_x2.safetensors", "models/fixtures/r2f8_x4_safetensors.safetensors",
-                                         "models/fixtures/r2f8_x3_legacy.pt", "models/fixtures/crop_lr.png",
-                                         "models/fixtures/MANIFEST.json"};
+    static const char *const others[] = {
+        "models/edsr_r16f64_x2.pt",          "models/edsr_r16f64_x2_legacy.pt",
+        "models/edsr_r16f64_x2.safetensors", "models/fixtures/r2f8_x4_safetensors.safetensors",
+        "models/fixtures/r2f8_x3_legacy.pt", "models/fixtures/crop_lr.png",
+        "models/fixtures/MANIFEST.json"};
     for (size_t o = 0; o < sizeof others / sizeof others[0]; o++) {
         size_t len;
         void *buf = kiln_test_read_file(kiln_test_data(others[o]), &len);

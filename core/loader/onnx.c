@@ -49,8 +49,8 @@
 #include "loader_internal.h"
 #include "onnx/onnx.pb-c.h"
 
-#define OPSET_MIN 11
-#define OPSET_MAX 21
+#define OPSET_MIN  11
+#define OPSET_MAX  21
 #define MAX_VALUES ((size_t)1 << 20) /* inputs + initializers + node outputs */
 
 /* ---- small helpers ------------------------------------------------------------ */
@@ -109,8 +109,10 @@ static void kname(char out[KILN_GRAPH_NAME_MAX], const char *s, const char *suff
             longer = 1;
             break;
         }
-        if (l) memcpy(clean + n, p, (size_t)l), n += (size_t)l, p += l;
-        else clean[n++] = '_', p++;
+        if (l)
+            memcpy(clean + n, p, (size_t)l), n += (size_t)l, p += l;
+        else
+            clean[n++] = '_', p++;
         if (n <= keep) cut = n;
     }
     if (longer) n = cut + (size_t)snprintf(clean + cut, sizeof clean - cut, "~%016llx", (unsigned long long)fnv1a(s));
@@ -121,7 +123,10 @@ static void kname(char out[KILN_GRAPH_NAME_MAX], const char *s, const char *suff
 /* ---- a string -> int hash table (keys are borrowed) --------------------------- */
 
 typedef struct smap {
-    struct sent { const char *k; int v; } *e;
+    struct sent {
+        const char *k;
+        int v;
+    } * e;
     size_t cap, n;
 } smap;
 
@@ -210,8 +215,7 @@ static int wire_scan(const uint8_t *p, size_t n, const ProtobufCMessageDescripto
             }
             i += (size_t)v;
             break;
-        default: /* groups and the reserved wire types: not in ONNX */
-            return 0;
+        default: /* groups and the reserved wire types: not in ONNX */ return 0;
         }
         if (s->mem > s->limit) return 0;
     }
@@ -249,14 +253,14 @@ typedef struct imp {
     kiln_graph *g;
     oval *v;
     size_t nv;
-    smap vals;                /* ONNX value name -> index in v */
+    smap vals;                   /* ONNX value name -> index in v */
     smap used_t, used_n, used_w; /* kiln names taken: tensors, nodes, weights */
-    smap next_sfx;            /* name -> the last "_k" suffix tried for it */
-    char **owned;             /* the keys of used_* and next_sfx */
+    smap next_sfx;               /* name -> the last "_k" suffix tried for it */
+    char **owned;                /* the keys of used_* and next_sfx */
     size_t nowned, cowned;
-    unsigned char *needed;    /* per node */
-    int out_vi;               /* the graph output's value */
-    int64_t in_h, in_w;       /* the input's fixed size, or 0 */
+    unsigned char *needed; /* per node */
+    int out_vi;            /* the graph output's value */
+    int64_t in_h, in_w;    /* the input's fixed size, or 0 */
     float out_div;
 } imp;
 
@@ -344,18 +348,21 @@ static kiln_status add_value(imp *im, const char *name, int kind, int producer)
 
 static const char *dtype_name(int t)
 {
-    static const char *const names[] = {"UNDEFINED", "FLOAT", "UINT8", "INT8", "UINT16", "INT16", "INT32", "INT64",
-                                        "STRING", "BOOL", "FLOAT16", "DOUBLE", "UINT32", "UINT64", "COMPLEX64",
-                                        "COMPLEX128", "BFLOAT16"};
+    static const char *const names[] = {"UNDEFINED", "FLOAT",  "UINT8",     "INT8",       "UINT16",  "INT16",
+                                        "INT32",     "INT64",  "STRING",    "BOOL",       "FLOAT16", "DOUBLE",
+                                        "UINT32",    "UINT64", "COMPLEX64", "COMPLEX128", "BFLOAT16"};
     return t >= 0 && t < (int)(sizeof names / sizeof names[0]) ? names[t] : "an unknown type";
 }
 
 static size_t dtype_size(int t)
 {
     switch (t) {
-    case ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT: case ONNX__TENSOR_PROTO__DATA_TYPE__INT32: return 4;
-    case ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT16: case ONNX__TENSOR_PROTO__DATA_TYPE__BFLOAT16: return 2;
-    case ONNX__TENSOR_PROTO__DATA_TYPE__DOUBLE: case ONNX__TENSOR_PROTO__DATA_TYPE__INT64: return 8;
+    case ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT:
+    case ONNX__TENSOR_PROTO__DATA_TYPE__INT32: return 4;
+    case ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT16:
+    case ONNX__TENSOR_PROTO__DATA_TYPE__BFLOAT16: return 2;
+    case ONNX__TENSOR_PROTO__DATA_TYPE__DOUBLE:
+    case ONNX__TENSOR_PROTO__DATA_TYPE__INT64: return 8;
     default: return 0;
     }
 }
@@ -381,7 +388,8 @@ static kiln_status read_external(const imp *im, const Onnx__TensorProto *tp, con
     uint64_t off = 0, length = UINT64_MAX;
     for (size_t k = 0; k < tp->n_external_data; k++) {
         const char *key = S(tp->external_data[k]->key), *val = S(tp->external_data[k]->value);
-        if (strcmp(key, "location") == 0) loc = val;
+        if (strcmp(key, "location") == 0)
+            loc = val;
         else if (strcmp(key, "offset") == 0 && !parse_u64(val, &off))
             return kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s: external data offset is not a number", tname);
         else if (strcmp(key, "length") == 0 && !parse_u64(val, &length))
@@ -391,28 +399,34 @@ static kiln_status read_external(const imp *im, const Onnx__TensorProto *tp, con
     char lname[KILN_GRAPH_NAME_MAX];
     kname(lname, loc, "");
     if (loc[0] == '/')
-        return kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s: external data location %s is absolute (it must be relative to the model's directory)", tname, lname);
+        return kiln_fail(
+            KILN_ERR_FORMAT,
+            "onnx: tensor %s: external data location %s is absolute (it must be relative to the model's directory)",
+            tname, lname);
     if (strchr(loc, '\\'))
         return kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s: external data location %s has a backslash", tname, lname);
     for (const char *c = loc; *c;) {
         size_t l = strcspn(c, "/");
         if (l == 2 && c[0] == '.' && c[1] == '.')
-            return kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s: external data location %s contains \"..\"", tname, lname);
+            return kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s: external data location %s contains \"..\"", tname,
+                             lname);
         c += l;
         if (*c) c++;
     }
     if (!im->base_dir)
-        return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: tensor %s: external data (%s) refused: the model was not read from a file", tname, lname);
+        return kiln_fail(KILN_ERR_UNSUPPORTED,
+                         "onnx: tensor %s: external data (%s) refused: the model was not read from a file", tname,
+                         lname);
     if (length != UINT64_MAX && length != nbytes)
-        return kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s: external data length %llu, its shape needs %zu bytes", tname,
-                         (unsigned long long)length, nbytes);
+        return kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s: external data length %llu, its shape needs %zu bytes",
+                         tname, (unsigned long long)length, nbytes);
     char *path = NULL;
     if (asprintf(&path, "%s/%s", im->base_dir, loc) < 0) return kiln_fail(KILN_ERR_NOMEM, "onnx: out of memory");
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     free(path);
     if (fd < 0)
-        return kiln_fail(errno == ENOENT ? KILN_ERR_NOT_FOUND : KILN_ERR_IO, "onnx: tensor %s: external data file %s: %s", tname,
-                         lname, strerror(errno));
+        return kiln_fail(errno == ENOENT ? KILN_ERR_NOT_FOUND : KILN_ERR_IO,
+                         "onnx: tensor %s: external data file %s: %s", tname, lname, strerror(errno));
     struct stat sb;
     kiln_status st = KILN_OK;
     uint8_t *buf = NULL;
@@ -426,8 +440,11 @@ static kiln_status read_external(const imp *im, const Onnx__TensorProto *tp, con
     for (size_t got = 0; st == KILN_OK && got < nbytes;) {
         ssize_t r = pread(fd, buf + got, nbytes - got, (off_t)(off + got));
         if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) st = kiln_fail(KILN_ERR_IO, "onnx: tensor %s: reading %s: %s", tname, lname, r < 0 ? strerror(errno) : "short file");
-        else got += (size_t)r;
+        if (r <= 0)
+            st = kiln_fail(KILN_ERR_IO, "onnx: tensor %s: reading %s: %s", tname, lname,
+                           r < 0 ? strerror(errno) : "short file");
+        else
+            got += (size_t)r;
     }
     close(fd);
     if (st != KILN_OK) {
@@ -446,12 +463,18 @@ static kiln_status tensor_load(const imp *im, const Onnx__TensorProto *tp, const
     kname(tname, vname, "");
     int dt = tp->has_data_type ? tp->data_type : 0;
     size_t es = dtype_size(dt);
-    if (!es) return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: tensor %s holds %s data (kiln reads FLOAT, FLOAT16, BFLOAT16, DOUBLE, INT32, INT64)", tname, dtype_name(dt));
+    if (!es)
+        return kiln_fail(KILN_ERR_UNSUPPORTED,
+                         "onnx: tensor %s holds %s data (kiln reads FLOAT, FLOAT16, BFLOAT16, DOUBLE, INT32, INT64)",
+                         tname, dtype_name(dt));
     if (tp->segment) return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: tensor %s is stored in segments", tname);
-    if (tp->n_dims > KILN_ONNX_MAX_DIMS) return kiln_fail(KILN_ERR_LIMIT, "onnx: tensor %s has %zu dimensions (at most %d)", tname, tp->n_dims, KILN_ONNX_MAX_DIMS);
+    if (tp->n_dims > KILN_ONNX_MAX_DIMS)
+        return kiln_fail(KILN_ERR_LIMIT, "onnx: tensor %s has %zu dimensions (at most %d)", tname, tp->n_dims,
+                         KILN_ONNX_MAX_DIMS);
     size_t numel = 1;
     for (size_t k = 0; k < tp->n_dims; k++) {
-        if (tp->dims[k] < 0) return kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s has dimension %lld", tname, (long long)tp->dims[k]);
+        if (tp->dims[k] < 0)
+            return kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s has dimension %lld", tname, (long long)tp->dims[k]);
         if ((uint64_t)tp->dims[k] > KILN_ONNX_MAX_TENSOR || (numel *= (size_t)tp->dims[k]) > KILN_ONNX_MAX_TENSOR)
             return kiln_fail(KILN_ERR_LIMIT, "onnx: tensor %s has more than %zu elements", tname, KILN_ONNX_MAX_TENSOR);
         x->dims[k] = tp->dims[k];
@@ -473,7 +496,8 @@ static kiln_status tensor_load(const imp *im, const Onnx__TensorProto *tp, const
     } else if (tp->has_raw_data) {
         raw = tp->raw_data.data;
         if (tp->raw_data.len != numel * es)
-            st = kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s: %zu bytes of data, its shape needs %zu", tname, tp->raw_data.len, numel * es);
+            st = kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s: %zu bytes of data, its shape needs %zu", tname,
+                           tp->raw_data.len, numel * es);
         stored = numel;
     } else {
         switch (dt) {
@@ -483,7 +507,8 @@ static kiln_status tensor_load(const imp *im, const Onnx__TensorProto *tp, const
         default: stored = tp->n_int32_data; break; /* INT32, FLOAT16, BFLOAT16 */
         }
         if (stored != numel)
-            st = kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s: %zu values stored, its shape has %zu", tname, stored, numel);
+            st = kiln_fail(KILN_ERR_FORMAT, "onnx: tensor %s: %zu values stored, its shape has %zu", tname, stored,
+                           numel);
     }
     for (size_t k = 0; st == KILN_OK && k < numel; k++) {
         const uint8_t *b = raw ? raw + k * es : NULL;
@@ -514,12 +539,8 @@ static kiln_status tensor_load(const imp *im, const Onnx__TensorProto *tp, const
             f[k] = dt == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT16 ? kiln__f16_to_f32(h) : kiln__bf16_to_f32(h);
             break;
         }
-        case ONNX__TENSOR_PROTO__DATA_TYPE__INT32:
-            iv[k] = b ? (int32_t)kiln__rd_u32le(b) : tp->int32_data[k];
-            break;
-        default: /* INT64 */
-            iv[k] = b ? (int64_t)kiln__rd_u64le(b) : tp->int64_data[k];
-            break;
+        case ONNX__TENSOR_PROTO__DATA_TYPE__INT32: iv[k] = b ? (int32_t)kiln__rd_u32le(b) : tp->int32_data[k]; break;
+        default: /* INT64 */ iv[k] = b ? (int64_t)kiln__rd_u64le(b) : tp->int64_data[k]; break;
         }
     }
     free(ext);
@@ -549,7 +570,8 @@ static kiln_status in_val(const nctx *c, size_t k, oval **out)
     if (vi < 0) return nfail(c, KILN_ERR_FORMAT, "reads %s, which no node, input or initializer defines", vn);
     oval *x = &c->im->v[vi];
     if (x->kind == V_UNSET)
-        return nfail(c, KILN_ERR_FORMAT, "reads %s before the node that makes it (nodes must be in topological order)", vn);
+        return nfail(c, KILN_ERR_FORMAT, "reads %s before the node that makes it (nodes must be in topological order)",
+                     vn);
     *out = x;
     return KILN_OK;
 }
@@ -585,7 +607,8 @@ static kiln_status const_in(const nctx *c, size_t k, int optional, oval **out)
     if (x->kind != V_CONST) {
         char vn[KILN_GRAPH_NAME_MAX];
         kname(vn, x->name, "");
-        return nfail(c, KILN_ERR_UNSUPPORTED, "input %zu (%s) must be a constant (an initializer or a Constant node)", k, vn);
+        return nfail(c, KILN_ERR_UNSUPPORTED, "input %zu (%s) must be a constant (an initializer or a Constant node)",
+                     k, vn);
     }
     oval *r = &c->im->v[x->root];
     if (!r->loaded && (st = tensor_load(c->im, r->tp, r->name, r)) != KILN_OK) return st;
@@ -728,31 +751,47 @@ static kiln_status op_conv(const nctx *c)
     if (st == KILN_OK) st = need_in(c, 1, &wv);
     if (st != KILN_OK) return st;
     if (!w->is_float || w->ndim != 4)
-        return nfail(c, KILN_ERR_UNSUPPORTED, "weight of rank %d (kiln takes 2-D convolutions with a float [out, in/groups, k, k] weight)", w->ndim);
+        return nfail(c, KILN_ERR_UNSUPPORTED,
+                     "weight of rank %d (kiln takes 2-D convolutions with a float [out, in/groups, k, k] weight)",
+                     w->ndim);
     int64_t cout = w->dims[0], cpg = w->dims[1], kh = w->dims[2], kw = w->dims[3];
     if (kh != kw || kh % 2 == 0 || kh > KILN_GRAPH_MAX_K)
-        return nfail(c, KILN_ERR_UNSUPPORTED, "%lldx%lld kernel (kiln takes square odd kernels up to %d)", (long long)kh, (long long)kw, KILN_GRAPH_MAX_K);
-    if (cout < 1 || cout > 65536 || cpg < 1 || cpg > 65536) return nfail(c, KILN_ERR_UNSUPPORTED, "weight of shape [%lld, %lld, %lld, %lld]", (long long)cout, (long long)cpg, (long long)kh, (long long)kw);
+        return nfail(c, KILN_ERR_UNSUPPORTED, "%lldx%lld kernel (kiln takes square odd kernels up to %d)",
+                     (long long)kh, (long long)kw, KILN_GRAPH_MAX_K);
+    if (cout < 1 || cout > 65536 || cpg < 1 || cpg > 65536)
+        return nfail(c, KILN_ERR_UNSUPPORTED, "weight of shape [%lld, %lld, %lld, %lld]", (long long)cout,
+                     (long long)cpg, (long long)kh, (long long)kw);
     int64_t group, k = kh;
     const int64_t *ks, *pads, *strides, *dil;
     long nks, npads, nstr, ndil;
     char autopad[64];
-    if ((st = attr_int(c, "group", 1, &group)) != KILN_OK || (st = attr_ints(c, "kernel_shape", &ks, &nks)) != KILN_OK ||
-        (st = attr_ints(c, "pads", &pads, &npads)) != KILN_OK || (st = attr_ints(c, "strides", &strides, &nstr)) != KILN_OK ||
-        (st = attr_ints(c, "dilations", &dil, &ndil)) != KILN_OK || (st = attr_str(c, "auto_pad", "NOTSET", autopad)) != KILN_OK)
+    if ((st = attr_int(c, "group", 1, &group)) != KILN_OK ||
+        (st = attr_ints(c, "kernel_shape", &ks, &nks)) != KILN_OK ||
+        (st = attr_ints(c, "pads", &pads, &npads)) != KILN_OK ||
+        (st = attr_ints(c, "strides", &strides, &nstr)) != KILN_OK ||
+        (st = attr_ints(c, "dilations", &dil, &ndil)) != KILN_OK ||
+        (st = attr_str(c, "auto_pad", "NOTSET", autopad)) != KILN_OK)
         return st;
     if (group < 1 || group > 65536) return nfail(c, KILN_ERR_FORMAT, "group %lld", (long long)group);
-    if (nks >= 0 && (nks != 2 || ks[0] != kh || ks[1] != kw)) return nfail(c, KILN_ERR_FORMAT, "kernel_shape does not match the weight");
+    if (nks >= 0 && (nks != 2 || ks[0] != kh || ks[1] != kw))
+        return nfail(c, KILN_ERR_FORMAT, "kernel_shape does not match the weight");
     for (long i = 0; i < nstr; i++)
-        if (strides[i] != 1) return nfail(c, KILN_ERR_UNSUPPORTED, "stride %lld (kiln takes stride 1)", (long long)strides[i]);
+        if (strides[i] != 1)
+            return nfail(c, KILN_ERR_UNSUPPORTED, "stride %lld (kiln takes stride 1)", (long long)strides[i]);
     for (long i = 0; i < ndil; i++)
-        if (dil[i] != 1) return nfail(c, KILN_ERR_UNSUPPORTED, "dilation %lld (kiln takes dilation 1)", (long long)dil[i]);
+        if (dil[i] != 1)
+            return nfail(c, KILN_ERR_UNSUPPORTED, "dilation %lld (kiln takes dilation 1)", (long long)dil[i]);
     if (strcmp(autopad, "NOTSET") == 0) {
         int ok = npads < 0 ? k == 1 : npads == 4;
         for (long i = 0; ok && i < npads; i++) ok = pads[i] == k / 2;
-        if (!ok) return nfail(c, KILN_ERR_UNSUPPORTED, "padding that is not %lld on every side ('same' padding for a %lldx%lld kernel)", (long long)(k / 2), (long long)k, (long long)k);
+        if (!ok)
+            return nfail(c, KILN_ERR_UNSUPPORTED,
+                         "padding that is not %lld on every side ('same' padding for a %lldx%lld kernel)",
+                         (long long)(k / 2), (long long)k, (long long)k);
     } else if (strcmp(autopad, "VALID") == 0) {
-        if (k != 1) return nfail(c, KILN_ERR_UNSUPPORTED, "auto_pad VALID on a %lldx%lld kernel (kiln takes 'same' padding)", (long long)k, (long long)k);
+        if (k != 1)
+            return nfail(c, KILN_ERR_UNSUPPORTED, "auto_pad VALID on a %lldx%lld kernel (kiln takes 'same' padding)",
+                         (long long)k, (long long)k);
     } else if (strcmp(autopad, "SAME_UPPER") != 0 && strcmp(autopad, "SAME_LOWER") != 0) {
         return nfail(c, KILN_ERR_FORMAT, "auto_pad %s", autopad);
     }
@@ -760,8 +799,11 @@ static kiln_status op_conv(const nctx *c)
     int cin = (int)(cpg * group);
     const kiln_gtensor *tx = tens(c, x);
     if (cin != tx->c)
-        return nfail(c, KILN_ERR_ARCH, "the weight takes %d input channels (%lld per group, %lld groups), the input has %d", cin, (long long)cpg, (long long)group, tx->c);
-    if (cout % group) return nfail(c, KILN_ERR_UNSUPPORTED, "%lld output channels in %lld groups", (long long)cout, (long long)group);
+        return nfail(c, KILN_ERR_ARCH,
+                     "the weight takes %d input channels (%lld per group, %lld groups), the input has %d", cin,
+                     (long long)cpg, (long long)group, tx->c);
+    if (cout % group)
+        return nfail(c, KILN_ERR_UNSUPPORTED, "%lld output channels in %lld groups", (long long)cout, (long long)group);
     if (b && (!b->is_float || b->numel != (size_t)cout || b->ndim != 1))
         return nfail(c, KILN_ERR_FORMAT, "bias of %zu values for %lld output channels", b->numel, (long long)cout);
     int bvi = b ? (int)(b - im->v) : -1;
@@ -777,7 +819,8 @@ static kiln_status op_conv(const nctx *c)
         if (bl > 7 && strcmp(base + bl - 7, ".weight") == 0) base[bl - 7] = '\0';
         if ((st = take_name(im, &im->used_w, base, wn)) != KILN_OK) return st;
         int ms = is_meanshift(wn, (int)cout, cin, (int)k, (int)group, w->f);
-        st = kiln_graph_add_weight(im->g, wn, (int)cout, cin, (int)k, (int)group, w->f, b ? b->f : NULL, b != NULL, ms, &id);
+        st = kiln_graph_add_weight(im->g, wn, (int)cout, cin, (int)k, (int)group, w->f, b ? b->f : NULL, b != NULL, ms,
+                                   &id);
         if (st != KILN_OK) return built(c, st, -1);
         if (wv->weight < 0) {
             wv->weight = id;
@@ -806,7 +849,10 @@ static kiln_status op_prelu(const nctx *c)
     for (int d = 0; d < s->ndim; d++) {
         int axis = 4 - s->ndim + d;
         if (s->dims[d] != 1 && axis != 1)
-            return nfail(c, KILN_ERR_UNSUPPORTED, "a slope of rank %d broadcasts along axis %d, not the channels (per-channel slopes have shape [C, 1, 1])", s->ndim, axis);
+            return nfail(c, KILN_ERR_UNSUPPORTED,
+                         "a slope of rank %d broadcasts along axis %d, not the channels (per-channel slopes have shape "
+                         "[C, 1, 1])",
+                         s->ndim, axis);
     }
     char nn[KILN_GRAPH_NAME_MAX], tn[KILN_GRAPH_NAME_MAX];
     int t = -1;
@@ -846,8 +892,10 @@ static kiln_status op_mul(const nctx *c)
     if (a->kind == V_FEAT && b->kind == V_FEAT) {
         const kiln_gtensor *ta = tens(c, a->tensor), *tb = tens(c, b->tensor);
         if (ta->pooled == tb->pooled)
-            return nfail(c, KILN_ERR_UNSUPPORTED, "multiplies two %s feature maps (kiln multiplies a map by a pooled [C,1,1] one, or by a constant)",
-                         ta->pooled ? "pooled" : "full-size");
+            return nfail(
+                c, KILN_ERR_UNSUPPORTED,
+                "multiplies two %s feature maps (kiln multiplies a map by a pooled [C,1,1] one, or by a constant)",
+                ta->pooled ? "pooled" : "full-size");
         int x = ta->pooled ? b->tensor : a->tensor, s = ta->pooled ? a->tensor : b->tensor;
         char nn[KILN_GRAPH_NAME_MAX], tn[KILN_GRAPH_NAME_MAX];
         int t = -1;
@@ -860,7 +908,9 @@ static kiln_status op_mul(const nctx *c)
     float v;
     int x = a->kind == V_FEAT ? a->tensor : b->tensor;
     if ((st = const_in(c, a->kind == V_FEAT ? 1 : 0, 0, &k)) != KILN_OK) return st;
-    if (!scalar_of(k, &v)) return nfail(c, KILN_ERR_UNSUPPORTED, "multiplies by a constant of %zu values (kiln multiplies by one number)", k->numel);
+    if (!scalar_of(k, &v))
+        return nfail(c, KILN_ERR_UNSUPPORTED, "multiplies by a constant of %zu values (kiln multiplies by one number)",
+                     k->numel);
     return mk_unary(c, KILN_OP_MUL, x, v);
 }
 
@@ -870,9 +920,12 @@ static kiln_status op_div(const nctx *c)
     float d;
     kiln_status st = binary_vals(c, &a, &b);
     if (st != KILN_OK) return st;
-    if (a->kind != V_FEAT || b->kind != V_CONST) return nfail(c, KILN_ERR_UNSUPPORTED, "kiln divides a feature map by a constant, nothing else");
+    if (a->kind != V_FEAT || b->kind != V_CONST)
+        return nfail(c, KILN_ERR_UNSUPPORTED, "kiln divides a feature map by a constant, nothing else");
     if ((st = const_in(c, 1, 0, &k)) != KILN_OK) return st;
-    if (!scalar_of(k, &d)) return nfail(c, KILN_ERR_UNSUPPORTED, "divides by a constant of %zu values (kiln divides by one number)", k->numel);
+    if (!scalar_of(k, &d))
+        return nfail(c, KILN_ERR_UNSUPPORTED, "divides by a constant of %zu values (kiln divides by one number)",
+                     k->numel);
     if (!isfinite(d) || d == 0.0f) return nfail(c, KILN_ERR_UNSUPPORTED, "division by %g", (double)d);
     oval *o = out_val(c);
     if (o - c->im->v == c->im->out_vi && o->nuse == 1) {
@@ -895,9 +948,12 @@ static kiln_status op_concat(const nctx *c)
     if (!a) return nfail(c, KILN_ERR_FORMAT, "no axis attribute");
     kiln_status st = attr_int(c, "axis", 0, &axis);
     if (st != KILN_OK) return st;
-    if (axis != 1 && axis != -3) return nfail(c, KILN_ERR_UNSUPPORTED, "concatenates along axis %lld (kiln concatenates channels, axis 1)", (long long)axis);
+    if (axis != 1 && axis != -3)
+        return nfail(c, KILN_ERR_UNSUPPORTED, "concatenates along axis %lld (kiln concatenates channels, axis 1)",
+                     (long long)axis);
     if (c->n->n_input < 1 || c->n->n_input > KILN_GRAPH_MAX_IN)
-        return nfail(c, KILN_ERR_UNSUPPORTED, "%zu inputs (kiln concatenates 1 to %d)", c->n->n_input, KILN_GRAPH_MAX_IN);
+        return nfail(c, KILN_ERR_UNSUPPORTED, "%zu inputs (kiln concatenates 1 to %d)", c->n->n_input,
+                     KILN_GRAPH_MAX_IN);
     int in[KILN_GRAPH_MAX_IN];
     for (size_t k = 0; k < c->n->n_input; k++)
         if ((st = feat_in(c, k, &in[k])) != KILN_OK) return st;
@@ -923,7 +979,8 @@ static kiln_status op_depth_to_space(const nctx *c)
     if (st == KILN_OK) st = attr_str(c, "mode", "DCR", mode);
     if (st != KILN_OK) return st;
     if (strcmp(mode, "CRD") != 0)
-        return nfail(c, KILN_ERR_UNSUPPORTED, "mode %s (kiln takes CRD, the channel order of PyTorch's PixelShuffle)", mode);
+        return nfail(c, KILN_ERR_UNSUPPORTED, "mode %s (kiln takes CRD, the channel order of PyTorch's PixelShuffle)",
+                     mode);
     if (r < 1 || r > 8) return nfail(c, KILN_ERR_UNSUPPORTED, "block size %lld (kiln takes 1 to 8)", (long long)r);
     if (r == 1) {
         set_feat(c, x);
@@ -957,10 +1014,13 @@ static kiln_status op_reduce_mean(const nctx *c)
     for (long i = 0; i < nax; i++) {
         int64_t ax = axes[i] < 0 ? axes[i] + 4 : axes[i];
         if ((ax != 2 && ax != 3) || seen & (1 << ax))
-            return nfail(c, KILN_ERR_UNSUPPORTED, "averages over axis %lld (kiln averages over height and width, axes [2, 3])", (long long)axes[i]);
+            return nfail(c, KILN_ERR_UNSUPPORTED,
+                         "averages over axis %lld (kiln averages over height and width, axes [2, 3])",
+                         (long long)axes[i]);
         seen |= 1 << ax;
     }
-    if (seen != 12) return nfail(c, KILN_ERR_UNSUPPORTED, "averages over one spatial axis (kiln averages over height and width)");
+    if (seen != 12)
+        return nfail(c, KILN_ERR_UNSUPPORTED, "averages over one spatial axis (kiln averages over height and width)");
     if (!keep) return nfail(c, KILN_ERR_UNSUPPORTED, "keepdims 0 (kiln keeps the [N,C,1,1] shape)");
     return mk_unary(c, KILN_OP_GAP, x, 0);
 }
@@ -975,18 +1035,29 @@ static int nearest_replicates(const char *ctm, const char *nmode, int s)
         int olen = len * s;
         for (int i = 0; i < olen; i++) {
             double x;
-            if (strcmp(ctm, "half_pixel") == 0 || strcmp(ctm, "half_pixel_symmetric") == 0) x = (i + 0.5) / s - 0.5;
-            else if (strcmp(ctm, "pytorch_half_pixel") == 0) x = olen > 1 ? (i + 0.5) / s - 0.5 : 0;
-            else if (strcmp(ctm, "asymmetric") == 0) x = (double)i / s;
-            else if (strcmp(ctm, "tf_half_pixel_for_nn") == 0) x = (i + 0.5) / s;
-            else if (strcmp(ctm, "align_corners") == 0) x = olen > 1 ? (double)i * (len - 1) / (olen - 1) : 0;
-            else return 0;
+            if (strcmp(ctm, "half_pixel") == 0 || strcmp(ctm, "half_pixel_symmetric") == 0)
+                x = (i + 0.5) / s - 0.5;
+            else if (strcmp(ctm, "pytorch_half_pixel") == 0)
+                x = olen > 1 ? (i + 0.5) / s - 0.5 : 0;
+            else if (strcmp(ctm, "asymmetric") == 0)
+                x = (double)i / s;
+            else if (strcmp(ctm, "tf_half_pixel_for_nn") == 0)
+                x = (i + 0.5) / s;
+            else if (strcmp(ctm, "align_corners") == 0)
+                x = olen > 1 ? (double)i * (len - 1) / (olen - 1) : 0;
+            else
+                return 0;
             double fl = floor(x), j;
-            if (strcmp(nmode, "round_prefer_floor") == 0) j = x - fl > 0.5 ? fl + 1 : fl;
-            else if (strcmp(nmode, "round_prefer_ceil") == 0) j = x - fl >= 0.5 ? fl + 1 : fl;
-            else if (strcmp(nmode, "floor") == 0) j = fl;
-            else if (strcmp(nmode, "ceil") == 0) j = ceil(x);
-            else return 0;
+            if (strcmp(nmode, "round_prefer_floor") == 0)
+                j = x - fl > 0.5 ? fl + 1 : fl;
+            else if (strcmp(nmode, "round_prefer_ceil") == 0)
+                j = x - fl >= 0.5 ? fl + 1 : fl;
+            else if (strcmp(nmode, "floor") == 0)
+                j = fl;
+            else if (strcmp(nmode, "ceil") == 0)
+                j = ceil(x);
+            else
+                return 0;
             if (j < 0) j = 0;
             if (j > len - 1) j = len - 1;
             if ((int)j != i / s) return 0;
@@ -1005,7 +1076,8 @@ static kiln_status op_resize(const nctx *c)
     if (st == KILN_OK) st = attr_str(c, "coordinate_transformation_mode", "half_pixel", ctm);
     if (st == KILN_OK) st = attr_str(c, "nearest_mode", "round_prefer_floor", nmode);
     if (st != KILN_OK) return st;
-    if (strcmp(mode, "nearest") != 0) return nfail(c, KILN_ERR_UNSUPPORTED, "mode %s (kiln upsamples with nearest)", mode);
+    if (strcmp(mode, "nearest") != 0)
+        return nfail(c, KILN_ERR_UNSUPPORTED, "mode %s (kiln upsamples with nearest)", mode);
     oval *sc, *sz; /* input 1, roi, only matters to tf_crop_and_resize, which is refused */
     if ((st = const_in(c, 2, 1, &sc)) != KILN_OK || (st = const_in(c, 3, 1, &sz)) != KILN_OK) return st;
     if (sc && sc->numel == 0) sc = NULL;
@@ -1017,9 +1089,11 @@ static kiln_status op_resize(const nctx *c)
     if ((st = attr_ints(c, "axes", &axes, &nax)) != KILN_OK) return st;
     oval *given = sc ? sc : sz;
     if ((sc && !sc->is_float) || (sz && sz->is_float) || given->ndim != 1)
-        return nfail(c, KILN_ERR_FORMAT, "%s must be a 1-D %s tensor", sc ? "scales" : "sizes", sc ? "float" : "integer");
+        return nfail(c, KILN_ERR_FORMAT, "%s must be a 1-D %s tensor", sc ? "scales" : "sizes",
+                     sc ? "float" : "integer");
     if (given->numel != (size_t)(nax >= 0 ? nax : 4))
-        return nfail(c, KILN_ERR_FORMAT, "%zu %s for %ld axes", given->numel, sc ? "scales" : "sizes", nax >= 0 ? nax : 4);
+        return nfail(c, KILN_ERR_FORMAT, "%zu %s for %ld axes", given->numel, sc ? "scales" : "sizes",
+                     nax >= 0 ? nax : 4);
     double f[4] = {1, 1, 1, 1};
     const kiln_gtensor *t = tens(c, x);
     int64_t full[4] = {1, t->c, c->im->in_h * t->sfac, c->im->in_w * t->sfac};
@@ -1030,20 +1104,26 @@ static kiln_status op_resize(const nctx *c)
         if (sc) {
             f[ax] = sc->f[k];
         } else if (ax >= 2 && !full[ax]) {
-            return nfail(c, KILN_ERR_UNSUPPORTED, "output sizes on an input of dynamic height and width (export with scale_factor, or with a fixed input size)");
+            return nfail(c, KILN_ERR_UNSUPPORTED,
+                         "output sizes on an input of dynamic height and width (export with scale_factor, or with a "
+                         "fixed input size)");
         } else {
             f[ax] = (double)given->i[k] / (double)full[ax];
         }
     }
     double r = f[2];
     if (f[0] != 1 || f[1] != 1 || f[3] != r || r != floor(r) || r < 1 || r > 8)
-        return nfail(c, KILN_ERR_UNSUPPORTED, "scales [%g, %g, %g, %g] (kiln upsamples height and width by one integer factor, 1 to 8)", f[0], f[1], f[2], f[3]);
+        return nfail(c, KILN_ERR_UNSUPPORTED,
+                     "scales [%g, %g, %g, %g] (kiln upsamples height and width by one integer factor, 1 to 8)", f[0],
+                     f[1], f[2], f[3]);
     if (r == 1) {
         set_feat(c, x);
         return KILN_OK;
     }
     if (!nearest_replicates(ctm, nmode, (int)r))
-        return nfail(c, KILN_ERR_UNSUPPORTED, "coordinate_transformation_mode %s with nearest_mode %s does not repeat each pixel %gx%g", ctm, nmode, r, r);
+        return nfail(c, KILN_ERR_UNSUPPORTED,
+                     "coordinate_transformation_mode %s with nearest_mode %s does not repeat each pixel %gx%g", ctm,
+                     nmode, r, r);
     return mk_unary(c, KILN_OP_UPSAMPLE, x, (float)r);
 }
 
@@ -1062,7 +1142,8 @@ static kiln_status op_identity(const nctx *c)
 static kiln_status op_constant(const nctx *c)
 {
     oval *o = out_val(c);
-    if (c->n->n_attribute != 1) return nfail(c, KILN_ERR_FORMAT, "%zu attributes (a Constant has one)", c->n->n_attribute);
+    if (c->n->n_attribute != 1)
+        return nfail(c, KILN_ERR_FORMAT, "%zu attributes (a Constant has one)", c->n->n_attribute);
     const Onnx__AttributeProto *a = c->n->attribute[0];
     const char *an = S(a->name);
     kiln_status st;
@@ -1077,8 +1158,9 @@ static kiln_status op_constant(const nctx *c)
     int list = strcmp(an, "value_floats") == 0 || strcmp(an, "value_ints") == 0;
     if (!is_f && strcmp(an, "value_int") != 0 && strcmp(an, "value_ints") != 0)
         return nfail(c, KILN_ERR_UNSUPPORTED, "a constant given as %.40s", an);
-    Onnx__AttributeProto__AttributeType want = is_f ? (list ? ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOATS : ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOAT)
-                                                    : (list ? ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INTS : ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT);
+    Onnx__AttributeProto__AttributeType want =
+        is_f ? (list ? ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOATS : ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOAT)
+             : (list ? ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INTS : ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT);
     if ((st = attr_check(c, a, want)) != KILN_OK) return st;
     size_t n = list ? (is_f ? a->n_floats : a->n_ints) : 1;
     if (n > KILN_ONNX_MAX_TENSOR) return nfail(c, KILN_ERR_LIMIT, "%zu values", n);
@@ -1086,12 +1168,16 @@ static kiln_status op_constant(const nctx *c)
     o->dims[0] = (int64_t)n;
     o->numel = n;
     o->is_float = is_f;
-    if (is_f) o->f = malloc((n ? n : 1) * sizeof(float));
-    else o->i = malloc((n ? n : 1) * sizeof(int64_t));
+    if (is_f)
+        o->f = malloc((n ? n : 1) * sizeof(float));
+    else
+        o->i = malloc((n ? n : 1) * sizeof(int64_t));
     if (!o->f && !o->i) return kiln_fail(KILN_ERR_NOMEM, "onnx: out of memory");
     for (size_t k = 0; k < n; k++) {
-        if (is_f) o->f[k] = list ? a->floats[k] : a->f;
-        else o->i[k] = list ? a->ints[k] : a->i;
+        if (is_f)
+            o->f[k] = list ? a->floats[k] : a->f;
+        else
+            o->i[k] = list ? a->ints[k] : a->i;
     }
     o->loaded = 1;
     return KILN_OK;
@@ -1129,7 +1215,10 @@ static kiln_status op_leaky(const nctx *c)
     return st != KILN_OK ? st : mk_unary(c, KILN_OP_LEAKY_RELU, x, alpha);
 }
 
-static const struct { const char *name; op_fn fn; } kOps[] = {
+static const struct {
+    const char *name;
+    op_fn fn;
+} kOps[] = {
     {"Conv", op_conv},
     {"Relu", op_relu},
     {"LeakyRelu", op_leaky},
@@ -1183,21 +1272,30 @@ static kiln_status check_input(imp *im, const Onnx__ValueInfoProto *vi, char nam
 {
     kname(name, S(vi->name), "");
     const Onnx__TypeProto *t = vi->type;
-    const Onnx__TypeProto__Tensor *tt = t && t->value_case == ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE ? t->tensor_type : NULL;
+    const Onnx__TypeProto__Tensor *tt =
+        t && t->value_case == ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE ? t->tensor_type : NULL;
     if (!tt) return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: input %s is not a tensor", name);
     if (tt->has_elem_type && tt->elem_type != ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT)
-        return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: input %s is %s (kiln feeds FLOAT)", name, dtype_name(tt->elem_type));
+        return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: input %s is %s (kiln feeds FLOAT)", name,
+                         dtype_name(tt->elem_type));
     if (!tt->shape || tt->shape->n_dim != 4)
         return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: input %s is not a 4-D [N, C, H, W] tensor", name);
     int64_t d[4];
     for (int k = 0; k < 4; k++) {
         const Onnx__TensorShapeProto__Dimension *dm = tt->shape->dim[k];
         d[k] = dm->value_case == ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_VALUE ? dm->dim_value : 0;
-        if (d[k] < 0 || d[k] > (1 << 20)) return kiln_fail(KILN_ERR_FORMAT, "onnx: input %s has dimension %lld", name, (long long)d[k]);
+        if (d[k] < 0 || d[k] > (1 << 20))
+            return kiln_fail(KILN_ERR_FORMAT, "onnx: input %s has dimension %lld", name, (long long)d[k]);
     }
-    if (d[0] > 1) return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: input %s has batch size %lld (kiln runs one image: 1 or dynamic)", name, (long long)d[0]);
-    if (d[1] == 0) return kiln_fail(KILN_ERR_ARCH, "onnx: input %s has a dynamic channel count (kiln takes RGB images: 3 channels)", name);
-    if (d[1] != 3) return kiln_fail(KILN_ERR_ARCH, "onnx: input %s has %lld channels (kiln takes RGB images: 3 channels)", name, (long long)d[1]);
+    if (d[0] > 1)
+        return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: input %s has batch size %lld (kiln runs one image: 1 or dynamic)",
+                         name, (long long)d[0]);
+    if (d[1] == 0)
+        return kiln_fail(KILN_ERR_ARCH,
+                         "onnx: input %s has a dynamic channel count (kiln takes RGB images: 3 channels)", name);
+    if (d[1] != 3)
+        return kiln_fail(KILN_ERR_ARCH, "onnx: input %s has %lld channels (kiln takes RGB images: 3 channels)", name,
+                         (long long)d[1]);
     im->in_h = d[2];
     im->in_w = d[3];
     if (!d[2] != !d[3]) im->in_h = im->in_w = 0;
@@ -1241,7 +1339,9 @@ static kiln_status mark_needed(imp *im)
 static kiln_status import_model(imp *im, const Onnx__ModelProto *m)
 {
     if (!m->has_ir_version) return kiln_fail(KILN_ERR_FORMAT, "onnx: no ir_version");
-    if (m->ir_version < 3) return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: IR version %lld (kiln reads 3 and later)", (long long)m->ir_version);
+    if (m->ir_version < 3)
+        return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: IR version %lld (kiln reads 3 and later)",
+                         (long long)m->ir_version);
     im->opset = -1;
     for (size_t k = 0; k < m->n_opset_import; k++) {
         const char *d = S(m->opset_import[k]->domain);
@@ -1252,11 +1352,13 @@ static kiln_status import_model(imp *im, const Onnx__ModelProto *m)
     }
     if (im->opset < 0) return kiln_fail(KILN_ERR_FORMAT, "onnx: no opset import for the standard domain");
     if (im->opset < OPSET_MIN || im->opset > OPSET_MAX)
-        return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: opset %lld (kiln reads opsets %d to %d)", (long long)im->opset, OPSET_MIN, OPSET_MAX);
+        return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: opset %lld (kiln reads opsets %d to %d)", (long long)im->opset,
+                         OPSET_MIN, OPSET_MAX);
     const Onnx__GraphProto *gp = m->graph;
     if (!gp) return kiln_fail(KILN_ERR_FORMAT, "onnx: no graph");
     im->gp = gp;
-    if (gp->n_node > KILN_GRAPH_MAX_NODES) return kiln_fail(KILN_ERR_LIMIT, "onnx: %zu nodes (at most %d)", gp->n_node, KILN_GRAPH_MAX_NODES);
+    if (gp->n_node > KILN_GRAPH_MAX_NODES)
+        return kiln_fail(KILN_ERR_LIMIT, "onnx: %zu nodes (at most %d)", gp->n_node, KILN_GRAPH_MAX_NODES);
     if (gp->n_sparse_initializer) return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: sparse initializers");
     size_t cap = gp->n_input + gp->n_initializer;
     for (size_t k = 0; k < gp->n_node; k++) {
@@ -1281,12 +1383,16 @@ static kiln_status import_model(imp *im, const Onnx__ModelProto *m)
     if (st != KILN_OK) return st;
     if (!input || !*S(input->name)) return kiln_fail(KILN_ERR_FORMAT, "onnx: the graph has no input");
     char in_name[KILN_GRAPH_NAME_MAX];
-    if ((st = check_input(im, input, in_name)) != KILN_OK || (st = add_value(im, input->name, V_FEAT, -1)) != KILN_OK) return st;
+    if ((st = check_input(im, input, in_name)) != KILN_OK || (st = add_value(im, input->name, V_FEAT, -1)) != KILN_OK)
+        return st;
     im->v[im->nv - 1].tensor = 0;
     for (size_t k = 0; k < gp->n_node; k++)
         for (size_t o = 0; o < gp->node[k]->n_output; o++)
-            if (*S(gp->node[k]->output[o]) && (st = add_value(im, gp->node[k]->output[o], V_UNSET, (int)k)) != KILN_OK) return st;
-    if (gp->n_output != 1) return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: the graph has %zu outputs (kiln takes one image out)", gp->n_output);
+            if (*S(gp->node[k]->output[o]) && (st = add_value(im, gp->node[k]->output[o], V_UNSET, (int)k)) != KILN_OK)
+                return st;
+    if (gp->n_output != 1)
+        return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: the graph has %zu outputs (kiln takes one image out)",
+                         gp->n_output);
     char out_name[KILN_GRAPH_NAME_MAX];
     kname(out_name, S(gp->output[0]->name), "");
     if ((im->out_vi = smap_get(&im->vals, S(gp->output[0]->name))) < 0)
@@ -1327,11 +1433,15 @@ kiln_status kiln_onnx_parse(const void *buf, size_t len, const char *base_dir, k
 {
     *out = NULL;
     if (!buf && len) return kiln_fail(KILN_ERR_INVALID, "onnx: no buffer");
-    if (len > KILN_ONNX_MAX_FILE) return kiln_fail(KILN_ERR_LIMIT, "onnx: %zu bytes (at most %zu)", len, KILN_ONNX_MAX_FILE);
+    if (len > KILN_ONNX_MAX_FILE)
+        return kiln_fail(KILN_ERR_LIMIT, "onnx: %zu bytes (at most %zu)", len, KILN_ONNX_MAX_FILE);
     wscan ws = {0, 3 * (uint64_t)len + ((uint64_t)256 << 20), 0};
     if (!wire_scan(buf, len, &onnx__model_proto__descriptor, 0, &ws)) {
-        if (ws.depth_hit) return kiln_fail(KILN_ERR_LIMIT, "onnx: messages nested more than %d deep", KILN_ONNX_MAX_DEPTH);
-        if (ws.mem > ws.limit) return kiln_fail(KILN_ERR_LIMIT, "onnx: decoding would take more than %llu bytes", (unsigned long long)ws.limit);
+        if (ws.depth_hit)
+            return kiln_fail(KILN_ERR_LIMIT, "onnx: messages nested more than %d deep", KILN_ONNX_MAX_DEPTH);
+        if (ws.mem > ws.limit)
+            return kiln_fail(KILN_ERR_LIMIT, "onnx: decoding would take more than %llu bytes",
+                             (unsigned long long)ws.limit);
         return kiln_fail(KILN_ERR_FORMAT, "onnx: not a protobuf message (truncated or corrupt)");
     }
     Onnx__ModelProto *m = onnx__model_proto__unpack(NULL, len, buf);
@@ -1351,7 +1461,9 @@ kiln_status kiln_onnx_load(const char *path, kiln_graph **out)
 {
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return kiln_fail(errno == ENOENT ? KILN_ERR_NOT_FOUND : KILN_ERR_IO, "onnx: cannot open %s: %s", path, strerror(errno));
+    if (fd < 0)
+        return kiln_fail(errno == ENOENT ? KILN_ERR_NOT_FOUND : KILN_ERR_IO, "onnx: cannot open %s: %s", path,
+                         strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
@@ -1359,7 +1471,8 @@ kiln_status kiln_onnx_load(const char *path, kiln_graph **out)
     }
     if ((uint64_t)sb.st_size > KILN_ONNX_MAX_FILE) {
         close(fd);
-        return kiln_fail(KILN_ERR_LIMIT, "onnx: %s has %lld bytes (at most %zu)", path, (long long)sb.st_size, KILN_ONNX_MAX_FILE);
+        return kiln_fail(KILN_ERR_LIMIT, "onnx: %s has %lld bytes (at most %zu)", path, (long long)sb.st_size,
+                         KILN_ONNX_MAX_FILE);
     }
     size_t len = (size_t)sb.st_size;
     uint8_t *buf = malloc(len ? len : 1);
@@ -1405,7 +1518,8 @@ int kiln_onnx_sniff(const void *buf, size_t len)
             if (wt != 0 || !rd_varint(p, len, &i, &v)) return 0;
             continue;
         }
-        if (wt != 2 || !(f == 2 || f == 3 || f == 4 || f == 6 || f == 7 || f == 8 || f == 14 || f == 20 || f == 25)) return 0;
+        if (wt != 2 || !(f == 2 || f == 3 || f == 4 || f == 6 || f == 7 || f == 8 || f == 14 || f == 20 || f == 25))
+            return 0;
         if (!rd_varint(p, len, &i, &l)) return 0;
         if (f == 7 || f == 8) return 1;
         if (l > len - i) return 0;
