@@ -570,6 +570,14 @@ TEST(sniff)
         if (buf) CHECK_MSG(!kiln_onnx_sniff(buf, len), "%s sniffs as ONNX", others[o]);
         free(buf);
     }
+    static const char *const kiln_files[] = {"tests/fixtures/edsr_r2f8_x2_w8a8_v1.kiln",
+                                             "tests/fixtures/edsr_r2f8_x4_p4a8_v1.kiln"};
+    for (size_t o = 0; o < 2; o++) {
+        size_t len;
+        void *buf = kiln_test_read_file(kiln_files[o], &len);
+        CHECK_MSG(buf && !kiln_onnx_sniff(buf, len), "%s", kiln_files[o]);
+        free(buf);
+    }
     /* safetensors headers whose length's low byte is 0x08 */
     unsigned char st[16] = {0x08, 0x01, 0, 0, 0, 0, 0, 0, '{', '"'};
     CHECK(!kiln_onnx_sniff(st, sizeof st));
