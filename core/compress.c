@@ -5,6 +5,11 @@
  * the artifact (the reference calibrates with fake quantization off). The
  * artifact is the single output: evaluation runs it through runner.c, so
  * what is measured is exactly what is shipped.
+ *
+ * Everything is per graph weight ("conv" in model.h), so a weight shared by
+ * several conv nodes is compressed once, stored once and counted once; its
+ * activation statistics are summed over its uses. Activation specs are
+ * resolved per site, through the op that produces it (kiln_model_site_op).
  */
 #include "compress.h"
 
@@ -36,9 +41,15 @@ static kiln_status copy_floats(float **dst, const float *src, size_t n)
     return KILN_OK;
 }
 
+/* Weights per output channel: cin / groups input channels times k x k. */
+static int conv_inner(const kiln_art_conv *c)
+{
+    return (int)(kiln_art_conv_numel(c) / (size_t)c->cout);
+}
+
 static kiln_status quantize_conv(const kiln_qspec *spec, kiln_art_conv *c, const float *w)
 {
-    int inner = c->cin * c->k * c->k;
+    int inner = conv_inner(c);
     size_t numel = (size_t)c->cout * inner;
     size_t ns = kiln_quant_weight_nscales(spec, c->cout, inner);
     c->kind = KILN_WK_INT;
@@ -60,7 +71,7 @@ static kiln_status quantize_conv(const kiln_qspec *spec, kiln_art_conv *c, const
 static kiln_status palettize_conv(const kiln_pspec *spec, kiln_art_conv *c, const float *w,
                                   const float *importance)
 {
-    int inner = c->cin * c->k * c->k;
+    int inner = conv_inner(c);
     size_t numel = (size_t)c->cout * inner;
     int n_luts = kiln_palette_n_luts(spec, c->cout);
     if (n_luts <= 0) return kiln_fail(KILN_ERR_CONFIG, "%s: invalid palettization spec", c->name);
@@ -110,7 +121,11 @@ static kiln_status palettize_conv(const kiln_pspec *spec, kiln_art_conv *c, cons
 
 /* Activation-aware k-means weights (SPEC §7): for every conv input, the mean
  * of x^2 per input channel over the calibration images, spread over the
- * conv's k*k taps (the diagonal of X X^T per input column, up to borders). */
+ * conv's k*k taps (the diagonal of X X^T per input column, up to borders).
+ * A shared weight sums the statistics of its uses. A grouped conv's column
+ * j is input channel g*(cin/groups) + j for the rows of group g; the k-means
+ * takes one importance per column for all rows, so the groups' channels
+ * are summed. */
 typedef struct sq_stats {
     size_t nsites;
     int *channels;    /* [nsites] channels of the site's tensor (0: not needed) */
@@ -132,31 +147,59 @@ static int sq_hook(void *ctx, size_t site, float *data, size_t n)
     return 0;
 }
 
-/* importance[i] (inner floats per conv) for the convs that want it. */
+static int wants_importance(const kiln_model *m, const kiln_recipe *recipe, size_t i)
+{
+    kiln_pspec ps;
+    return kiln_recipe_pspec(recipe, kiln_model_conv_name(m, i), "conv", &ps) &&
+           ps.weighting == KILN_KW_ACTIVATION;
+}
+
+/* The input sites of conv i (every use), malloc'ed; *n of them. */
+static kiln_status input_sites(const kiln_model *m, size_t i, long **sites, size_t *n)
+{
+    *n = kiln_model_conv_input_sites(m, i, NULL, 0);
+    *sites = malloc((*n ? *n : 1) * sizeof **sites);
+    if (!*sites) return kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
+    kiln_model_conv_input_sites(m, i, *sites, *n);
+    for (size_t u = 0; u < *n; u++)
+        if ((*sites)[u] < 0 || (size_t)(*sites)[u] >= kiln_model_site_count(m)) {
+            free(*sites);
+            *sites = NULL;
+            return kiln_fail(KILN_ERR_INTERNAL, "compress: conv %s reads no activation site", kiln_model_conv_name(m, i));
+        }
+    if (*n == 0) {
+        free(*sites);
+        *sites = NULL;
+        return kiln_fail(KILN_ERR_INTERNAL, "compress: conv %s is used nowhere", kiln_model_conv_name(m, i));
+    }
+    return KILN_OK;
+}
+
+/* importance[i] (cin/groups * k * k floats per conv) for the convs that want it. */
 static kiln_status activation_importance(kiln_model *m, const kiln_recipe *recipe,
                                          const kiln_dataset *ds, size_t first, size_t count,
                                          const kiln_compress_opts *opts, float **importance)
 {
     size_t nconv = kiln_model_conv_count(m), nsites = kiln_model_site_count(m);
-    sq_stats st_ = {nsites, calloc(nsites, sizeof(int)), calloc(nsites, sizeof(double *))};
+    sq_stats st_ = {nsites, calloc(nsites ? nsites : 1, sizeof(int)), calloc(nsites ? nsites : 1, sizeof(double *))};
     kiln_status st = KILN_OK;
     int needed = 0;
+    long *sites = NULL;
+    size_t nu = 0;
     if (!st_.channels || !st_.sumsq) st = kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
     for (size_t i = 0; st == KILN_OK && i < nconv; i++) {
-        kiln_pspec ps;
-        if (!kiln_recipe_pspec(recipe, kiln_model_conv_name(m, i), "conv", &ps) ||
-            ps.weighting != KILN_KW_ACTIVATION)
-            continue;
-        long site = kiln_model_conv_input_site(m, i);
-        if (site < 0) {
-            st = kiln_fail(KILN_ERR_INTERNAL, "compress: no input site for %s", kiln_model_conv_name(m, i));
-            break;
-        }
+        if (!wants_importance(m, recipe, i)) continue;
+        st = input_sites(m, i, &sites, &nu);
         int cin;
         kiln_model_conv_shape(m, i, NULL, &cin, NULL);
-        st_.channels[site] = cin;
-        if (!st_.sumsq[site]) st_.sumsq[site] = calloc((size_t)cin, sizeof(double));
-        if (!st_.sumsq[site]) st = kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
+        for (size_t u = 0; st == KILN_OK && u < nu; u++) {
+            long site = sites[u];
+            st_.channels[site] = cin;
+            if (!st_.sumsq[site]) st_.sumsq[site] = calloc((size_t)cin, sizeof(double));
+            if (!st_.sumsq[site]) st = kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
+        }
+        free(sites);
+        sites = NULL;
         needed = 1;
     }
     if (st == KILN_OK && needed) {
@@ -170,26 +213,50 @@ static kiln_status activation_importance(kiln_model *m, const kiln_recipe *recip
             if (st == KILN_OK) kiln_eval_result_free(&r);
         }
         for (size_t i = 0; st == KILN_OK && i < nconv; i++) {
-            kiln_pspec ps;
-            if (!kiln_recipe_pspec(recipe, kiln_model_conv_name(m, i), "conv", &ps) ||
-                ps.weighting != KILN_KW_ACTIVATION)
-                continue;
-            int cin, k;
+            if (!wants_importance(m, recipe, i)) continue;
+            int cin, k, groups = kiln_model_conv_groups(m, i);
             kiln_model_conv_shape(m, i, NULL, &cin, &k);
-            long site = kiln_model_conv_input_site(m, i);
-            importance[i] = malloc((size_t)cin * k * k * sizeof(float));
-            if (!importance[i]) {
+            int cpg = cin / groups;
+            st = input_sites(m, i, &sites, &nu);
+            if (st == KILN_OK && !(importance[i] = malloc((size_t)cpg * k * k * sizeof(float))))
                 st = kiln_fail(KILN_ERR_NOMEM, "compress: out of memory");
-                break;
+            for (int c = 0; st == KILN_OK && c < cpg; c++) {
+                double acc = 0;
+                for (size_t u = 0; u < nu; u++)
+                    for (int g = 0; g < groups; g++) acc += st_.sumsq[sites[u]][g * cpg + c];
+                for (int t = 0; t < k * k; t++) importance[i][c * k * k + t] = (float)(acc / (double)count);
             }
-            for (int c = 0; c < cin; c++)
-                for (int t = 0; t < k * k; t++)
-                    importance[i][c * k * k + t] = (float)(st_.sumsq[site][c] / (double)count);
+            free(sites);
+            sites = NULL;
         }
     }
     for (size_t s = 0; st_.sumsq && s < nsites; s++) free(st_.sumsq[s]);
     free(st_.sumsq);
     free(st_.channels);
+    return st;
+}
+
+/* The recipe against this model's graph: every problem in one message. */
+static kiln_status check_recipe(const kiln_recipe *recipe, const kiln_model *m)
+{
+    kiln_config_errors *errs = NULL;
+    kiln_status st = kiln_recipe_check_model(recipe, kiln_model_graph(m), &errs);
+    if (st == KILN_ERR_CONFIG && kiln_config_errors_count(errs) > 1) {
+        char *txt = kiln_config_errors_render(errs);
+        if (txt) {
+            /* one line: "path: message; path: message" */
+            size_t n = strlen(txt);
+            while (n && txt[n - 1] == '\n') txt[--n] = '\0';
+            for (char *p = txt; *p; p++)
+                if (*p == '\n') *p = ';';
+            kiln_fail(st, "config: %zu problems with %s: %s", kiln_config_errors_count(errs),
+                      kiln_model_arch(m), txt);
+            free(txt);
+        }
+    } else if (st == KILN_ERR_CONFIG) {
+        kiln_errmsg_prefix("config: ");
+    }
+    kiln_config_errors_free(errs);
     return st;
 }
 
@@ -202,7 +269,6 @@ kiln_status kiln_compress(const kiln_model *fp32, const kiln_recipe *recipe, con
     kiln_compress_stats local = {0};
     kiln_recipe_options ro;
     kiln_recipe_get_options(recipe, &ro);
-    int R = kiln_model_resblocks(fp32);
     size_t nconv = kiln_model_conv_count(fp32), nsites = kiln_model_site_count(fp32);
     kiln_artifact *a = NULL;
     kiln_model *work = NULL;
@@ -213,12 +279,16 @@ kiln_status kiln_compress(const kiln_model *fp32, const kiln_recipe *recipe, con
     /* ---- improve (core/improve.h): declarations ---- */
     kiln_model *equalized = NULL; /* options.equalization: the rescaled FP32 source */
     /* ---- end improve ---- */
-    kiln_status st = kiln_artifact_create(nconv, nsites, &a);
+    kiln_status st = check_recipe(recipe, fp32);
     if (st != KILN_OK) return st;
-    a->resblocks = R;
-    a->features = kiln_model_features(fp32);
-    a->scale = kiln_model_scale(fp32);
-    a->res_scale = kiln_model_res_scale(fp32);
+    /* convs and sites named after the graph's, and its topology */
+    st = kiln_artifact_from_graph(kiln_model_graph(fp32), &a);
+    if (st != KILN_OK) return st;
+    if (a->n_convs != nconv || a->n_sites != nsites) {
+        st = kiln_fail(KILN_ERR_INTERNAL, "compress: artifact of %zu convs and %zu sites for a model of %zu and %zu",
+                       a->n_convs, a->n_sites, nconv, nsites);
+        goto done;
+    }
     a->recipe = strdup(kiln_recipe_name(recipe));
     a->config_json = kiln_recipe_to_json(recipe);
     a->kiln_version = strdup(kiln_version());
@@ -254,11 +324,11 @@ kiln_status kiln_compress(const kiln_model *fp32, const kiln_recipe *recipe, con
     for (size_t i = 0; i < nconv && st == KILN_OK; i++) {
         kiln_art_conv *c = &a->convs[i];
         const char *name = kiln_model_conv_name(fp32, i);
-        snprintf(c->name, sizeof c->name, "%s", name);
-        kiln_model_conv_shape(fp32, i, &c->cout, &c->cin, &c->k);
-        size_t numel = (size_t)c->cout * c->cin * c->k * c->k;
+        size_t numel = kiln_art_conv_numel(c);
         const float *w = kiln_model_conv_weight(fp32, i);
-        st = copy_floats(&c->bias, kiln_model_conv_bias(fp32, i), (size_t)c->cout);
+        /* a bias exactly where the graph's weight has one (artifact.h) */
+        if (kiln_graph_weight(kiln_model_graph(fp32), i)->has_bias)
+            st = copy_floats(&c->bias, kiln_model_conv_bias(fp32, i), (size_t)c->cout);
         if (st != KILN_OK) break;
         kiln_pspec ps;
         kiln_qspec qs;
@@ -295,11 +365,11 @@ kiln_status kiln_compress(const kiln_model *fp32, const kiln_recipe *recipe, con
     }
     int any_site = 0;
     for (size_t s = 0; s < nsites; s++) {
-        if (kiln_recipe_site_qspec(recipe, kiln_model_site_name(fp32, s), R, &site_specs[s])) {
+        const char *type = NULL, *op = kiln_model_site_op(fp32, s, &type);
+        if (kiln_recipe_act_qspec(recipe, op, type, &site_specs[s])) {
             site_ptrs[s] = &site_specs[s];
             any_site = 1;
         }
-        snprintf(a->sites[s].name, sizeof a->sites[s].name, "%s", kiln_model_site_name(fp32, s));
     }
     if (any_site) {
         if (calib_count == 0) {

@@ -342,6 +342,7 @@ struct kiln_actquant {
     kiln_aq_mode mode;
 };
 
+/* Without a model, a ReLU site is known by its name (EDSR's body.{i}.relu). */
 static int is_relu_site(const char *name)
 {
     size_t l = strlen(name);
@@ -359,8 +360,9 @@ void kiln_actquant_destroy(kiln_actquant *aq)
     free(aq);
 }
 
-kiln_status kiln_actquant_create_sites(size_t n_sites, const char *const *names,
-                                       const kiln_qspec *const *site_specs, kiln_actquant **out)
+/* relu[i]: site i is a plain ReLU's output (so >= 0); NULL: judge by name. */
+static kiln_status create_sites(size_t n_sites, const char *const *names, const unsigned char *relu,
+                                const kiln_qspec *const *site_specs, kiln_actquant **out)
 {
     *out = NULL;
     if (!names || !site_specs)
@@ -383,7 +385,7 @@ kiln_status kiln_actquant_create_sites(size_t n_sites, const char *const *names,
         if (!site_specs[i]) continue;
         s->enabled = 1;
         s->spec = *site_specs[i];
-        if (s->spec.asymmetric_relu && is_relu_site(s->name)) {
+        if (s->spec.asymmetric_relu && (relu ? relu[i] : is_relu_site(s->name))) {
             /* SPEC §3.5: ReLU outputs are >= 0, so uint8 asymmetric with the
              * range [0, max] gives zp = 0 and all 256 codes. */
             s->spec.dtype = KILN_Q_UINT8;
@@ -401,6 +403,12 @@ kiln_status kiln_actquant_create_sites(size_t n_sites, const char *const *names,
     return KILN_OK;
 }
 
+kiln_status kiln_actquant_create_sites(size_t n_sites, const char *const *names,
+                                       const kiln_qspec *const *site_specs, kiln_actquant **out)
+{
+    return create_sites(n_sites, names, NULL, site_specs, out);
+}
+
 kiln_status kiln_actquant_create(const struct kiln_model *m, const kiln_qspec *const *site_specs,
                                  kiln_actquant **out)
 {
@@ -408,10 +416,20 @@ kiln_status kiln_actquant_create(const struct kiln_model *m, const kiln_qspec *c
     if (!m) return kiln_fail(KILN_ERR_INVALID, "actquant: model is NULL");
     size_t n = kiln_model_site_count(m);
     const char **names = calloc(n ? n : 1, sizeof *names);
-    if (!names) return kiln_fail(KILN_ERR_NOMEM, "actquant: out of memory");
-    for (size_t i = 0; i < n; i++) names[i] = kiln_model_site_name(m, i);
-    kiln_status st = kiln_actquant_create_sites(n, names, site_specs, out);
+    unsigned char *relu = calloc(n ? n : 1, 1);
+    if (!names || !relu) {
+        free(names), free(relu);
+        return kiln_fail(KILN_ERR_NOMEM, "actquant: out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *type = NULL;
+        names[i] = kiln_model_site_name(m, i);
+        kiln_model_site_op(m, i, &type);
+        relu[i] = type && strcmp(type, "relu") == 0; /* the graph's op, whatever the site's name */
+    }
+    kiln_status st = create_sites(n, names, relu, site_specs, out);
     free(names);
+    free(relu);
     return st;
 }
 

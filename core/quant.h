@@ -166,10 +166,13 @@ size_t kiln_minmax0(const float *x, size_t n, float *min, float *max);
 /* ---- activation quantizer over a model (SPEC §3.4, §3.5) ----------------
  *
  * One observer per enabled activation site of a kiln_model (model.h). The
- * caller gives one spec per site (NULL exempts the site). Sites whose name
- * ends in ".relu" follow SPEC §3.5: with spec->asymmetric_relu they use uint8
- * asymmetric [0, 255] (zero point 0, since their minimum is 0); otherwise the
- * site's own spec (int8 symmetric: codes 0..127).
+ * caller gives one spec per site (NULL exempts the site). ReLU sites follow
+ * SPEC §3.5: with spec->asymmetric_relu they use uint8 asymmetric [0, 255]
+ * (zero point 0, since their minimum is 0); otherwise the site's own spec
+ * (int8 symmetric: codes 0..127). kiln_actquant_create knows a ReLU site by
+ * the op that makes it (a plain relu node of the model's graph);
+ * kiln_actquant_create_sites, which has only names, by a name ending in
+ * ".relu".
  * Modes: OFF (hook does nothing), CALIBRATE (observers see each site's buffer;
  * values unchanged), QUANTIZE (frozen qparams; fake quantization in place).
  * kiln_actquant_freeze computes every enabled site's qparams from its
