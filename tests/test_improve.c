@@ -119,6 +119,40 @@ static void check_equalize(const char *file, int want_pairs)
     kiln_model_destroy(m);
 }
 
+/* On EDSR the graph gives the block pairs, then the upsampler chain, in
+ * execution order (the hand-written walk's order, so results do not move). */
+TEST(equalize_pairs_on_edsr)
+{
+    static const struct { const char *file; const char *pairs[8][2]; int groups[8]; } cases[] = {
+        {"r2f8_x2_zip.pt",
+         {{"body.0.body.0", "body.0.body.2"}, {"body.1.body.0", "body.1.body.2"}, {"tail.0.0", "tail.1"}},
+         {1, 1, 4}},
+        {"r2f8_x3_legacy.pt",
+         {{"body.0.body.0", "body.0.body.2"}, {"body.1.body.0", "body.1.body.2"}, {"tail.0.0", "tail.1"}},
+         {1, 1, 9}},
+        {"r2f8_x4_safetensors.safetensors",
+         {{"body.0.body.0", "body.0.body.2"}, {"body.1.body.0", "body.1.body.2"}, {"tail.0.0", "tail.0.2"},
+          {"tail.0.2", "tail.1"}},
+         {1, 1, 4, 4}},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        kiln_model *m = load_fixture(cases[c].file);
+        CHECK(m != NULL);
+        if (!m) continue;
+        const kiln_graph *g = kiln_model_graph(m);
+        kiln_improve_pair p[16];
+        size_t n = kiln_improve_find_pairs(g, p, 16), want = 0;
+        while (want < 8 && cases[c].pairs[want][0]) want++;
+        CHECK_MSG(n == want, "%s: %zu pairs, want %zu", cases[c].file, n, want);
+        for (size_t i = 0; i < n && i < want; i++) {
+            CHECK_STR(kiln_graph_weight(g, p[i].w1)->name, cases[c].pairs[i][0]);
+            CHECK_STR(kiln_graph_weight(g, p[i].w2)->name, cases[c].pairs[i][1]);
+            CHECK_EQ_INT(p[i].group, cases[c].groups[i]);
+        }
+        kiln_model_destroy(m);
+    }
+}
+
 TEST(equalize_preserves_output_x2) { check_equalize("r2f8_x2_zip.pt", 3); }
 TEST(equalize_preserves_output_x3) { check_equalize("r2f8_x3_legacy.pt", 3); }
 TEST(equalize_preserves_output_x4) { check_equalize("r2f8_x4_safetensors.safetensors", 4); }
@@ -539,6 +573,7 @@ int main(void)
         fprintf(stderr, "test_improve: no data folder (%s)\n", kiln_test_data(""));
         return 1;
     }
+    RUN(equalize_pairs_on_edsr);
     RUN(equalize_preserves_output_x2);
     RUN(equalize_preserves_output_x3);
     RUN(equalize_preserves_output_x4);

@@ -170,6 +170,11 @@ TEST(bad_jobs_fail_cleanly)
     spec.config_json = "{\"quantization\": {\"global\": {\"weight\": {\"dtype\": \"int7\"}}}}";
     CHECK_EQ_INT(kiln_job_run(&spec, NULL, NULL, NULL, &text), KILN_ERR_CONFIG);
     CHECK(strstr(kiln_errmsg(), "int7") != NULL);
+    /* valid JSON, but a pattern that names nothing in this EDSR: refused when
+     * the job meets the model, before anything is compressed */
+    spec.config_json = "{\"quantization\": {\"global\": {\"weight\": {}}, \"op_name\": {\"body.*.conv1\": null}}}";
+    CHECK_EQ_INT(kiln_job_run(&spec, NULL, NULL, NULL, &text), KILN_ERR_CONFIG);
+    CHECK(strstr(kiln_errmsg(), "quantization.op_name[\"body.*.conv1\"]: matches no op of this edsr model") != NULL);
     atomic_int cancel = 1;
     spec.config_json = NULL;
     CHECK_EQ_INT(kiln_job_run(&spec, NULL, NULL, &cancel, &text), KILN_ERR_CANCELED);
