@@ -241,18 +241,19 @@ static kiln_status check_recipe(const kiln_recipe *recipe, const kiln_model *m)
 {
     kiln_config_errors *errs = NULL;
     kiln_status st = kiln_recipe_check_model(recipe, kiln_model_graph(m), &errs);
-    if (st == KILN_ERR_CONFIG && kiln_config_errors_count(errs) > 1) {
-        char *txt = kiln_config_errors_render(errs);
-        if (txt) {
-            /* one line: "path: message; path: message" */
-            size_t n = strlen(txt);
-            while (n && txt[n - 1] == '\n') txt[--n] = '\0';
-            for (char *p = txt; *p; p++)
-                if (*p == '\n') *p = ';';
-            kiln_fail(st, "config: %zu problems with %s: %s", kiln_config_errors_count(errs),
-                      kiln_model_arch(m), txt);
-            free(txt);
+    size_t n = kiln_config_errors_count(errs);
+    if (st == KILN_ERR_CONFIG && n > 1) {
+        /* one line: "path: message; path: message; ..." (the detail
+         * message is bounded: the first problems are what a user reads) */
+        char line[4096];
+        size_t o = 0;
+        for (size_t i = 0; i < n && o < sizeof line - 1; i++) {
+            const char *path = kiln_config_errors_path(errs, i);
+            int k = snprintf(line + o, sizeof line - o, "%s%s%s%s", i ? "; " : "", path, *path ? ": " : "",
+                             kiln_config_errors_message(errs, i));
+            o = k < 0 ? o : o + (size_t)k < sizeof line ? o + (size_t)k : sizeof line - 1;
         }
+        kiln_fail(st, "config: %zu problems with %s: %s", n, kiln_model_arch(m), line);
     } else if (st == KILN_ERR_CONFIG) {
         kiln_errmsg_prefix("config: ");
     }

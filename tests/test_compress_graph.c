@@ -552,6 +552,7 @@ TEST(unmatched_op_names_fail_at_compress)
     CHECK_OK(kiln_recipe_parse(json, strlen(json), &r, NULL));
     CHECK_EQ_INT(kiln_compress(edsr, r, ds, 0, 2, NULL, NULL, &a, NULL), KILN_ERR_CONFIG);
     CHECK(strstr(kiln_errmsg(), "config: 3 problems with edsr: ") != NULL);
+    CHECK(strchr(kiln_errmsg(), '\n') == NULL && strstr(kiln_errmsg(), "; see docs/config.md; ") != NULL);
     CHECK(strstr(kiln_errmsg(), "quantization.op_name[\"body.*.body.3\"]: ") != NULL);
     CHECK(strstr(kiln_errmsg(), "palettization.op_name.nope: ") != NULL);
     CHECK(strstr(kiln_errmsg(), "quantization.global.weight: op \"sub_mean\" is also palettized") != NULL);
