@@ -446,12 +446,19 @@
 
   // Points that no other point beats on both axes (smaller and better),
   // sorted by size: the staircase of best PSNR reachable at each size.
+  // Equal points keep one representative here; onFrontier marks them all.
   function paretoFrontier(pts) {
     const s = [...pts].sort((a, b) => a.x - b.x || b.y - a.y);
     const front = [];
     let best = -Infinity;
     for (const p of s) if (p.y > best) { front.push(p); best = p.y; }
     return front;
+  }
+  // The set of points lying on a frontier (the same job drawn as a baseline
+  // and as a row, or two jobs with equal results, are not dominated either).
+  function onFrontier(pts, front) {
+    const at = new Set(front.map((p) => p.x + ',' + p.y));
+    return new Set(pts.filter((p) => at.has(p.x + ',' + p.y)));
   }
 
   function staircase(front, sx, sy) {
@@ -516,8 +523,8 @@
     const onArchFront = new Set();
     if (archs.length > 1) {
       for (const a of archs) {
-        const fa = paretoFrontier(pts.filter((p) => p.arch === a));
-        for (const p of fa) onArchFront.add(p);
+        const mine = pts.filter((p) => p.arch === a), fa = paretoFrontier(mine);
+        for (const p of onFrontier(mine, fa)) onArchFront.add(p);
         const path = svg('path', { class: 'frontier-arch', 'data-arch': a, d: staircase(fa, sx, sy) });
         path.style.stroke = archColour(a);
         kids.push(path);
@@ -525,7 +532,7 @@
     }
     const front = paretoFrontier(pts);
     kids.push(svg('path', { class: 'frontier', d: staircase(front, sx, sy) }));
-    const onFront = new Set(front);
+    const onFront = onFrontier(pts, front);
     for (const p of pts) {
       const shape = modelShape(p.job.model, p.arch);
       const c = svg('path', {
