@@ -415,7 +415,7 @@
       el('td', { class: 'num', text: fmt.bytes(r.weight_bytes) }),
       el('td', { class: 'num', text: fmt.ratio(r.ratio) }),
       el('td', {}, status),
-      el('td', { title: j.created_at, text: fmt.when(j.created_at, true) + (secs !== null ? ' · ' + fmt.secs(secs) : '') }),
+      el('td', { class: 'time', title: j.created_at, text: fmt.when(j.created_at, true) + (secs !== null ? ' · ' + fmt.secs(secs) : '') }),
       el('td', { class: 'noprint' }, baseline ? null : actionButtons(j)));
     const open = () => { location.hash = '#/jobs/' + j.id; };
     tr.addEventListener('click', open);
