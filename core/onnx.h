@@ -47,7 +47,9 @@ kiln_status kiln_onnx_parse(const void *buf, size_t len, const char *base_dir, k
 
 /* 1 when buf (a whole file or its first bytes, 64 are plenty) looks like a
  * serialized ONNX ModelProto: it starts with field 1 (ir_version, a small
- * varint) followed by well-formed ModelProto fields up to the graph field.
+ * varint) followed by well-formed ModelProto fields up to the graph or
+ * opset field (or up to the end of buf inside a text field such as a long
+ * doc_string, the text checked).
  * PyTorch zip and pickle checkpoints, safetensors and .kiln files never
  * match. A cheap check, not a validation. */
 int kiln_onnx_sniff(const void *buf, size_t len);

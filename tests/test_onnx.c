@@ -578,6 +578,26 @@ TEST(sniff)
         CHECK_MSG(buf && !kiln_onnx_sniff(buf, len), "%s", kiln_files[o]);
         free(buf);
     }
+    /* A long doc_string before the graph: its first 64 bytes still sniff. */
+    size_t len;
+    unsigned char *model = kiln_test_read_file(FIX "conv3_bias.opset13.onnx", &len);
+    if (model) {
+        unsigned char *doc = malloc(len + 300);
+        size_t n = 0;
+        doc[n++] = 0x08, doc[n++] = model[1], doc[n++] = 6 << 3 | 2, doc[n++] = 0x80 | (200 & 0x7f), doc[n++] = 200 >> 7;
+        for (int j = 0; j < 200; j++) doc[n++] = (unsigned char)"Super-resolution network. "[j % 26];
+        CHECK(model[0] == 0x08 && model[1] < 0x80); /* ir_version, one byte */
+        memcpy(doc + n, model + 2, len - 2);
+        n += len - 2;
+        CHECK(kiln_onnx_sniff(doc, n) && kiln_onnx_sniff(doc, 64));
+        kiln_graph *g = NULL;
+        CHECK_OK(kiln_onnx_parse(doc, n, NULL, &g));
+        kiln_graph_destroy(g);
+        doc[40] = 0x01; /* not text */
+        CHECK(!kiln_onnx_sniff(doc, 64));
+        free(doc);
+        free(model);
+    }
     /* safetensors headers whose length's low byte is 0x08 */
     unsigned char st[16] = {0x08, 0x01, 0, 0, 0, 0, 0, 0, '{', '"'};
     CHECK(!kiln_onnx_sniff(st, sizeof st));

@@ -1522,7 +1522,15 @@ int kiln_onnx_sniff(const void *buf, size_t len)
             return 0;
         if (!rd_varint(p, len, &i, &l)) return 0;
         if (f == 7 || f == 8) return 1;
-        if (l > len - i) return 0;
+        if (l > len - i) {
+            /* The buffer ends inside this field: fine for a file's first bytes
+             * when the field is one of the text fields and what is there reads
+             * as text (a long doc_string before the graph). */
+            if (f == 7 || f == 8 || f == 14 || f == 20 || f == 25 || len - i < 16) return 0;
+            for (size_t k = i; k < len; k++)
+                if (p[k] < 0x20 && p[k] != '\n' && p[k] != '\r' && p[k] != '\t') return 0;
+            return 1;
+        }
         i += (size_t)l;
     }
     return 0;
