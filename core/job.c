@@ -38,6 +38,13 @@ static void on_stage(void *ctx, const char *stage, int done, int total)
     if (j->fn) j->fn(j->ctx, stage, done, total);
 }
 
+/* What a conv weighs uncompressed: float32 weights, and float32 biases
+ * where the weight has one (the FP32 row of SPEC §5). */
+static size_t conv_fp32_bytes(const kiln_art_conv *c)
+{
+    return 4 * kiln_art_conv_numel(c) + kiln_art_conv_bias_bytes(c);
+}
+
 static json_t *layers_json(const kiln_artifact *a)
 {
     json_t *arr = json_array();
@@ -60,8 +67,7 @@ static json_t *layers_json(const kiln_artifact *a)
             json_object_set_new(e, "lut_int8", json_boolean(c->lut_q != NULL));
         }
         json_object_set_new(e, "weight_bytes", json_integer((json_int_t)kiln_art_conv_weight_bytes(c)));
-        json_object_set_new(e, "fp32_bytes",
-                            json_integer((json_int_t)4 * c->cout * (c->cin * c->k * c->k + 1)));
+        json_object_set_new(e, "fp32_bytes", json_integer((json_int_t)conv_fp32_bytes(c)));
         json_array_append_new(arr, e);
     }
     return arr;
@@ -159,7 +165,7 @@ kiln_status kiln_job_run(const kiln_job_spec *spec, kiln_progress_fn progress, v
 
     size_t wbytes = kiln_artifact_weight_bytes(art), fp32_bytes = 0;
     for (size_t i = 0; i < art->n_convs; i++)
-        fp32_bytes += (size_t)4 * art->convs[i].cout * ((size_t)art->convs[i].cin * art->convs[i].k * art->convs[i].k + 1);
+        fp32_bytes += conv_fp32_bytes(&art->convs[i]);
 
     out = json_object();
     json_object_set_new(out, "recipe", json_string(kiln_recipe_name(recipe)));

@@ -97,9 +97,8 @@ static kiln_status check_result_scale(const kiln_db_job *job, const char *result
     json_decref(j);
     if (job->model_scale == 0 || got == job->model_scale) return KILN_OK;
     return kiln_fail(KILN_ERR_UNSUPPORTED,
-                     "model %s was uploaded for x%d but the job ran it at x%lld: jobs cannot choose the "
-                     "upsampler of a multi-scale checkpoint yet (upload it without ?scale=, or with the "
-                     "smallest scale it holds)", job->model_id, job->model_scale, got);
+                     "model %s was uploaded for x%d but the job ran it at x%lld", job->model_id,
+                     job->model_scale, got);
 }
 
 static void run_one(slot *s, kiln_db_job *job)
@@ -120,6 +119,7 @@ static void run_one(slot *s, kiln_db_job *job)
     spec.calib = job->calib;
     spec.threads = ctx->cfg.kernel_threads;
     spec.artifact_path = art;
+    spec.scale = job->model_scale;
 
     kilnd_log("worker %d: job %s attempt %d started (%s, %s, calib %d)", s->index, job->id,
               job->attempt, job->recipe, job->dataset_name, job->calib);
