@@ -1,27 +1,32 @@
 /*
  * int8.h — the integer engine: runs a finalized .kiln artifact (artifact.h)
- * with 8-bit activation codes, int8 weights and int32 accumulation (issue 6).
+ * with 8-bit activation codes, int8 weights and int32 accumulation.
  *
  * Semantics: the same network the SIMULATE engine (runner.h) computes, i.e.
- * EDSR (SPEC §1) with every activation site fake-quantized with its frozen
- * qparams (SPEC §3.3). Every tensor between ops is held as the site's codes;
- * a conv computes acc = sum(w_code * (x_code - x_zp)) exactly in int32 and
- * requantizes in float32: code = clamp(rint(acc * M[o] + B[o]) + zp_out),
- * M[o] = w_scale[o] * x_scale / out_scale, B[o] = bias[o] / out_scale (with
- * ReLU applied before rounding for body.*.body.0). The ops between sites
- * (255·x, ·res_scale, residual and global adds, pixel shuffle, /255) are
- * evaluated on dequantized codes with the very float32 operations and
- * fake-quant formula the simulation uses, so given the same conv output codes
- * they produce the same codes bit for bit. The engine differs from the
- * simulation only where the simulation's float accumulation order rounds a
- * conv output to the other side of a rounding boundary (about one code in
+ * the artifact's graph (graph.h: EDSR, CARN, CARN-M, ONNX imports) with
+ * every activation site fake-quantized with its frozen qparams (SPEC §3.3,
+ * sites of §3.6). Every tensor between ops is held as the site's codes; a
+ * conv computes acc = sum(w_code * (x_code - x_zp)) exactly in int32 (per
+ * group for grouped convs) and requantizes in float32: code =
+ * clamp(rint(acc * M[o] + B[o]) + zp_out), M[o] = w_scale[o] * x_scale /
+ * out_scale, B[o] = bias[o] / out_scale (with the conv's ReLU, or
+ * leaky/prelu, applied before rounding). The ops after a conv that its
+ * epilogue absorbs (kiln_graph_chain: ·constant, + residual, ReLU, pixel
+ * shuffle) and every other node (activations, adds, concat, pixel shuffle,
+ * upsampling, global average pool, sigmoid, channel-wise mul, EDSR's 255·x)
+ * are evaluated on dequantized codes with the very float32 operations and
+ * fake-quant formula the simulation uses, so given the same conv output
+ * codes they produce the same codes bit for bit. The engine differs from
+ * the simulation only where the simulation's float accumulation order rounds
+ * a conv output to the other side of a rounding boundary (about one code in
  * 10^3..10^4, by one step); PSNR agrees within 0.02 dB (tests/test_int8.c).
  *
- * Supported artifacts (kiln_int8_supported): every conv is int8 signed with
- * zero point 0, per-channel or per-tensor scales, or a palette whose LUT is
- * int8 (weight code = lut_q[idx], weight scale = the LUT's scale, times the
- * channel scale when there is one); every activation site is enabled with an
- * 8-bit code range (within [-128, 127] or [0, 255]).
+ * Supported artifacts (kiln_int8_supported): every conv is 1x1 or 3x3 and
+ * int8 signed with zero point 0, per-channel or per-tensor scales, or a
+ * palette whose LUT is int8 (weight code = lut_q[idx], weight scale = the
+ * LUT's scale, times the channel scale when there is one); every activation
+ * site is enabled with an 8-bit code range (within [-128, 127] or [0, 255]).
+ * A refusal names the first conv or site that prevents it.
  *
  * Threads: rows of each conv are split over the pool; each output element is
  * computed by the same instruction sequence whatever thread runs it, so the
@@ -82,7 +87,9 @@ double kiln_int8_macs(const kiln_int8 *e, int h, int w);
  * pixel (y, x) of the interior is at data[((y+1)*rowpix + x+1)*cpad]. The
  * 1-pixel border holds the zero-point code (real value 0: "same" padding);
  * rowpix >= w + 2 + KILN__Q8_PX so a kernel may run a whole pixel tile past
- * the right edge (those results are dropped); channels past c are 0. */
+ * the right edge (those results are dropped); channels past c are 0.
+ * kiln__qmap_reshape to a new shape clears only those channels: whoever
+ * fills the map writes every interior code, border and spare pixel. */
 #define KILN__Q8_PX 16  /* pixel-tile overrun allowed past the row end     */
 #define KILN__Q8_OB 16  /* output channels per packed block (AVX2 kernels) */
 
@@ -150,5 +157,25 @@ void kiln__conv_u8_amx(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *
  * fallback near ties), exposed for its test: out[i] = clamp(rint(t[i] / s)
  * + z, lo, hi) with p = {s, z, lo, hi}; bit-identical to the division. */
 void kiln__q8_fq_avx512(const float *t, size_t n, const float p[4], float *out);
+
+/* A conv's fused epilogue on one row, exposed for its test (the three
+ * families must agree bit for bit): acc[x * coutp + o] for pixels [0, w),
+ * channels [0, cout) becomes codes dst[x * dstride + o]. Stages: v = (acc +
+ * corr) * M + B, ReLU (relu), fake-quant to site[0]; then, with site[1],
+ * dequantize, times mulf (mul), fake-quant to site[1]; then, with site[2],
+ * dequantize, + the residual code res[x * rstride + o] dequantized with
+ * site[3], ReLU (post_relu), fake-quant to site[2]. A site is {scale, zero
+ * point, qmin, qmax}. family: 0 scalar, 1 AVX2, 2 AVX-512
+ * (KILN_ERR_UNSUPPORTED where the CPU has not got it). */
+typedef struct kiln__q8epi_test {
+    int cout, coutp;         /* coutp a multiple of KILN__Q8_OB            */
+    const float *M, *B;      /* [coutp]                                    */
+    const int32_t *corr;     /* [coutp]                                    */
+    int relu, mul, post_relu;
+    float mulf;
+    const float *site[4];    /* NULL: no such stage (site[3] with site[2]) */
+} kiln__q8epi_test;
+kiln_status kiln__q8_epilogue_row(int family, const kiln__q8epi_test *t, const int32_t *acc, int w,
+                                  const uint8_t *res, int rstride, uint8_t *dst, int dstride);
 
 #endif
