@@ -1,10 +1,12 @@
 /*
  * runner.c — open a checkpoint or an artifact and run it.
  *
- * An artifact always becomes a kiln_model whose conv weights are the
- * artifact's dequantized weights (bit-identical to what the compression
- * pipeline simulated), plus a site hook that fake-quantizes each enabled
- * site with its frozen scale/zero point: the SIMULATE engine, so
+ * An artifact always becomes a kiln_model: a copy of the artifact's graph
+ * whose weights are the artifact's dequantized weights (bit-identical to
+ * what the compression pipeline simulated), plus a site hook that
+ * fake-quantizes each enabled site with its frozen scale/zero point (sites
+ * are the graph's, so site i of the artifact is site i of the model): the
+ * SIMULATE engine, so
  * `kiln eval --engine simulate A.kiln` reproduces the PSNR `kiln compress`
  * reported. The INT8 engine (int8.h) additionally builds a kiln_int8 from
  * the artifact; kiln_runner_forward/eval then run that. The model and the
@@ -22,6 +24,10 @@
 #include <string.h>
 
 #include "int8.h"
+#if __has_include("onnx.h") /* as in model.c, until the ONNX importer is in every tree */
+#include "onnx.h"
+#define HAVE_ONNX 1
+#endif
 #include "quant.h"
 
 struct kiln_runner {
@@ -53,65 +59,63 @@ static int fq_params(void *ctx, size_t site, kiln_conv_fq *q)
     return 1;
 }
 
-/* A site whose tensor holds exactly the values of the previous site (the
- * ·res_scale product with res_scale 1, the pixel shuffle: a permutation)
- * and whose frozen qparams equal the previous site's gets values that are
- * already on its grid: fake quantization there changes nothing, since
- * (q - zp)·s / s rounds back to q - zp (|q - zp| <= 255, relative error
- * ~2^-23). Skipping it saves two full passes per residual block. */
+/* A site whose tensor holds exactly the values of its input's site (a
+ * pixel shuffle or a nearest upsampling moves values; a mul by exactly 1,
+ * EDSR's ·res_scale with res_scale 1, keeps them) and whose frozen qparams
+ * equal that site's gets values that are already on its grid: fake
+ * quantization there changes nothing, since (q - zp)·s / s rounds back to
+ * q - zp (|q - zp| <= 255, relative error ~2^-23). Skipping it saves two
+ * full passes per residual block. */
 static int fq_is_noop(const kiln_artifact *a, size_t i)
 {
-    if (i == 0 || !a->sites[i].enabled || !a->sites[i - 1].enabled) return 0;
-    const kiln_art_site *p = &a->sites[i - 1], *c = &a->sites[i];
-    const char *name = c->name;
-    size_t len = strlen(name);
-    int same_values = strncmp(name, "pixel_shuffle", 13) == 0 ||
-                      (len > 4 && strcmp(name + len - 4, ".mul") == 0 && a->res_scale == 1.0f);
-    return same_values && memcmp(&p->scale, &c->scale, sizeof c->scale) == 0 &&
-           p->zero_point == c->zero_point && p->qmin == c->qmin && p->qmax == c->qmax;
+    const kiln_graph *g = a->graph;
+    int node = kiln_graph_site_node(g, i);
+    if (node < 0 || !a->sites[i].enabled) return 0;
+    const kiln_gnode *n = kiln_graph_node(g, (size_t)node);
+    int same_values = n->op == KILN_OP_PIXEL_SHUFFLE || n->op == KILN_OP_UPSAMPLE ||
+                      (n->op == KILN_OP_MUL && !n->div && n->alpha == 1.0f);
+    int in_site = kiln_graph_tensor(g, (size_t)n->in[0])->site;
+    if (!same_values || in_site < 0 || !a->sites[in_site].enabled) return 0;
+    const kiln_art_site *p = &a->sites[in_site], *c = &a->sites[i];
+    return memcmp(&p->scale, &c->scale, sizeof c->scale) == 0 && p->zero_point == c->zero_point &&
+           p->qmin == c->qmin && p->qmax == c->qmax;
+}
+
+/* The model of an artifact: its graph with the dequantized weights. */
+static kiln_status artifact_model(const kiln_artifact *a, const kiln_model_opts *opts, kiln_model **out)
+{
+    kiln_graph *g;
+    kiln_status st = kiln_graph_clone(a->graph, &g);
+    if (st != KILN_OK) return st;
+    for (size_t i = 0; st == KILN_OK && i < a->n_convs; i++) {
+        const kiln_art_conv *c = &a->convs[i];
+        float *buf = malloc(kiln_art_conv_numel(c) * sizeof(float));
+        if (!buf) {
+            st = kiln_fail(KILN_ERR_NOMEM, "artifact: out of memory for %s", c->name);
+            break;
+        }
+        st = kiln_art_conv_dequantize(c, buf);
+        if (st == KILN_OK) st = kiln_graph_set_weight(g, i, buf, c->bias); /* no bias: zeros */
+        free(buf);
+    }
+    if (st != KILN_OK) {
+        kiln_graph_destroy(g);
+        return st;
+    }
+    kiln_model_opts mo = opts ? *opts : (kiln_model_opts){0};
+    return kiln_model_from_graph(g, &mo, out);
 }
 
 static kiln_status from_artifact_owned(kiln_artifact *a, const kiln_model_opts *opts,
                                        kiln_runner_engine engine, kiln_runner *r)
 {
-    kiln_weights *w;
-    kiln_status st = kiln_weights_create(&w);
+    kiln_status st = artifact_model(a, opts, &r->model);
     if (st != KILN_OK) return st;
-    for (size_t i = 0; st == KILN_OK && i < a->n_convs; i++) {
-        const kiln_art_conv *c = &a->convs[i];
-        size_t numel = (size_t)c->cout * c->cin * c->k * c->k;
-        float *buf = malloc(numel * sizeof(float));
-        if (!buf) {
-            st = kiln_fail(KILN_ERR_NOMEM, "artifact: out of memory");
-            break;
-        }
-        char key[KILN_ART_NAME_MAX + 16];
-        int64_t ws[4] = {c->cout, c->cin, c->k, c->k}, bs[1] = {c->cout};
-        st = kiln_art_conv_dequantize(c, buf);
-        snprintf(key, sizeof key, "%s.weight", c->name);
-        if (st == KILN_OK) st = kiln_weights_add(w, key, 4, ws, buf);
-        snprintf(key, sizeof key, "%s.bias", c->name);
-        if (st == KILN_OK) st = kiln_weights_add(w, key, 1, bs, c->bias);
-        free(buf);
-    }
-    kiln_model_opts mo = opts ? *opts : (kiln_model_opts){0};
-    mo.res_scale = a->res_scale;
-    if (st == KILN_OK) st = kiln_model_from_weights(w, &mo, &r->model);
-    kiln_weights_destroy(w);
-    if (st != KILN_OK) return st;
-    if (kiln_model_resblocks(r->model) != a->resblocks || kiln_model_features(r->model) != a->features ||
-        kiln_model_scale(r->model) != a->scale)
-        return kiln_fail(KILN_ERR_FORMAT, "artifact: manifest architecture does not match its tensors");
     if (kiln_model_site_count(r->model) != a->n_sites)
-        return kiln_fail(KILN_ERR_FORMAT, "artifact: %zu activation sites, the model has %zu",
+        return kiln_fail(KILN_ERR_INTERNAL, "artifact: %zu activation sites, the model has %zu",
                          a->n_sites, kiln_model_site_count(r->model));
     int any = 0;
-    for (size_t i = 0; i < a->n_sites; i++) {
-        if (strcmp(a->sites[i].name, kiln_model_site_name(r->model, i)) != 0)
-            return kiln_fail(KILN_ERR_FORMAT, "artifact: site %zu is %s, expected %s", i,
-                             a->sites[i].name, kiln_model_site_name(r->model, i));
-        any |= a->sites[i].enabled;
-    }
+    for (size_t i = 0; i < a->n_sites; i++) any |= a->sites[i].enabled;
     r->art = a;
     r->engine = KILN_ENGINE_SIMULATE;
     r->fq_skip = calloc(a->n_sites ? a->n_sites : 1, 1);
@@ -172,7 +176,7 @@ kiln_status kiln_runner_open(const char *path, const kiln_model_opts *opts, kiln
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f) return kiln_fail(KILN_ERR_NOT_FOUND, "%s: cannot open", path);
-    unsigned char head[16] = {0};
+    unsigned char head[64] = {0};
     size_t got = fread(head, 1, sizeof head, f);
     fclose(f);
     kiln_runner *r = calloc(1, sizeof *r);
@@ -191,15 +195,23 @@ kiln_status kiln_runner_open(const char *path, const kiln_model_opts *opts, kiln
             kiln_runner_close(r);
             return kiln_fail(KILN_ERR_INVALID, "%s: --engine int8 needs a .kiln artifact (this is an FP32 checkpoint)", path);
         }
-        kiln_weights *w;
-        st = kiln_weights_load(path, &w);
-        if (st == KILN_OK) {
-            st = kiln_model_from_weights(w, opts, &r->model);
-            if (st == KILN_OK)
-                snprintf(r->describe, sizeof r->describe, "fp32 checkpoint, %s",
-                         kiln_weights_format_name(kiln_weights_source_format(w)));
-            kiln_weights_destroy(w);
-            if (st != KILN_OK) kiln_errmsg_prefix("%s: ", path);
+#ifdef HAVE_ONNX
+        if (kiln_onnx_sniff(head, got)) {
+            st = kiln_model_load(path, opts, &r->model); /* errors prefixed with the path */
+            if (st == KILN_OK) snprintf(r->describe, sizeof r->describe, "fp32 model, onnx");
+        } else
+#endif
+        {
+            kiln_weights *w;
+            st = kiln_weights_load(path, &w);
+            if (st == KILN_OK) {
+                st = kiln_model_from_weights(w, opts, &r->model);
+                if (st == KILN_OK)
+                    snprintf(r->describe, sizeof r->describe, "fp32 checkpoint, %s",
+                             kiln_weights_format_name(kiln_weights_source_format(w)));
+                kiln_weights_destroy(w);
+                if (st != KILN_OK) kiln_errmsg_prefix("%s: ", path);
+            }
         }
     }
     if (st != KILN_OK) {
@@ -229,9 +241,9 @@ kiln_runner_engine kiln_runner_engine_of(const kiln_runner *r) { return r->engin
 size_t kiln_runner_conv_bytes(const kiln_runner *r, size_t i)
 {
     if (r->art) return kiln_art_conv_weight_bytes(&r->art->convs[i]);
-    int co, ci, k;
-    kiln_model_conv_shape(r->model, i, &co, &ci, &k);
-    return (size_t)4 * co * ci * k * k;
+    /* FP32, counted as an f32 artifact conv would be (weights and bias) */
+    const kiln_gweight *w = kiln_graph_weight(kiln_model_graph(r->model), i);
+    return (size_t)4 * w->cout * (size_t)(w->cin / w->groups) * w->k * w->k + (w->has_bias ? (size_t)4 * w->cout : 0);
 }
 
 const char *kiln_runner_conv_kind(const kiln_runner *r, size_t i)
