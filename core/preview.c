@@ -5,14 +5,18 @@
  * image, run both networks on the LR region the requested SR crop depends
  * on, and compose the panels into one PNG (layout in preview.h).
  *
- * Why only a region: EDSR is a stack of 3x3 convolutions, so an SR pixel
- * depends only on LR pixels within its receptive field — 1 LR pixel per conv
- * at LR resolution (head, 2 per resblock, body conv, upsampler convs) plus
- * less than one for the convs after the pixel shuffle. Running the networks
- * on the crop plus a margin of RF_MARGIN(R) LR pixels (clamped to the image:
- * where the margin hits the real border, the zero padding is the same as on
- * the full image) gives the same output as the full image at a fraction of
- * the cost; tests/test_preview.c checks that against a full-image run.
+ * Why only a region: these networks are stacks of convolutions, so an SR
+ * pixel depends only on LR pixels within its receptive field, whose radius
+ * is the graph's halo (kiln_graph_halo; 36 LR pixels for EDSR-baseline x2).
+ * Running the networks on the crop plus that margin and one pixel more
+ * (clamped to the image: where the margin hits the real border, the zero
+ * padding is the same as on the full image) gives the same output as the
+ * full image at a fraction of the cost; tests/test_preview.c checks that
+ * against a full-image run. A network with a global average pool has no
+ * halo (every pixel sees the whole image): it runs on the whole image.
+ *
+ * The artifact must be a compressed form of the checkpoint: the same scale,
+ * the same convs (graph weights) and the same activation sites, by name.
  *
  * Memory: every buffer is owned here and freed before returning; the PNG is
  * handed to the caller (free()).
@@ -27,9 +31,24 @@
 #include "pool.h"
 #include "runner.h"
 
-/* LR pixels of context an SR pixel needs: head + 2 per block + body conv +
- * upsampler convs (up to 2 stages) + tail, rounded up generously. */
-#define RF_MARGIN(resblocks) (2 * (resblocks) + 8)
+/* Same network: convs and sites, by count and name. */
+static kiln_status same_network(const kiln_model *a, const kiln_model *b)
+{
+    size_t nc = kiln_model_conv_count(a), ns = kiln_model_site_count(a);
+    if (kiln_model_conv_count(b) != nc || kiln_model_site_count(b) != ns)
+        return kiln_fail(KILN_ERR_INVALID, "preview: the artifact (%zu convs, %zu sites) is not a compressed form of "
+                         "the checkpoint (%zu convs, %zu sites)", kiln_model_conv_count(b), kiln_model_site_count(b), nc,
+                         ns);
+    for (size_t i = 0; i < nc; i++)
+        if (strcmp(kiln_model_conv_name(a, i), kiln_model_conv_name(b, i)) != 0)
+            return kiln_fail(KILN_ERR_INVALID, "preview: conv %zu is %s in the artifact, %s in the checkpoint", i,
+                             kiln_model_conv_name(b, i), kiln_model_conv_name(a, i));
+    for (size_t i = 0; i < ns; i++)
+        if (strcmp(kiln_model_site_name(a, i), kiln_model_site_name(b, i)) != 0)
+            return kiln_fail(KILN_ERR_INVALID, "preview: activation site %zu is %s in the artifact, %s in the checkpoint",
+                             i, kiln_model_site_name(b, i), kiln_model_site_name(a, i));
+    return KILN_OK;
+}
 
 /* Copy the w x h region at (x, y) of src (which must contain it) into out. */
 static kiln_status crop(const kiln_image *src, int x, int y, int w, int h, kiln_image *out)
@@ -144,6 +163,7 @@ kiln_status kiln_preview_render(const char *checkpoint_path, const char *artifac
                        kiln_model_scale(kiln_runner_model(cq)), s);
         goto done;
     }
+    if ((st = same_network(kiln_runner_model(fp), kiln_runner_model(cq))) != KILN_OK) goto done;
     st = kiln_dataset_open(dataset_dir, s, &ds);
     if (st != KILN_OK) goto done;
     size_t idx = 0;
@@ -165,8 +185,10 @@ kiln_status kiln_preview_render(const char *checkpoint_path, const char *artifac
         goto done;
     }
 
-    int rb = kiln_model_resblocks(kiln_runner_model(fp)), rc = kiln_model_resblocks(kiln_runner_model(cq));
-    int m = RF_MARGIN(rb > rc ? rb : rc);
+    /* the same graph (checked above): one halo; none = the whole image */
+    int m = kiln_graph_halo(kiln_model_graph(kiln_runner_model(fp)));
+    if (m < 0) m = lr.w > lr.h ? lr.w : lr.h;
+    else m += 1;
     int lx0 = x / s - m, ly0 = y / s - m;
     int lx1 = (x + size + s - 1) / s + m, ly1 = (y + size + s - 1) / s + m;
     if (lx0 < 0) lx0 = 0;

@@ -1,5 +1,5 @@
 /*
- * tile.c — tiled EDSR inference (design and exactness argument in tile.h).
+ * tile.c — tiled inference (design and exactness argument in tile.h).
  *
  * Layout of the work: the LR image is split into nx x ny tiles of nearly
  * equal size (boundaries at i*W/nx, so no sliver of a last tile); each tile's
@@ -17,6 +17,14 @@
  * the simulated artifact (model + fake-quant hook) and the INT8 engine
  * (through kiln_runner_forward) share it.
  *
+ * Halo: the graph's receptive-field radius in LR pixels (kiln_graph_halo:
+ * each k x k conv adds (k-1)/2 pixels of its tensor's resolution, i.e.
+ * (k-1)/2 / sfac LR pixels, rounded up once at the end; for EDSR-baseline
+ * x2 that is 36). A network with a global average pool (RCAN's channel
+ * attention) has none: every output pixel depends on the whole image, so
+ * explicit tiling is refused and the _auto functions run such a network
+ * untiled, whatever the image size.
+ *
  * Memory: the LR crop and the tile's SR buffer are allocated once per call at
  * the largest tile's size and freed before returning; nothing is retained.
  */
@@ -26,18 +34,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-int kiln_tile_halo(const kiln_model *m)
+int kiln_tile_halo(const kiln_model *m) { return kiln_graph_halo(kiln_model_graph(m)); }
+
+/* The refusal for a network whose output pixels see the whole image. */
+static kiln_status no_halo(const kiln_model *m)
 {
-    /* Convs after a pixel shuffle run at >= LR resolution, where one pixel of
-     * context is at most one LR pixel: counting every 3x3 conv as 1 LR pixel
-     * is exact for x2/x3 and an upper bound for the x4 second stage. */
-    int halo = 0;
-    for (size_t i = 0; i < kiln_model_conv_count(m); i++) {
-        int cout, cin, k;
-        kiln_model_conv_shape(m, i, &cout, &cin, &k);
-        halo += k / 2;
-    }
-    return halo;
+    return kiln_fail(KILN_ERR_UNSUPPORTED,
+                     "tile: %s has a global average pool, so every output pixel depends on the whole image: it "
+                     "cannot run in tiles (run it untiled)", kiln_model_describe(m));
 }
 
 static int imin(int a, int b) { return a < b ? a : b; }
@@ -117,15 +121,17 @@ kiln_status kiln_forward_tiled(kiln_model *m, const kiln_image *lr, float *sr, k
                                const kiln_site_hook *hook, int tile)
 {
     if (!m) return kiln_fail(KILN_ERR_INVALID, "tile: NULL model");
+    const int halo = kiln_tile_halo(m);
+    if (halo < 0) return no_halo(m);
     model_ctx c = {m, hook};
-    return kiln_tile_run(model_fn, &c, kiln_model_scale(m), kiln_tile_halo(m), lr, sr, pool, tile);
+    return kiln_tile_run(model_fn, &c, kiln_model_scale(m), halo, lr, sr, pool, tile);
 }
 
 kiln_status kiln_forward_auto(kiln_model *m, const kiln_image *lr, float *sr, kiln_pool *pool,
                               const kiln_site_hook *hook)
 {
     if (!m || !lr || !sr) return kiln_fail(KILN_ERR_INVALID, "forward: NULL model, image or output");
-    if ((size_t)lr->w * (size_t)lr->h > KILN_TILE_AUTO_PIXELS)
+    if ((size_t)lr->w * (size_t)lr->h > KILN_TILE_AUTO_PIXELS && kiln_tile_halo(m) >= 0)
         return kiln_forward_tiled(m, lr, sr, pool, hook, KILN_TILE_DEFAULT);
     return kiln_model_forward(m, lr, sr, pool, hook);
 }
@@ -139,15 +145,17 @@ kiln_status kiln_runner_forward_tiled(kiln_runner *r, const kiln_image *lr, floa
                                       int tile)
 {
     if (!r) return kiln_fail(KILN_ERR_INVALID, "tile: NULL runner");
-    /* Every engine runs the architecture of kiln_runner_model(r). */
+    /* Every engine runs the graph of kiln_runner_model(r). */
     const kiln_model *m = kiln_runner_model(r);
-    return kiln_tile_run(runner_fn, r, kiln_model_scale(m), kiln_tile_halo(m), lr, sr, pool, tile);
+    const int halo = kiln_tile_halo(m);
+    if (halo < 0) return no_halo(m);
+    return kiln_tile_run(runner_fn, r, kiln_model_scale(m), halo, lr, sr, pool, tile);
 }
 
 kiln_status kiln_runner_forward_auto(kiln_runner *r, const kiln_image *lr, float *sr, kiln_pool *pool)
 {
     if (!r || !lr || !sr) return kiln_fail(KILN_ERR_INVALID, "forward: NULL runner, image or output");
-    if ((size_t)lr->w * (size_t)lr->h > KILN_TILE_AUTO_PIXELS)
+    if ((size_t)lr->w * (size_t)lr->h > KILN_TILE_AUTO_PIXELS && kiln_tile_halo(kiln_runner_model(r)) >= 0)
         return kiln_runner_forward_tiled(r, lr, sr, pool, KILN_TILE_DEFAULT);
     return kiln_runner_forward(r, lr, sr, pool);
 }

@@ -51,18 +51,12 @@ static int write_artifact(void)
     int ok = 0;
     if (kiln_model_load(ckpt, NULL, &m) != KILN_OK) goto out;
     size_t nc = kiln_model_conv_count(m), ns = kiln_model_site_count(m);
-    if (kiln_artifact_create(nc, ns, &a) != KILN_OK) goto out;
-    a->resblocks = kiln_model_resblocks(m);
-    a->features = kiln_model_features(m);
-    a->scale = kiln_model_scale(m);
-    a->res_scale = kiln_model_res_scale(m);
+    if (kiln_artifact_from_graph(kiln_model_graph(m), &a) != KILN_OK) goto out;
     unsigned seed = 12345;
     for (size_t i = 0; i < nc; i++) {
         kiln_art_conv *c = &a->convs[i];
-        snprintf(c->name, sizeof c->name, "%s", kiln_model_conv_name(m, i));
-        kiln_model_conv_shape(m, i, &c->cout, &c->cin, &c->k);
         c->kind = KILN_WK_F32;
-        size_t numel = (size_t)c->cout * c->cin * c->k * c->k;
+        size_t numel = kiln_art_conv_numel(c);
         c->weight = malloc(numel * sizeof(float));
         c->bias = malloc((size_t)c->cout * sizeof(float));
         if (!c->weight || !c->bias) goto out;
@@ -74,7 +68,6 @@ static int write_artifact(void)
     }
     for (size_t i = 0; i < ns; i++) {
         kiln_art_site *s = &a->sites[i];
-        snprintf(s->name, sizeof s->name, "%s", kiln_model_site_name(m, i));
         s->enabled = 0;
         s->scale = 1.0f;
         s->qmin = 0;

@@ -6,7 +6,9 @@
  * tiles depend on the tile origin, so there only a small difference is
  * allowed. Models: the tiny fixtures (x2, x3, x4: fast, every tile shape) and
  * the real EDSR-baseline x2 on a crop of a B100 image (the halo of 36 pixels
- * then really separates tiles).
+ * then really separates tiles); a small graph with a global average pool,
+ * which has no halo (explicit tiling refused, the automatic choice runs it
+ * untiled).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -15,6 +17,7 @@
 #include "check.h"
 #include "compress.h"
 #include "dataset.h"
+#include "graph.h"
 #include "image.h"
 #include "model.h"
 #include "quant.h"
@@ -103,7 +106,10 @@ out:
 
 TEST(halo_counts_3x3_convs)
 {
-    /* head + 2 per block + body conv + upsampler convs + tail. */
+    /* head + 2 per block + body conv + upsampler conv at LR resolution, one
+     * LR pixel each; the tail at x2 or x3 half or a third of one, rounded up
+     * to one; at x4 the second upsampler conv (x2 resolution) and the tail
+     * (x4) add 1/2 + 1/4 LR pixel: one in all. */
     kiln_model *m = load("models/edsr_r16f64_x2.pt", KILN_IMPL_AUTO);
     if (m) CHECK_EQ_INT(kiln_tile_halo(m), 1 + 32 + 1 + 1 + 1);
     kiln_model_destroy(m);
@@ -111,16 +117,16 @@ TEST(halo_counts_3x3_convs)
     if (m) CHECK_EQ_INT(kiln_tile_halo(m), 1 + 4 + 1 + 1 + 1);
     kiln_model_destroy(m);
     m = load("models/fixtures/r2f8_x4_safetensors.safetensors", KILN_IMPL_AUTO);
-    if (m) CHECK_EQ_INT(kiln_tile_halo(m), 1 + 4 + 1 + 2 + 1);
+    if (m) CHECK_EQ_INT(kiln_tile_halo(m), 1 + 4 + 1 + 1 + 1);
     kiln_model_destroy(m);
 }
 
-/* The halo is tight for x2: an SR pixel computed on a crop with `halo` LR
- * pixels of context equals the full-image pixel; with one pixel less it
- * does not. */
-TEST(halo_is_tight)
+/* The halo is tight (x2 and x4): an SR pixel computed on a crop with
+ * `halo` LR pixels of context equals the full-image pixel; with one pixel
+ * less it does not. */
+static void halo_tight_case(const char *file)
 {
-    kiln_model *m = load("models/fixtures/r2f8_x2_zip.pt", KILN_IMPL_REFERENCE);
+    kiln_model *m = load(file, KILN_IMPL_REFERENCE);
     if (!m) return;
     int halo = kiln_tile_halo(m), s = kiln_model_scale(m);
     kiln_image lr = {0};
@@ -145,12 +151,69 @@ TEST(halo_is_tight)
                     float b = out[((size_t)ch * w * s + ctx * s + dy) * w * s + ctx * s + dx];
                     same &= memcmp(&a, &b, sizeof a) == 0;
                 }
-        if (ctx == halo) CHECK_MSG(same, "context %d (the halo) must reproduce the pixel", ctx);
-        else CHECK_MSG(!same, "context %d (< halo %d) still reproduces the pixel: halo not tight", ctx, halo);
+        if (ctx == halo) CHECK_MSG(same, "%s: context %d (the halo) must reproduce the pixel", file, ctx);
+        else CHECK_MSG(!same, "%s: context %d (< halo %d) still reproduces the pixel: halo not tight", file, ctx, halo);
         free(out);
         kiln_image_free(&c);
     }
     free(full);
+    kiln_image_free(&lr);
+    kiln_model_destroy(m);
+}
+
+TEST(halo_is_tight)
+{
+    halo_tight_case("models/fixtures/r2f8_x2_zip.pt");
+    halo_tight_case("models/fixtures/r2f8_x4_safetensors.safetensors");
+}
+
+/* RCAN's channel attention in miniature: conv -> global average pool ->
+ * 1x1 conv -> sigmoid -> channel-wise mul -> conv, random weights. */
+static kiln_model *pooled_model(void)
+{
+    kiln_graph *g = NULL;
+    unsigned seed = 99u;
+    float w1[4 * 3 * 9], w2[4 * 4], w3[3 * 4 * 9], b[4];
+    for (size_t i = 0; i < sizeof w1 / sizeof *w1; i++) w1[i] = kiln_test_randf(&seed, -0.5f, 0.5f);
+    for (size_t i = 0; i < sizeof w2 / sizeof *w2; i++) w2[i] = kiln_test_randf(&seed, -1.0f, 1.0f);
+    for (size_t i = 0; i < sizeof w3 / sizeof *w3; i++) w3[i] = kiln_test_randf(&seed, -0.5f, 0.5f);
+    for (int i = 0; i < 4; i++) b[i] = kiln_test_randf(&seed, -0.1f, 0.1f);
+    int a, c, p, t, x, y;
+    CHECK_OK(kiln_graph_create("test_pool", "input", &g));
+    if (!g) return NULL;
+    CHECK_OK(kiln_graph_add_weight(g, "conv1", 4, 3, 3, 1, w1, b, 1, 0, &a));
+    CHECK_OK(kiln_graph_add_weight(g, "att", 4, 4, 1, 1, w2, b, 1, 0, &c));
+    CHECK_OK(kiln_graph_add_weight(g, "conv2", 3, 4, 3, 1, w3, NULL, 0, 0, &p));
+    CHECK_OK(kiln_graph_conv(g, "conv1", "x", 0, a, &x));
+    CHECK_OK(kiln_graph_unary(g, KILN_OP_GAP, "pool", "pool", x, 0, &t));
+    CHECK_OK(kiln_graph_conv(g, "att", "att", t, c, &t));
+    CHECK_OK(kiln_graph_unary(g, KILN_OP_SIGMOID, "sig", "sig", t, 0, &t));
+    CHECK_OK(kiln_graph_binary(g, KILN_OP_CHANNEL_MUL, "scale", "scaled", x, t, &y));
+    CHECK_OK(kiln_graph_conv(g, "conv2", "out", y, p, &y));
+    CHECK_OK(kiln_graph_finish(g, y, 1.0f));
+    kiln_model *m = NULL;
+    kiln_model_opts o = {.impl = direct_impl()};
+    CHECK_OK(kiln_model_from_graph(g, &o, &m));
+    return m;
+}
+
+TEST(global_pool_is_not_tiled)
+{
+    kiln_model *m = pooled_model();
+    if (!m) return;
+    CHECK_EQ_INT(kiln_tile_halo(m), -1);
+    kiln_image lr = {0};
+    noise(600, 420, 5u, &lr); /* above KILN_TILE_AUTO_PIXELS */
+    CHECK((size_t)lr.w * lr.h > KILN_TILE_AUTO_PIXELS);
+    size_t n = sr_len(m, &lr);
+    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+    CHECK_EQ_INT(kiln_forward_tiled(m, &lr, a, NULL, NULL, 64), KILN_ERR_UNSUPPORTED);
+    CHECK(strstr(kiln_errmsg(), "global average pool") != NULL);
+    CHECK_OK(kiln_model_forward(m, &lr, a, NULL, NULL));
+    CHECK_OK(kiln_forward_auto(m, &lr, b, NULL, NULL)); /* untiled, so the same bits */
+    CHECK(memcmp(a, b, n * sizeof *a) == 0);
+    free(a);
+    free(b);
     kiln_image_free(&lr);
     kiln_model_destroy(m);
 }
@@ -365,6 +428,7 @@ int main(void)
     }
     RUN(halo_counts_3x3_convs);
     RUN(halo_is_tight);
+    RUN(global_pool_is_not_tiled);
     RUN(fixtures_bit_identical);
     RUN(fake_quant_hook_bit_identical);
     RUN(edsr_direct_bit_identical);
