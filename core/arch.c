@@ -352,7 +352,7 @@ static kiln_status carn_import(imp *im, int mobile, const kiln_arch_opts *opts)
     /* the network-level cascade: blocks b1..b3 in place of units */
     int cat = x, o = x;
     for (int i = 1; st == KILN_OK && i <= 3; i++) {
-        char b[8], c[8], n[16];
+        char b[16], c[16], n[16];
         int bo;
         snprintf(b, sizeof b, "b%d", i);
         st = cascade(im, b, mobile, o, &bo);

@@ -22,7 +22,45 @@ struct kiln_graph {
     int finished;
     size_t nsites;
     int *site_tensor; /* [nsites] */
+    /* Name index of the tensors and of the weights (open addressing, ids
+     * + 1, 0 = empty; at most half full), so building a graph of n nodes
+     * costs O(n) lookups and not O(n^2) string compares. */
+    size_t tcap, wcap;
+    int *tidx, *widx;
+    int *first_use; /* [nt] after finish: the first node reading each tensor, or -1 */
 };
+
+static size_t name_hash(const char *s)
+{
+    size_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* Slot of `name` in an index over names[0..n) (stride bytes apart). */
+static size_t idx_slot(const int *idx, size_t cap, const char *name, const char *base, size_t stride)
+{
+    size_t i = name_hash(name) & (cap - 1);
+    while (idx[i] && strcmp(base + (size_t)(idx[i] - 1) * stride, name) != 0) i = (i + 1) & (cap - 1);
+    return i;
+}
+
+/* Add entry id (its name already stored) to the index, growing it. */
+static kiln_status idx_add(int **idx, size_t *cap, int id, const char *base, size_t stride)
+{
+    if ((size_t)(id + 1) * 2 > *cap) {
+        size_t nc = *cap ? *cap * 2 : 64;
+        while ((size_t)(id + 1) * 2 > nc) nc *= 2;
+        int *n = calloc(nc, sizeof *n);
+        if (!n) return kiln_fail(KILN_ERR_NOMEM, "graph: out of memory");
+        for (int k = 0; k < id; k++) n[idx_slot(n, nc, base + (size_t)k * stride, base, stride)] = k + 1;
+        free(*idx);
+        *idx = n;
+        *cap = nc;
+    }
+    (*idx)[idx_slot(*idx, *cap, base + (size_t)id * stride, base, stride)] = id + 1;
+    return KILN_OK;
+}
 
 static const char *const kOpNames[KILN_OP_COUNT] = {
     "input", "conv", "relu", "leaky_relu", "prelu", "add", "mul", "concat",
@@ -72,6 +110,10 @@ kiln_status kiln_graph_create(const char *arch, const char *input_name, kiln_gra
     t->sfac = 1;
     t->producer = -1;
     t->site = -1;
+    if (idx_add(&g->tidx, &g->tcap, 0, g->t[0].name, sizeof g->t[0]) != KILN_OK) {
+        kiln_graph_destroy(g);
+        return KILN_ERR_NOMEM;
+    }
     *out = g;
     return KILN_OK;
 }
@@ -88,6 +130,9 @@ void kiln_graph_destroy(kiln_graph *g)
     free(g->n);
     free(g->w);
     free(g->site_tensor);
+    free(g->tidx);
+    free(g->widx);
+    free(g->first_use);
     free(g);
 }
 
@@ -114,7 +159,11 @@ kiln_status kiln_graph_clone(const kiln_graph *s, kiln_graph **out)
     g->w = calloc(s->nw ? s->nw : 1, sizeof *g->w);
     g->site_tensor = malloc((s->nsites ? s->nsites : 1) * sizeof(int));
     g->ct = s->nt, g->cn = s->nn, g->cw = s->nw;
-    int ok = g->t && g->n && g->w && g->site_tensor;
+    g->tidx = g->widx = NULL;
+    g->tcap = g->wcap = 0;
+    g->first_use = NULL;
+    if (s->first_use && (g->first_use = malloc(s->nt * sizeof(int)))) memcpy(g->first_use, s->first_use, s->nt * sizeof(int));
+    int ok = g->t && g->n && g->w && g->site_tensor && (!s->first_use || g->first_use);
     if (ok) {
         memcpy(g->t, s->t, s->nt * sizeof *g->t);
         if (s->nsites) memcpy(g->site_tensor, s->site_tensor, s->nsites * sizeof(int));
@@ -133,6 +182,10 @@ kiln_status kiln_graph_clone(const kiln_graph *s, kiln_graph **out)
             }
         }
     }
+    for (size_t i = 0; ok && i < s->nt; i++)
+        ok = idx_add(&g->tidx, &g->tcap, (int)i, g->t[0].name, sizeof g->t[0]) == KILN_OK;
+    for (size_t i = 0; ok && i < s->nw; i++)
+        ok = idx_add(&g->widx, &g->wcap, (int)i, g->w[0].name, sizeof g->w[0]) == KILN_OK;
     if (!ok) {
         if (!g->n) g->nn = 0;
         if (!g->w) g->nw = 0;
@@ -173,15 +226,20 @@ kiln_status kiln_graph_add_weight(kiln_graph *g, const char *name, int cout, int
         }
         if (b) memcpy(x->b, b, (size_t)cout * sizeof(float));
     }
+    st = idx_add(&g->widx, &g->wcap, (int)g->nw, g->w[0].name, sizeof g->w[0]);
+    if (st != KILN_OK) {
+        free(x->w), free(x->b);
+        return st;
+    }
     *id = (int)g->nw++;
     return KILN_OK;
 }
 
 static long tensor_find(const kiln_graph *g, const char *name)
 {
-    for (size_t i = 0; i < g->nt; i++)
-        if (strcmp(g->t[i].name, name) == 0) return (long)i;
-    return -1;
+    if (!g->tcap || !name) return -1;
+    int id = g->tidx[idx_slot(g->tidx, g->tcap, name, g->t[0].name, sizeof g->t[0])];
+    return id - 1;
 }
 
 /* A new node with its output tensor; the caller fills the op fields. */
@@ -222,6 +280,12 @@ static kiln_status new_node(kiln_graph *g, kiln_op op, const char *name, const c
 
 static kiln_status commit(kiln_graph *g, int *out)
 {
+    kiln_status st = idx_add(&g->tidx, &g->tcap, (int)g->nt, g->t[0].name, sizeof g->t[0]);
+    if (st != KILN_OK) {
+        free(g->n[g->nn].slope);
+        g->n[g->nn].slope = NULL;
+        return st;
+    }
     for (int i = 0; i < g->n[g->nn].nin; i++) g->t[g->n[g->nn].in[i]].nuse++;
     *out = (int)g->nt;
     g->nt++;
@@ -352,14 +416,9 @@ static int fused_into_next(const kiln_graph *g, size_t ti)
     if (t->producer < 0 || (int)ti == g->output) return 0;
     kiln_op p = g->n[t->producer].op;
     if (p != KILN_OP_CONV && p != KILN_OP_ADD) return 0;
-    if (t->nuse != 1) return 0;
-    for (size_t i = (size_t)t->producer + 1; i < g->nn; i++)
-        for (int k = 0; k < g->n[i].nin; k++)
-            if (g->n[i].in[k] == (int)ti) {
-                kiln_op c = g->n[i].op;
-                return (c == KILN_OP_RELU || c == KILN_OP_LEAKY_RELU || c == KILN_OP_PRELU) && g->n[i].nin == 1;
-            }
-    return 0;
+    if (t->nuse != 1 || g->first_use[ti] < 0) return 0;
+    const kiln_gnode *c = &g->n[g->first_use[ti]];
+    return (c->op == KILN_OP_RELU || c->op == KILN_OP_LEAKY_RELU || c->op == KILN_OP_PRELU) && c->nin == 1;
 }
 
 kiln_status kiln_graph_finish(kiln_graph *g, int output, float out_div)
@@ -380,8 +439,13 @@ kiln_status kiln_graph_finish(kiln_graph *g, int output, float out_div)
             return kiln_fail(KILN_ERR_ARCH, "graph: node %s computes %s, which nothing uses", g->n[i].name,
                              g->t[g->n[i].out].name);
     free(g->site_tensor);
+    free(g->first_use);
     g->site_tensor = malloc(g->nt * sizeof(int));
-    if (!g->site_tensor) return kiln_fail(KILN_ERR_NOMEM, "graph: out of memory");
+    g->first_use = malloc(g->nt * sizeof(int));
+    if (!g->site_tensor || !g->first_use) return kiln_fail(KILN_ERR_NOMEM, "graph: out of memory");
+    for (size_t i = 0; i < g->nt; i++) g->first_use[i] = -1;
+    for (size_t i = g->nn; i-- > 0;)
+        for (int k = 0; k < g->n[i].nin; k++) g->first_use[g->n[i].in[k]] = (int)i;
     g->nsites = 0;
     for (size_t i = 0; i < g->nt; i++) {
         g->t[i].site = -1;
@@ -414,9 +478,9 @@ int kiln_graph_site_node(const kiln_graph *g, size_t s) { return g->t[g->site_te
 
 long kiln_graph_weight_find(const kiln_graph *g, const char *name)
 {
-    for (size_t i = 0; name && i < g->nw; i++)
-        if (strcmp(g->w[i].name, name) == 0) return (long)i;
-    return -1;
+    if (!g->wcap || !name) return -1;
+    int id = g->widx[idx_slot(g->widx, g->wcap, name, g->w[0].name, sizeof g->w[0])];
+    return id - 1;
 }
 
 size_t kiln_graph_weight_uses(const kiln_graph *g, size_t w, int *nodes, size_t cap)
@@ -496,23 +560,20 @@ int kiln_graph_halo(const kiln_graph *g)
 
 /* The single consumer node of tensor t when it has exactly one and t is not
  * the graph output; else -1. */
-static int only_consumer(const kiln_graph *g, int t, int from)
+static int only_consumer(const kiln_graph *g, int t)
 {
     if (t == g->output || g->t[t].nuse != 1) return -1;
-    for (size_t i = (size_t)from; i < g->nn; i++)
-        for (int k = 0; k < g->n[i].nin; k++)
-            if (g->n[i].in[k] == t) return (int)i;
-    return -1;
+    return g->first_use[t];
 }
 
 void kiln_graph_chain(const kiln_graph *g, int conv, kiln_gchain *c)
 {
     *c = (kiln_gchain){conv, -1, -1, -1, -1, -1, -1, conv, g->n[conv].out};
-    int nx = only_consumer(g, c->out, conv + 1);
+    int nx = only_consumer(g, c->out);
     if (nx >= 0 && g->n[nx].op == KILN_OP_RELU) {
         c->relu = c->last = nx;
         c->out = g->n[nx].out;
-        nx = only_consumer(g, c->out, nx + 1);
+        nx = only_consumer(g, c->out);
     }
     if (nx >= 0 && g->n[nx].op == KILN_OP_PIXEL_SHUFFLE) {
         c->shuffle = c->last = nx;
@@ -522,7 +583,7 @@ void kiln_graph_chain(const kiln_graph *g, int conv, kiln_gchain *c)
     if (nx >= 0 && g->n[nx].op == KILN_OP_MUL && !g->n[nx].div) {
         c->mul = c->last = nx;
         c->out = g->n[nx].out;
-        nx = only_consumer(g, c->out, nx + 1);
+        nx = only_consumer(g, c->out);
     }
     if (nx >= 0 && g->n[nx].op == KILN_OP_ADD) {
         const kiln_gnode *a = &g->n[nx];
@@ -533,7 +594,7 @@ void kiln_graph_chain(const kiln_graph *g, int conv, kiln_gchain *c)
         c->add = c->last = nx;
         c->residual = other;
         c->out = a->out;
-        nx = only_consumer(g, c->out, nx + 1);
+        nx = only_consumer(g, c->out);
         if (nx >= 0 && g->n[nx].op == KILN_OP_RELU) {
             c->post_relu = c->last = nx;
             c->out = g->n[nx].out;

@@ -211,7 +211,7 @@ typedef struct kiln_gchain {
     int last;         /* the chain's last node                                  */
     int out;          /* the chain's output tensor                              */
 } kiln_gchain;
-/* The longest chain starting at conv node `conv`. */
+/* The longest chain starting at conv node `conv` of a finished graph. */
 void kiln_graph_chain(const kiln_graph *g, int conv, kiln_gchain *c);
 
 /* ---- serialization (the .kiln manifest) -------------------------------------
