@@ -1452,6 +1452,7 @@ kiln_status kiln__q8_epilogue_row(int family, const kiln__q8epi_test *t, const i
         }
     q8epi ep = {&cv, &s[0], t->site[1] ? &s[1] : NULL, t->mul, t->mulf, t->site[2] ? &s[2] : NULL,
                 t->site[2] ? &s[3] : NULL, t->site[2] && t->post_relu ? ACT_RELU : ACT_NONE};
+    if (!t->site[2]) res = NULL; /* as run_conv: a residual only with an add */
     if (family == 0) epi_row_scalar(&ep, acc, w, res, rstride, dst, dstride, 0);
     else if (family == 1) epi_row_avx2(&ep, acc, w, res, rstride, dst, dstride);
     else epi_row_avx512(&ep, acc, w, res, rstride, dst, dstride);

@@ -10,7 +10,10 @@
  * multiples of 4/8/16, random codes and every extreme (activations all at
  * qmin or qmax, alternating, weights at -128 and 127, the largest |sum|).
  * Also: the u7 (vpmaddubsw) kernel's safety predicate, and a demonstration
- * that the predicate is needed (with codes up to 255 vpmaddubsw saturates).
+ * that the predicate is needed (with codes up to 255 vpmaddubsw saturates);
+ * the fused conv epilogues (AVX2, AVX-512) against the scalar one, every
+ * stage combination (ReLU, mul or shuffle site, add site with and without
+ * the ReLU after the add), int8 and uint8 sites, exact rounding ties.
  */
 #include <math.h>
 #include <stdio.h>
@@ -378,6 +381,86 @@ TEST(reference_1x1)
     kiln__qmap_free(&m);
 }
 
+/* One random site {scale, zp, qmin, qmax}: int8 symmetric, or uint8 with a
+ * zero point. */
+static void rand_site(float p[4], int is_unsigned, unsigned *seed)
+{
+    p[0] = kiln_test_randf(seed, 0.004f, 0.05f);
+    if (is_unsigned) {
+        p[1] = (float)(kiln_test_rand(seed) % 200u + 20u);
+        p[2] = 0.0f, p[3] = 255.0f;
+    } else {
+        p[1] = 0.0f;
+        p[2] = -128.0f, p[3] = 127.0f;
+    }
+}
+
+TEST(epilogues_equal_scalar)
+{
+    static const int couts[] = {3, 8, 13, 16, 17, 40, 64};
+    static const int widths[] = {1, 5, 17};
+    unsigned seed = 31337u;
+    long cases = 0, bad = 0, avx512_cases = 0;
+    for (int combo = 0; combo < 96; combo++) {
+        const int relu = combo & 1, stage2 = (combo >> 1) % 3, stage3 = (combo / 6) % 3, usign = (combo / 18) % 2;
+        const int exact = combo >= 72; /* M = 1/2, B = 0: v lands on exact ties */
+        const int cout = couts[combo % 7], w = widths[combo % 3], coutp = (cout + 15) / 16 * 16;
+        float sites[4][4];
+        for (int i = 0; i < 4; i++) rand_site(sites[i], (usign + i) % 2, &seed);
+        float *M = calloc((size_t)coutp, sizeof *M), *B = calloc((size_t)coutp, sizeof *B);
+        int32_t *corr = calloc((size_t)coutp, sizeof *corr), *acc = malloc((size_t)w * coutp * sizeof *acc);
+        uint8_t *res = malloc((size_t)w * 64), *ref = malloc((size_t)w * 64), *got = malloc((size_t)w * 64);
+        for (int o = 0; o < cout; o++) {
+            M[o] = exact ? 0.5f : kiln_test_randf(&seed, 0.002f, 0.05f);
+            B[o] = exact ? 0.0f : kiln_test_randf(&seed, -40.0f, 40.0f);
+            corr[o] = (int32_t)(kiln_test_rand(&seed) % 2001u) - 1000;
+        }
+        for (int i = 0; i < w * coutp; i++) acc[i] = (int32_t)(kiln_test_rand(&seed) % 8001u) - 4000;
+        for (int i = 0; i < w * 64; i++) {
+            int lo = (int)sites[3][2], hi = (int)sites[3][3];
+            res[i] = (uint8_t)(lo + (int)(kiln_test_rand(&seed) % (unsigned)(hi - lo + 1)));
+        }
+        kiln__q8epi_test t = {cout, coutp, M, B, corr, relu, stage2 == 2, stage3 == 2, 0.0f, {sites[0], NULL, NULL, NULL}};
+        t.mulf = kiln_test_randf(&seed, 0.05f, 2.0f);
+        if (stage2) t.site[1] = sites[1];
+        if (stage3) t.site[2] = sites[2], t.site[3] = sites[3];
+        memset(ref, 0xa5, (size_t)w * 64);
+        CHECK_OK(kiln__q8_epilogue_row(0, &t, acc, w, res, 64, ref, 64));
+        for (int fam = 1; fam <= 2; fam++) {
+            memset(got, 0xa5, (size_t)w * 64);
+            kiln_status st = kiln__q8_epilogue_row(fam, &t, acc, w, res, 64, got, 64);
+            if (fam == 2 && !kiln__q8_avx512()) {
+                CHECK_EQ_INT(st, KILN_ERR_UNSUPPORTED);
+                continue;
+            }
+            CHECK_OK(st);
+            avx512_cases += fam == 2;
+            /* the bytes past cout must be left alone too */
+            long nb = 0;
+            for (int i = 0; i < w * 64; i++) nb += ref[i] != got[i];
+            CHECK_MSG(nb == 0, "family %d, relu %d stage2 %d stage3 %d cout %d w %d: %ld bytes differ", fam, relu,
+                      stage2, stage3, cout, w, nb);
+            bad += nb;
+            cases++;
+        }
+        free(M);
+        free(B);
+        free(corr);
+        free(acc);
+        free(res);
+        free(ref);
+        free(got);
+    }
+    CHECK(cases >= 96);
+    CHECK_EQ_INT(bad, 0);
+    if (kiln__q8_avx512()) CHECK_EQ_INT(avx512_cases, 96);
+    /* bad cases are refused */
+    kiln__q8epi_test t = {0};
+    uint8_t d[4];
+    int32_t a[16] = {0};
+    CHECK_EQ_INT(kiln__q8_epilogue_row(0, &t, a, 1, NULL, 0, d, 4), KILN_ERR_INVALID);
+}
+
 int main(void)
 {
     if (!kiln__cpu_avx2()) {
@@ -396,5 +479,6 @@ int main(void)
     RUN(u7_predicate_and_saturation);
     RUN(pack_layout_and_limits);
     RUN(reference_1x1);
+    RUN(epilogues_equal_scalar);
     return check_summary();
 }
