@@ -2,22 +2,26 @@
  *
  * Beyond "no crash, no leak, no UB", it checks the recipe invariants on every
  * input that parses: the canonical JSON parses back to itself with the same
- * hash, resolution answers for every op/site of a small model, and a failed
+ * hash, resolution answers for every op/site of a small model the same for
+ * both, the check against a small EDSR graph agrees for both, and a failed
  * parse always leaves at least one error with a message. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "arch.h"
 #include "recipe.h"
 
 static const char *const ops[] = {"sub_mean", "head.0", "body.0.body.0", "body.0.body.2",
                                   "body.1", "tail.0.0", "tail.0.2", "tail.1", "add_mean",
                                   "body.0.body.1", "nonsense"};
-static const char *const sites[] = {"input", "mul255", "sub_mean", "head", "body.0.relu",
-                                    "body.0.conv2", "body.0.mul", "body.0.add", "body_conv",
-                                    "global_add", "upsample_conv", "pixel_shuffle.1",
-                                    "tail_conv", "add_mean", "bogus"};
+/* Activation sites by the op that makes them (name, op type). */
+static const char *const act_ops[][2] = {{"input", "input"}, {"mul255", "mul"}, {"sub_mean", "conv"},
+                                         {"head.0", "conv"}, {"body.0.body.1", "relu"},
+                                         {"body.0.body.2", "conv"}, {"body.0.mul", "mul"},
+                                         {"body.0.add", "add"}, {"add", "add"}, {"tail.0.1", "pixel_shuffle"},
+                                         {"b1.cat1", "concat"}, {"bogus", "sigmoid"}};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -59,14 +63,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (w != kiln_recipe_weight_qspec(r2, ops[i], NULL, &q)) abort();
         if (pal != kiln_recipe_pspec(r2, ops[i], NULL, &p)) abort();
     }
-    for (size_t i = 0; i < sizeof sites / sizeof sites[0]; i++) {
+    for (size_t i = 0; i < sizeof act_ops / sizeof act_ops[0]; i++) {
         kiln_qspec q;
-        if (kiln_recipe_site_qspec(r, sites[i], 1, &q) != kiln_recipe_site_qspec(r2, sites[i], 1, &q))
+        if (kiln_recipe_act_qspec(r, act_ops[i][0], act_ops[i][1], &q) !=
+            kiln_recipe_act_qspec(r2, act_ops[i][0], act_ops[i][1], &q))
             abort();
     }
+    /* the check against a graph: a small EDSR, built once */
+    static kiln_graph *g;
+    if (!g && kiln_arch_edsr_topology(2, 8, 2, 1.0f, &g) != KILN_OK) abort();
+    kiln_config_errors *ce = NULL;
+    kiln_status cs = kiln_recipe_check_model(r, g, &ce);
+    if (cs != KILN_OK && (cs != KILN_ERR_CONFIG || kiln_config_errors_count(ce) == 0)) abort();
+    if (cs == KILN_OK && kiln_recipe_check_model(r2, g, NULL) != KILN_OK) abort();
+    kiln_config_errors_free(ce);
     kiln_recipe_options o;
     kiln_recipe_get_options(r, &o);
-    (void)kiln_recipe_has_activations(r);
+    (void)kiln_recipe_has_activations(r, g);
     free(j), free(j2);
     kiln_recipe_destroy(r2);
     kiln_recipe_destroy(r);
