@@ -148,14 +148,15 @@ kiln_status kiln__qmap_reshape(kiln_qmap *m, int c, int h, int w)
         size_t alloc = (need + 63) / 64 * 64;
         uint8_t *p = aligned_alloc(64, alloc);
         if (!p) return kiln_fail(KILN_ERR_NOMEM, "qmap: out of memory for %dx%dx%d codes", c, h, w);
+        memset(p, 0, alloc); /* a new map reads 0 everywhere */
         free(m->data);
         m->data = p;
         m->cap = alloc;
-    }
-    /* A new shape: producers write every interior code and qmap_fill_border
-     * every border and spare pixel, so only the channels past c (which must
-     * read 0) need clearing, and only when c is not a multiple of 4. */
-    if (cpad > c) {
+    } else if (cpad > c) {
+        /* A new shape in the same memory (slots change tensors every pass):
+         * producers write every interior code and qmap_fill_border every
+         * border and spare pixel, so only the channels past c, which must
+         * read 0, need clearing (none when c is a multiple of 4). */
         for (size_t px = 0; px < need / (size_t)cpad; px++) memset(m->data + px * cpad + c, 0, (size_t)(cpad - c));
     }
     m->c = c;

@@ -88,8 +88,9 @@ double kiln_int8_macs(const kiln_int8 *e, int h, int w);
  * 1-pixel border holds the zero-point code (real value 0: "same" padding);
  * rowpix >= w + 2 + KILN__Q8_PX so a kernel may run a whole pixel tile past
  * the right edge (those results are dropped); channels past c are 0.
- * kiln__qmap_reshape to a new shape clears only those channels: whoever
- * fills the map writes every interior code, border and spare pixel. */
+ * kiln__qmap_reshape allocates maps zeroed; a new shape within the memory
+ * it has clears only those channels: whoever fills the map writes every
+ * interior code, border and spare pixel. */
 #define KILN__Q8_PX 16  /* pixel-tile overrun allowed past the row end     */
 #define KILN__Q8_OB 16  /* output channels per packed block (AVX2 kernels) */
 
