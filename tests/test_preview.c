@@ -235,6 +235,23 @@ TEST(render_rejects_scale_mismatch)
     CHECK(png == NULL);
 }
 
+/* Another network of the same scale is no compressed form of the
+ * checkpoint; the version 1 W8A8 artifact of the same fixture is. */
+TEST(render_compares_networks)
+{
+    void *png = NULL;
+    size_t len = 0;
+    kiln_status st = kiln_preview_render(ckpt, kiln_test_data("models/fixtures/r3f16_x2_fp16_zip.pt"), ds_dir,
+                                         "3096.png", 0, 0, 8, 1, &png, &len);
+    CHECK_EQ_INT(st, KILN_ERR_INVALID);
+    CHECK(strstr(kiln_errmsg(), "not a compressed form") != NULL);
+    CHECK(png == NULL);
+    CHECK_OK(kiln_preview_render(ckpt, "tests/fixtures/edsr_r2f8_x2_w8a8_v1.kiln", ds_dir, "3096.png", 4, 4, 16, 1,
+                                 &png, &len));
+    CHECK(png != NULL && len > 8);
+    free(png);
+}
+
 /* The composition on synthetic images, including saturation of the diff. */
 TEST(compose_layout)
 {
@@ -285,5 +302,6 @@ int main(void)
     RUN(render_clamps_size_to_image);
     RUN(render_rejects_bad_parameters);
     RUN(render_rejects_scale_mismatch);
+    RUN(render_compares_networks);
     return check_summary();
 }
