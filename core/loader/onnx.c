@@ -1407,7 +1407,14 @@ static kiln_status import_model(imp *im, const Onnx__ModelProto *m)
         if (im->needed[k] && (st = import_node(im, k)) != KILN_OK) return st;
     const oval *o = &im->v[im->out_vi];
     if (o->kind != V_FEAT) return kiln_fail(KILN_ERR_UNSUPPORTED, "onnx: the output %s is a constant", out_name);
-    if ((st = kiln_graph_finish(im->g, o->tensor, im->out_div)) != KILN_OK) kiln_errmsg_prefix("onnx: ");
+    if ((st = kiln_graph_finish(im->g, o->tensor, im->out_div)) != KILN_OK) {
+        kiln_errmsg_prefix("onnx: ");
+        return st;
+    }
+    char desc[96];
+    snprintf(desc, sizeof desc, "ONNX graph, %zu nodes, %zu convs, x%d", kiln_graph_node_count(im->g),
+             kiln_graph_weight_count(im->g), kiln_graph_scale(im->g));
+    kiln_graph_set_desc(im->g, desc);
     return st;
 }
 
