@@ -93,12 +93,18 @@ for f in edsr_r16f64_x2.pt:pt-zip edsr_r16f64_x2_legacy.pt:pt-legacy edsr_r16f64
     if "$BIN" info --model "$MODELS/$file" >"$tmp/info" 2>"$tmp/err"; then
         rows=$(grep -cE '^(sub_mean|head\.0|body\.[0-9]+(\.body\.[02])?|tail\.[01](\.[0-9]+)?|add_mean) ' "$tmp/info")
         if grep -q '^parameters: 1369859 ' "$tmp/info" && grep -q ", $fmt)" "$tmp/info" &&
-           grep -q '16 residual blocks, 64 features, x2' "$tmp/info" && [ "$rows" -eq 38 ] &&
+           grep -q 'EDSR, 16 blocks, 64 features, x2' "$tmp/info" && [ "$rows" -eq 38 ] &&
            grep -qE '^body\.15\.body\.2 +64x64x3x3 +36928 ' "$tmp/info" && [ ! -s "$tmp/err" ]; then
             ok "info $file: 1369859 parameters, $fmt, 38 conv rows"
         else bad "info $file" "$(cat "$tmp/info" "$tmp/err" | head -12) (rows $rows)"; fi
     else bad "info $file" "$(cat "$tmp/err")"; fi
 done
+# The official multi-scale CARN-M: one upsampler chosen, shared weights shown once.
+if "$BIN" info --model "$MODELS/zoo/carn_m.pth" --scale 4 >"$tmp/info" 2>"$tmp/err" &&
+   grep -q '(CARN-M, x4)' "$tmp/info" && grep -q '^upsample.up4.body.3 ' "$tmp/info" &&
+   ! grep -q '^upsample.up2' "$tmp/info" && [ "$(grep -c 'shared by 3 convs' "$tmp/info")" -eq 9 ]; then
+    ok "info carn_m.pth --scale 4: x4 upsampler, 9 weights shared by 3 convs"
+else bad "info carn_m.pth --scale 4" "$(cat "$tmp/info" "$tmp/err" | head -12)"; fi
 
 echo "kiln eval --json"
 if "$BIN" eval --model "$TINY" --data "$DATA/B100" --limit 2 --threads 2 --json "$tmp/eval.json" >"$tmp/out" 2>"$tmp/err"; then
@@ -158,6 +164,8 @@ expect_error "missing model file" "$BIN" info --model "$tmp/nonexistent.pt"
 expect_error "missing input image" "$BIN" upscale --model "$TINY" --in "$tmp/nonexistent.png" --out "$tmp/x.png"
 expect_error "missing dataset" "$BIN" eval --model "$TINY" --data "$tmp/no_such_dataset"
 expect_error "not_edsr.pt" "$BIN" info --model "$MODELS/fixtures/not_edsr.pt"
+expect_error "--scale 5" "$BIN" info --model "$MODELS/zoo/carn_m.pth" --scale 5
+expect_error "--scale 3 on an x2 EDSR" "$BIN" info --model "$MODELS/edsr_r16f64_x2.pt" --scale 3
 expect_error "truncated .pt" "$BIN" info --model "$tmp/truncated.pt"
 expect_error "downscale bad --scale" "$BIN" downscale --scale 1 --in "$DATA/B100/HR/3096.png" --out "$tmp/x.png"
 
