@@ -649,6 +649,12 @@ char *kiln_graph_to_json(const kiln_graph *g)
     return s;
 }
 
+/* A JSON integer in [1, hi]. */
+static int in_range(const json_t *v, json_int_t hi)
+{
+    return json_is_integer(v) && json_integer_value(v) >= 1 && json_integer_value(v) <= hi;
+}
+
 static kiln_status jfail(const char *what) { return kiln_fail(KILN_ERR_FORMAT, "graph: %s", what); }
 
 static kiln_status node_from_json(kiln_graph *g, json_t *o, size_t idx)
@@ -698,7 +704,7 @@ static kiln_status node_from_json(kiln_graph *g, json_t *o, size_t idx)
         return kiln_graph_unary(g, KILN_OP_MUL, name, out, ins[0], (float)json_number_value(v), &id);
     case KILN_OP_PIXEL_SHUFFLE: case KILN_OP_UPSAMPLE: {
         json_t *f = json_object_get(o, "factor");
-        if (nin != 1 || !json_is_integer(f) || json_integer_value(f) < 1 || json_integer_value(f) > 8) return jfail("factor");
+        if (nin != 1 || !in_range(f, 8)) return jfail("factor");
         return kiln_graph_unary(g, (kiln_op)t, name, out, ins[0], (float)json_integer_value(f), &id);
     }
     case KILN_OP_LEAKY_RELU:
@@ -739,9 +745,8 @@ kiln_status kiln_graph_from_json(const char *text, kiln_graph **out)
                *gr = json_object_get(w, "groups");
         const char *nm = json_string_value(json_object_get(w, "name"));
         int id;
-        if (!nm || !json_is_integer(co) || !json_is_integer(ci) || !json_is_integer(k) || !json_is_integer(gr) ||
-            json_integer_value(co) > 65536 || json_integer_value(ci) > 65536 || json_integer_value(k) > 99 ||
-            json_integer_value(gr) > 65536) {
+        if (!nm || !in_range(co, 65536) || !in_range(ci, 65536) || !in_range(k, KILN_GRAPH_MAX_K) ||
+            !in_range(gr, 65536)) {
             st = kiln_fail(KILN_ERR_FORMAT, "graph: weight %zu: name, cout, cin, k, groups are required", i);
             break;
         }

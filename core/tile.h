@@ -1,5 +1,5 @@
 /*
- * tile.h — tiled inference: run EDSR on images of any size in bounded memory.
+ * tile.h — tiled inference: run a network on images of any size in bounded memory.
  *
  * An untiled forward pass keeps about ten feature maps of the whole image
  * (for EDSR-baseline x2 roughly 3 GB per LR megapixel: four 64-channel maps
@@ -11,11 +11,15 @@
  * SR output into the full SR image. Memory then grows with the tile, not the
  * image.
  *
- * Exactness: every 3x3 conv at LR resolution makes an output pixel depend on
- * 1 more LR pixel on each side; a 3x3 conv after a pixel shuffle depends on 1
- * more pixel at that (higher) resolution, i.e. at most 1 LR pixel. So the
- * halo is the number of 3x3 convs (36 for EDSR-baseline x2), and inside it
- * the tile's artificial zero padding never reaches a valid pixel. At a real
+ * Exactness: a k x k conv makes an output pixel depend on (k-1)/2 more pixels
+ * on each side at its own resolution: one LR pixel for a 3x3 conv at LR size,
+ * half of one after a x2 upsampler. The halo is that receptive-field radius
+ * in LR pixels, rounded up (kiln_graph_halo: 36 for EDSR-baseline x2, 8 for
+ * the R=2 x4 fixture), and inside it the tile's artificial zero padding never
+ * reaches a valid pixel. A network with a global average pool (RCAN-style
+ * channel attention) has no such radius: every output pixel depends on the
+ * whole image, so explicit tiling is refused and the _auto functions run it
+ * untiled. At a real
  * image border the tile's padding *is* the image's padding. Hence:
  *   - with a direct convolution (KILN_IMPL_REFERENCE, KILN_IMPL_AVX2), which
  *     computes each output pixel with the same instructions whatever its
@@ -44,7 +48,7 @@
 #include "runner.h"
 #include "status.h"
 
-/* Default valid tile side (LR pixels) when tile <= 0. With the 36-pixel halo
+/* Default valid tile side (LR pixels) when tile <= 0. With EDSR's 36-pixel halo
  * a 256 tile computes (256+72)^2/256^2 = 1.64x the pixels of the interior in
  * the worst case and needs about 0.35 GB of working maps. */
 #define KILN_TILE_DEFAULT 256
@@ -52,8 +56,8 @@
  * 0.8 GB of working maps untiled for EDSR-baseline). */
 #define KILN_TILE_AUTO_PIXELS ((size_t)250000)
 
-/* LR pixels of context one SR pixel needs on each side: the number of 3x3
- * convolutions of the model (each adds at most one LR pixel). */
+/* LR pixels of context one SR pixel needs on each side (kiln_graph_halo);
+ * -1 for a network with a global pool. */
 int kiln_tile_halo(const kiln_model *m);
 
 /* Forward pass in tiles of at most tile x tile LR pixels (tile <= 0:

@@ -71,7 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (kiln_artifact_weight_bytes(a) != kiln_artifact_weight_bytes(b)) abort();
         for (size_t i = 0; i < a->n_convs; i++) {
             const kiln_art_conv *c = &a->convs[i];
-            size_t n = (size_t)c->cout * c->cin * c->k * c->k;
+            size_t n = kiln_art_conv_numel(c);
             float *w = malloc(n * sizeof *w);
             if (w && kiln_art_conv_dequantize(c, w) != KILN_OK) abort();
             free(w);
