@@ -1061,10 +1061,11 @@ static void conv_kernel(kiln_int8_impl impl, const q8cv *cv, const kiln_qmap *in
     if (impl == KILN_INT8_AMX && kiln__conv_amx_ok(w)) {
         if (is_signed) kiln__conv_s8_amx(w, in, y, acc);
         else kiln__conv_u8_amx(w, in, y, acc);
-    } else if (impl == KILN_INT8_REFERENCE || w->k != 3) {
+    } else if (impl == KILN_INT8_REFERENCE) {
         if (is_signed) kiln__conv_s8_ref(w, in, y, acc);
         else kiln__conv_u8_ref(w, in, y, acc);
-    } else if (impl == KILN_INT8_AVXVNNI || (impl == KILN_INT8_AMX && kiln__cpu_avxvnni())) {
+    } else if (w->k == 3 && (impl == KILN_INT8_AVXVNNI || (impl == KILN_INT8_AMX && kiln__cpu_avxvnni()))) {
+        /* the AVX-VNNI kernels take 3x3 convs; 1x1 convs run the AVX2 one */
         if (is_signed) kiln__conv_s8_avxvnni(w, in, y, acc);
         else kiln__conv_u8_avxvnni(w, in, y, acc);
     } else if (cv->u7) {

@@ -127,16 +127,26 @@ static void sweep(kind kd)
 {
     unsigned seed = 1234u + (unsigned)kd;
     long total = 0, cases = 0;
-    for (size_t a = 0; a < sizeof kCout / sizeof *kCout; a++)
-        for (size_t b = 0; b < sizeof kCin / sizeof *kCin; b++)
-            for (size_t s = 0; s < sizeof kW / sizeof *kW; s++) {
-                int pat = (int)((a + b + s) % PAT_COUNT);
-                long bad = compare(kd, kCout[a], kCin[b], kW[s][1], kW[s][0], pat, (pat + 1) % PAT_COUNT, &seed);
-                CHECK_MSG(bad == 0, "kind %d cout %d cin %d %dx%d: %ld sums differ", (int)kd, kCout[a], kCin[b],
-                          kW[s][0], kW[s][1], bad);
-                total += bad;
-                cases++;
-            }
+    /* the vpmaddwd kernels also take 1x1 convs (CARN's fusion convs) */
+    const int k0 = kd == K_S8 || kd == K_U8 ? 1 : 3;
+    for (int k = k0; k <= 3; k += 2)
+        for (size_t a = 0; a < sizeof kCout / sizeof *kCout; a++)
+            for (size_t b = 0; b < sizeof kCin / sizeof *kCin; b++)
+                for (size_t s = 0; s < sizeof kW / sizeof *kW; s++) {
+                    int pat = (int)((a + b + s + (size_t)k) % PAT_COUNT);
+                    long bad = compare_k(kd, k, kCout[a], kCin[b], kW[s][1], kW[s][0], pat, (pat + 1) % PAT_COUNT,
+                                         &seed);
+                    CHECK_MSG(bad == 0, "kind %d k %d cout %d cin %d %dx%d: %ld sums differ", (int)kd, k, kCout[a],
+                              kCin[b], kW[s][0], kW[s][1], bad);
+                    total += bad;
+                    cases++;
+                }
+    for (int cin = 128; k0 == 1 && cin <= 256; cin += 64) { /* CARN's 1x1 fusion shapes */
+        long bad = compare_k(kd, 1, 64, cin, 3, 37, (cin / 64) % PAT_COUNT, 0, &seed);
+        CHECK_MSG(bad == 0, "kind %d 1x1 %d->64: %ld sums differ", (int)kd, cin, bad);
+        total += bad;
+        cases++;
+    }
     /* every extreme pairing on EDSR's shape */
     for (int ap = 0; ap < PAT_COUNT; ap++)
         for (int wp = 0; wp < PAT_COUNT; wp++) {

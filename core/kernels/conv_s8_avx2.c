@@ -1,5 +1,5 @@
 /*
- * conv_s8_avx2.c — exact 3x3 integer convolution on AVX2 with vpmaddwd,
+ * conv_s8_avx2.c — exact 3x3 and 1x1 integer convolution on AVX2 with vpmaddwd,
  * for int8 activations (kiln__conv_s8_avx2) and uint8 activations
  * (kiln__conv_u8_avx2; same core, the input is zero- instead of
  * sign-extended).
@@ -9,7 +9,9 @@
  * a0*w0 + a1*w1 of int16 pairs into int32 without saturation (only the
  * single case -32768*-32768*2 overflows, impossible here: |a| <= 255,
  * |w| <= 128, so |pair| <= 65280). The int32 accumulators then hold at most
- * 9*cinp/2 pair sums, |sum| <= 9*cinp*255*128 < 2^31 for cinp < 7300
+ * 9*cinp/2 pair sums (k*k*cinp/2 for a k x k conv; a 1x1 conv reads only
+ * the middle one of the three widened rows, at the pixel itself),
+ * |sum| <= 9*cinp*255*128 < 2^31 for cinp < 7300
  * (kiln__q8w_pack enforces it). So every output equals the reference sum
  * exactly, whatever the order; tests/test_int8_kernels.c checks it bit for
  * bit with every extreme code.
@@ -60,16 +62,16 @@ __attribute__((target("avx2"))) static void widen(const kiln_qmap *in, int y, in
 __attribute__((target("avx2"))) static void core16(const kiln__q8w *p, const int16_t *rows,
                                                    size_t rowlen, int npx, int cpad, int32_t *acc)
 {
-    const int ncp = p->cinp / 2;
+    const int ncp = p->cinp / 2, k = p->k, kk = k * k, off = (3 - k) / 2;
     const size_t cp = (size_t)cpad;
     for (int ob = 0; ob < p->coutp / OB; ob++) {
-        const int16_t *wb = p->w16 + (size_t)ob * 9 * (size_t)ncp * 2 * OB;
+        const int16_t *wb = p->w16 + (size_t)ob * (size_t)kk * (size_t)ncp * 2 * OB;
         for (int x0 = 0; x0 < npx; x0 += P) {
             __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
             __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00;
             const int16_t *wt = wb;
-            for (int t = 0; t < 9; t++) {
-                const int16_t *a = rows + (size_t)(t / 3) * rowlen + (size_t)(x0 + t % 3) * cp;
+            for (int t = 0; t < kk; t++) {
+                const int16_t *a = rows + (size_t)(t / k + off) * rowlen + (size_t)(x0 + t % k + off) * cp;
                 for (int j = 0; j < ncp; j++, wt += 2 * OB, a += 2) {
                     const __m256i w0 = _mm256_load_si256((const __m256i *)wt);
                     const __m256i w1 = _mm256_load_si256((const __m256i *)(wt + OB));
@@ -105,15 +107,15 @@ __attribute__((target("avx2"))) static void core16(const kiln__q8w *p, const int
 __attribute__((target("avx2"))) static void core8(const kiln__q8w *p, const int16_t *rows,
                                                   size_t rowlen, int npx, int cpad, int32_t *acc)
 {
-    const int ncp = p->cinp / 2;
+    const int ncp = p->cinp / 2, k = p->k, kk = k * k, off = (3 - k) / 2;
     const size_t cp = (size_t)cpad, st = (size_t)p->coutp;
     const __m256i zero = _mm256_setzero_si256();
     for (int x0 = 0; x0 < npx; x0 += 8) {
         __m256i c[8];
         for (int i = 0; i < 8; i++) c[i] = zero;
         const int16_t *wt = p->w16;
-        for (int t = 0; t < 9; t++) {
-            const int16_t *a = rows + (size_t)(t / 3) * rowlen + (size_t)(x0 + t % 3) * cp;
+        for (int t = 0; t < kk; t++) {
+            const int16_t *a = rows + (size_t)(t / k + off) * rowlen + (size_t)(x0 + t % k + off) * cp;
             for (int j = 0; j < ncp; j++, wt += 2 * OB, a += 2) {
                 const __m256i w0 = _mm256_load_si256((const __m256i *)wt);
                 for (int i = 0; i < 8; i++)
