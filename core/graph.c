@@ -602,6 +602,51 @@ void kiln_graph_chain(const kiln_graph *g, int conv, kiln_gchain *c)
     }
 }
 
+/* ---- buffer slots ---------------------------------------------------------- */
+
+static int take_slot(int *busy, int *nslots)
+{
+    int f = 0;
+    while (f < *nslots && busy[f]) f++;
+    if (f == *nslots) (*nslots)++;
+    busy[f] = 1;
+    return f;
+}
+
+int kiln_graph_plan_slots(const kiln_graph *g, size_t nsteps, const int *out, const unsigned char *tmp,
+                          kiln_graph_step_inputs inputs, const void *ctx, int *slot_of, int *tmp_slot)
+{
+    const size_t nt = g->nt;
+    int *last = malloc(nt * sizeof(int)), *busy = calloc(nt + nsteps + 2, sizeof(int));
+    if (!last || !busy) {
+        free(last), free(busy);
+        return -1;
+    }
+    int ins[KILN_GRAPH_MAX_IN + 1], nslots = 0;
+    for (size_t t = 0; t < nt; t++) last[t] = -1, slot_of[t] = -1;
+    for (size_t k = 0; k < nsteps; k++) {
+        int m = inputs(ctx, k, ins);
+        for (int j = 0; j < m; j++) last[ins[j]] = (int)k;
+    }
+    if (g->output >= 0) last[g->output] = (int)nsteps; /* never released */
+    slot_of[0] = take_slot(busy, &nslots);
+    for (size_t k = 0; k < nsteps; k++) {
+        slot_of[out[k]] = take_slot(busy, &nslots);
+        if (tmp_slot) tmp_slot[k] = -1;
+        if (tmp && tmp[k]) {
+            tmp_slot[k] = take_slot(busy, &nslots);
+            busy[tmp_slot[k]] = 0;
+        }
+        int m = inputs(ctx, k, ins);
+        for (int j = 0; j < m; j++)
+            if (last[ins[j]] == (int)k && slot_of[ins[j]] >= 0 && slot_of[ins[j]] != slot_of[out[k]])
+                busy[slot_of[ins[j]]] = 0;
+    }
+    free(last);
+    free(busy);
+    return nslots;
+}
+
 /* ---- JSON ------------------------------------------------------------------- */
 
 char *kiln_graph_to_json(const kiln_graph *g)

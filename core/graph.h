@@ -214,6 +214,22 @@ typedef struct kiln_gchain {
 /* The longest chain starting at conv node `conv` of a finished graph. */
 void kiln_graph_chain(const kiln_graph *g, int conv, kiln_gchain *c);
 
+/* ---- buffer reuse ----------------------------------------------------------------
+ * The engines' one rule for which working buffer ("slot") holds which
+ * tensor. An engine runs a plan of nsteps steps; step k makes tensor out[k]
+ * (with tmp && tmp[k], it also needs a scratch slot while it runs) and reads
+ * the tensors inputs(ctx, k, ins) returns (how many; at most
+ * KILN_GRAPH_MAX_IN + 1). The input tensor takes slot 0; each step's output
+ * takes the lowest slot free when the step starts (so never one of its own
+ * inputs), then its scratch slot, which is free again right after the step;
+ * an input's slot is free again after the last step that reads it; the
+ * graph output's never is. slot_of[t] gets the slot of every tensor a step
+ * makes (-1 for the others), tmp_slot[k] the scratch slot (-1 without).
+ * Returns the number of slots, or -1 when out of memory. */
+typedef int (*kiln_graph_step_inputs)(const void *ctx, size_t k, int *ins);
+int kiln_graph_plan_slots(const kiln_graph *g, size_t nsteps, const int *out, const unsigned char *tmp,
+                          kiln_graph_step_inputs inputs, const void *ctx, int *slot_of, int *tmp_slot);
+
 /* ---- serialization (the .kiln manifest) -------------------------------------
  * The topology as a JSON object (nodes, tensors, weights' shapes and flags,
  * constants as exact floats), without weight data. */

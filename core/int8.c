@@ -460,9 +460,11 @@ static kiln_status plan_node(kiln_int8 *e, int i, q8step *st, unsigned char *don
     return KILN_OK;
 }
 
-/* The tensors a step reads. */
-static int step_inputs(const kiln_graph *g, const q8step *st, int *ins)
+/* The tensors step k reads (kiln_graph_plan_slots). */
+static int step_inputs(const void *ctx, size_t k, int *ins)
 {
+    const kiln_int8 *e = ctx;
+    const q8step *st = &e->steps[k];
     if (st->kind == STEP_CONV) {
         ins[0] = st->in;
         if (st->res >= 0) {
@@ -471,13 +473,13 @@ static int step_inputs(const kiln_graph *g, const q8step *st, int *ins)
         }
         return 1;
     }
-    const kiln_gnode *n = gnode(g, st->node);
-    for (int k = 0; k < n->nin; k++) ins[k] = n->in[k];
+    const kiln_gnode *n = gnode(e->g, st->node);
+    for (int j = 0; j < n->nin; j++) ins[j] = n->in[j];
     return n->nin;
 }
 
-/* Steps in graph order, then buffer slots: lowest free first, returned
- * after the last step that reads them (model.c does the same). */
+/* Steps in graph order, then their buffers (kiln_graph_plan_slots, the
+ * rule model.c follows too). */
 static kiln_status build_plan(kiln_int8 *e)
 {
     const kiln_graph *g = e->g;
@@ -485,9 +487,9 @@ static kiln_status build_plan(kiln_int8 *e)
     e->steps = calloc(nn ? nn : 1, sizeof *e->steps);
     e->slot_of = malloc(nt * sizeof(int));
     unsigned char *done = calloc(nn ? nn : 1, 1);
-    int *last = malloc(nt * sizeof(int)), *busy = calloc(nt + 1, sizeof(int));
+    int *out = malloc((nn ? nn : 1) * sizeof(int));
     kiln_status st = KILN_OK;
-    if (!e->steps || !e->slot_of || !done || !last || !busy) st = kiln_fail(KILN_ERR_NOMEM, "int8 engine: out of memory");
+    if (!e->steps || !e->slot_of || !done || !out) st = kiln_fail(KILN_ERR_NOMEM, "int8 engine: out of memory");
     for (size_t i = 0; st == KILN_OK && i < nn; i++) {
         if (done[i]) continue;
         q8step *s = &e->steps[e->nsteps++];
@@ -495,39 +497,17 @@ static kiln_status build_plan(kiln_int8 *e)
         if (st == KILN_OK && s->kind == STEP_CONV && s->groups > e->maxg) e->maxg = s->groups;
     }
     if (st == KILN_OK) {
-        for (size_t t = 0; t < nt; t++) last[t] = -1, e->slot_of[t] = -1;
-        int ins[KILN_GRAPH_MAX_IN];
-        for (size_t k = 0; k < e->nsteps; k++) {
-            int m = step_inputs(g, &e->steps[k], ins);
-            for (int j = 0; j < m; j++) last[ins[j]] = (int)k;
-        }
-        last[kiln_graph_output(g)] = (int)e->nsteps; /* never released */
-        int nslots = 0;
-#define TAKE(var)                                   \
-    do {                                            \
-        int f_ = 0;                                 \
-        while (f_ < nslots && busy[f_]) f_++;       \
-        if (f_ == nslots) nslots++;                 \
-        busy[f_] = 1;                               \
-        var = f_;                                   \
-    } while (0)
-        TAKE(e->slot_of[0]);
-        for (size_t k = 0; k < e->nsteps; k++) {
-            const q8step *s = &e->steps[k];
-            TAKE(e->slot_of[s->out]);
-            int m = step_inputs(g, s, ins);
-            for (int j = 0; j < m; j++)
-                if (last[ins[j]] == (int)k && e->slot_of[ins[j]] >= 0) busy[e->slot_of[ins[j]]] = 0;
-        }
-#undef TAKE
-        e->nslots = nslots;
-        e->map = calloc((size_t)nslots, sizeof *e->map);
+        for (size_t k = 0; k < e->nsteps; k++) out[k] = e->steps[k].out;
+        e->nslots = kiln_graph_plan_slots(g, e->nsteps, out, NULL, step_inputs, e, e->slot_of, NULL);
+        if (e->nslots < 0) st = kiln_fail(KILN_ERR_NOMEM, "int8 engine: out of memory");
+    }
+    if (st == KILN_OK) {
+        e->map = calloc((size_t)e->nslots, sizeof *e->map);
         e->gmap = calloc((size_t)(e->maxg > 0 ? e->maxg : 1), sizeof *e->gmap);
         if (!e->map || !e->gmap) st = kiln_fail(KILN_ERR_NOMEM, "int8 engine: out of memory");
     }
     free(done);
-    free(last);
-    free(busy);
+    free(out);
     return st;
 }
 

@@ -98,104 +98,80 @@ static kiln_status weight_pack(kiln_model *m, size_t i)
     return KILN_OK;
 }
 
-/* Steps and buffer slots. Slots are handed out lowest-free-first in step
- * order and come back after the last step that reads them. */
+/* The tensors step k reads (kiln_graph_plan_slots). */
+static int step_inputs(const void *ctx, size_t k, int *ins)
+{
+    const kiln_model *m = ctx;
+    const mstep *s = &m->steps[k];
+    if (s->kind == STEP_NODE) {
+        const kiln_gnode *n = kiln_graph_node(m->g, (size_t)s->node);
+        memcpy(ins, n->in, (size_t)n->nin * sizeof(int));
+        return n->nin;
+    }
+    ins[0] = kiln_graph_node(m->g, (size_t)s->ch.conv)->in[0];
+    if (s->ch.add < 0) return 1;
+    ins[1] = s->ch.residual;
+    return 2;
+}
+
+/* Steps (a conv with its chain, or one other node) and their buffers
+ * (kiln_graph_plan_slots); a chain's intermediate tensors live in its
+ * output buffer, the upsampler conv's output before its shuffle in the
+ * step's scratch buffer. */
 static kiln_status build_plan(kiln_model *m)
 {
     const kiln_graph *g = m->g;
     size_t nn = kiln_graph_node_count(g), nt = kiln_graph_tensor_count(g);
     m->steps = calloc(nn ? nn : 1, sizeof *m->steps);
     m->slot_of = malloc(nt * sizeof(int));
-    int *last = malloc(nt * sizeof(int)), *busy = calloc(nt + 2, sizeof(int));
-    unsigned char *done = calloc(nn ? nn : 1, 1);
+    int *out = malloc((nn ? nn : 1) * sizeof(int)), *tmp_slot = malloc((nn ? nn : 1) * sizeof(int));
+    unsigned char *done = calloc(nn ? nn : 1, 1), *tmp = calloc(nn ? nn : 1, 1);
     kiln_status st = KILN_OK;
-    if (!m->steps || !m->slot_of || !last || !busy || !done) {
+    if (!m->steps || !m->slot_of || !out || !tmp_slot || !done || !tmp) {
         st = kiln_fail(KILN_ERR_NOMEM, "model: out of memory");
-        goto out;
+        goto fail;
     }
     for (size_t i = 0; i < nn; i++) {
         if (done[i]) continue;
         mstep *s = &m->steps[m->nsteps];
         s->node = (int)i;
-        s->pre_slot = -1;
         if (kiln_graph_node(g, i)->op == KILN_OP_CONV) {
             s->kind = STEP_CHAIN;
             kiln_graph_chain(g, (int)i, &s->ch);
             const int links[] = {s->ch.conv, s->ch.relu, s->ch.mul, s->ch.add, s->ch.post_relu, s->ch.shuffle};
             for (size_t k = 0; k < sizeof links / sizeof links[0]; k++)
                 if (links[k] >= 0) done[links[k]] = 1;
+            out[m->nsteps] = s->ch.out;
+            tmp[m->nsteps] = s->ch.shuffle >= 0;
         } else {
             s->kind = STEP_NODE;
             done[i] = 1;
+            out[m->nsteps] = kiln_graph_node(g, i)->out;
         }
         m->nsteps++;
     }
-    /* last step reading each tensor (the output: never released) */
-    for (size_t t = 0; t < nt; t++) last[t] = -1;
-    for (size_t k = 0; k < m->nsteps; k++) {
-        const mstep *s = &m->steps[k];
-        if (s->kind == STEP_NODE) {
-            const kiln_gnode *n = kiln_graph_node(g, (size_t)s->node);
-            for (int j = 0; j < n->nin; j++) last[n->in[j]] = (int)k;
-        } else {
-            last[kiln_graph_node(g, (size_t)s->ch.conv)->in[0]] = (int)k;
-            if (s->ch.add >= 0) last[s->ch.residual] = (int)k;
-        }
+    m->nslots = kiln_graph_plan_slots(g, m->nsteps, out, tmp, step_inputs, m, m->slot_of, tmp_slot);
+    if (m->nslots < 0) {
+        st = kiln_fail(KILN_ERR_NOMEM, "model: out of memory");
+        goto fail;
     }
-    last[kiln_graph_output(g)] = (int)m->nsteps;
-    for (size_t t = 0; t < nt; t++) m->slot_of[t] = -1;
-    int nslots = 0;
-#define TAKE(var)                                                    \
-    do {                                                             \
-        int f_ = 0;                                                  \
-        while (f_ < nslots && busy[f_]) f_++;                        \
-        if (f_ == nslots) nslots++;                                  \
-        busy[f_] = 1;                                                \
-        var = f_;                                                    \
-    } while (0)
-    TAKE(m->slot_of[0]);
     for (size_t k = 0; k < m->nsteps; k++) {
         mstep *s = &m->steps[k];
-        int out_t = s->kind == STEP_NODE ? kiln_graph_node(g, (size_t)s->node)->out : s->ch.out;
-        TAKE(s->slot);
-        m->slot_of[out_t] = s->slot;
-        if (s->kind == STEP_CHAIN) {
-            /* the chain's intermediate tensors live in its buffer */
-            const int links[] = {s->ch.conv, s->ch.relu, s->ch.mul, s->ch.add, s->ch.post_relu};
-            for (size_t j = 0; j < sizeof links / sizeof links[0]; j++)
-                if (links[j] >= 0) m->slot_of[kiln_graph_node(g, (size_t)links[j])->out] = s->slot;
-            if (s->ch.shuffle >= 0) {
-                TAKE(s->pre_slot);
-                busy[s->pre_slot] = 0;
-                int pre_t = kiln_graph_node(g, (size_t)s->ch.shuffle)->in[0];
-                m->slot_of[pre_t] = s->pre_slot;
-                const int pl[] = {s->ch.conv, s->ch.relu};
-                for (size_t j = 0; j < 2; j++)
-                    if (pl[j] >= 0) m->slot_of[kiln_graph_node(g, (size_t)pl[j])->out] = s->pre_slot;
-            }
-        }
-        /* release the inputs read for the last time (only a step's output
-         * is ever read by later steps, so a slot holds one live tensor) */
-        int ins[KILN_GRAPH_MAX_IN + 1], nins = 0;
-        if (s->kind == STEP_NODE) {
-            const kiln_gnode *n = kiln_graph_node(g, (size_t)s->node);
-            for (int j = 0; j < n->nin; j++) ins[nins++] = n->in[j];
-        } else {
-            ins[nins++] = kiln_graph_node(g, (size_t)s->ch.conv)->in[0];
-            if (s->ch.add >= 0) ins[nins++] = s->ch.residual;
-        }
-        for (int j = 0; j < nins; j++)
-            if (last[ins[j]] == (int)k && m->slot_of[ins[j]] >= 0 && m->slot_of[ins[j]] != s->slot)
-                busy[m->slot_of[ins[j]]] = 0;
+        s->slot = m->slot_of[out[k]];
+        s->pre_slot = tmp_slot[k];
+        if (s->kind != STEP_CHAIN) continue;
+        const int links[] = {s->ch.conv, s->ch.relu, s->ch.mul, s->ch.add, s->ch.post_relu};
+        for (size_t j = 0; j < sizeof links / sizeof links[0]; j++)
+            if (links[j] >= 0)
+                m->slot_of[kiln_graph_node(g, (size_t)links[j])->out] = s->ch.shuffle >= 0 ? s->pre_slot : s->slot;
     }
-#undef TAKE
-    m->nslots = nslots;
-    m->buf = calloc((size_t)nslots, sizeof *m->buf);
+    m->buf = calloc((size_t)m->nslots, sizeof *m->buf);
     if (!m->buf) st = kiln_fail(KILN_ERR_NOMEM, "model: out of memory");
-out:
-    free(last);
-    free(busy);
+fail:
+    free(out);
+    free(tmp_slot);
     free(done);
+    free(tmp);
     return st;
 }
 
