@@ -78,6 +78,7 @@
 #include <unistd.h>
 
 #include "arch.h"
+#include "file.h"
 #include "hash.h"
 #include "quant.h"
 
@@ -1587,38 +1588,10 @@ out:
 kiln_status kiln_artifact_read(const char *path, kiln_artifact **out)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return kiln_fail(errno == ENOENT ? KILN_ERR_NOT_FOUND : KILN_ERR_IO, "%s: cannot open: %s",
-                         path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return kiln_fail(KILN_ERR_IO, "%s: not a regular file", path);
-    }
-    if ((unsigned long long)sb.st_size > ART_MAX_FILE) {
-        close(fd);
-        return kiln_fail(KILN_ERR_LIMIT, "%s: %lld bytes exceeds the artifact limit %llu", path,
-                         (long long)sb.st_size, (unsigned long long)ART_MAX_FILE);
-    }
-    size_t len = (size_t)sb.st_size;
-    uint8_t *buf = malloc(len ? len : 1);
-    if (!buf) {
-        close(fd);
-        return kiln_fail(KILN_ERR_NOMEM, "%s: out of memory for %zu bytes", path, len);
-    }
-    size_t got = 0;
-    while (got < len) {
-        ssize_t r = read(fd, buf + got, len - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;
-        got += (size_t)r;
-    }
-    close(fd);
-    if (got != len) {
-        free(buf);
-        return kiln_fail(KILN_ERR_IO, "%s: short read (%zu of %zu bytes)", path, got, len);
-    }
+    void *buf;
+    size_t len;
+    kiln_status rs = kiln_file_read(path, ART_MAX_FILE, &buf, &len);
+    if (rs != KILN_OK) return rs;
     kiln_status st = kiln_artifact_decode(buf, len, out);
     free(buf);
     if (st != KILN_OK) kiln_errmsg_prefix("%s: ", path);

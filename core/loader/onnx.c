@@ -46,6 +46,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "file.h"
 #include "loader_internal.h"
 #include "onnx/onnx.pb-c.h"
 
@@ -1467,37 +1468,12 @@ kiln_status kiln_onnx_parse(const void *buf, size_t len, const char *base_dir, k
 kiln_status kiln_onnx_load(const char *path, kiln_graph **out)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return kiln_fail(errno == ENOENT ? KILN_ERR_NOT_FOUND : KILN_ERR_IO, "onnx: cannot open %s: %s", path,
-                         strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return kiln_fail(KILN_ERR_IO, "onnx: %s is not a regular file", path);
-    }
-    if ((uint64_t)sb.st_size > KILN_ONNX_MAX_FILE) {
-        close(fd);
-        return kiln_fail(KILN_ERR_LIMIT, "onnx: %s has %lld bytes (at most %zu)", path, (long long)sb.st_size,
-                         KILN_ONNX_MAX_FILE);
-    }
-    size_t len = (size_t)sb.st_size;
-    uint8_t *buf = malloc(len ? len : 1);
-    if (!buf) {
-        close(fd);
-        return kiln_fail(KILN_ERR_NOMEM, "onnx: out of memory for %s", path);
-    }
-    size_t got = 0;
-    while (got < len) {
-        ssize_t r = read(fd, buf + got, len - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;
-        got += (size_t)r;
-    }
-    close(fd);
-    if (got != len) {
-        free(buf);
-        return kiln_fail(KILN_ERR_IO, "onnx: reading %s: short read", path);
+    void *buf;
+    size_t len;
+    kiln_status rs = kiln_file_read(path, KILN_ONNX_MAX_FILE, &buf, &len);
+    if (rs != KILN_OK) {
+        kiln_errmsg_prefix("onnx: ");
+        return rs;
     }
     const char *slash = strrchr(path, '/');
     char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
