@@ -22,6 +22,7 @@
 
 #include "artifact.h"
 #include "check.h"
+#include "model_util.h"
 #include "compress.h"
 #include "dataset.h"
 #include "graph.h"
@@ -141,31 +142,6 @@ static kiln_model *carn_model(void)
     return m;
 }
 
-static void make_image(kiln_image *img, int w, int h, unsigned seed)
-{
-    if (kiln_image_alloc(img, w, h) != KILN_OK) return;
-    unsigned st = seed;
-    float a = kiln_test_randf(&st, 0.05f, 0.3f), b = kiln_test_randf(&st, 0.05f, 0.3f);
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++)
-            for (int c = 0; c < 3; c++) {
-                float v = 128 + 90 * sinf(a * x + b * y + (float)c) + kiln_test_randf(&st, -30, 30);
-                img->rgb[((size_t)y * w + x) * 3 + c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-            }
-}
-
-static float *forward(kiln_model *m, const kiln_image *lr, const kiln_site_hook *hook, size_t *n)
-{
-    int s = kiln_model_scale(m);
-    *n = (size_t)3 * lr->w * s * lr->h * s;
-    float *sr = malloc(*n * sizeof(float));
-    if (sr && kiln_model_forward(m, lr, sr, NULL, hook) != KILN_OK) {
-        fprintf(stderr, "\n    forward: %s\n", kiln_errmsg());
-        free(sr);
-        return NULL;
-    }
-    return sr;
-}
 
 static const char *weight_name(const kiln_graph *g, size_t w) { return kiln_graph_weight(g, w)->name; }
 
@@ -245,9 +221,9 @@ TEST(equalization_keeps_the_output)
     CHECK_OK(kiln_improve_equalize(e, &pairs));
     CHECK_EQ_INT(pairs, 4);
     kiln_image lr;
-    make_image(&lr, 13, 11, 3);
+    kiln_test_image(&lr, 13, 11, 3);
     size_t n;
-    float *a = forward(m, &lr, NULL, &n), *b = forward(e, &lr, NULL, &n);
+    float *a = kiln_test_forward(m, &lr, NULL, &n), *b = kiln_test_forward(e, &lr, NULL, &n);
     CHECK(a && b);
     double maxd = 0, maxa = 0;
     for (size_t i = 0; a && b && i < n; i++) {
@@ -335,10 +311,10 @@ TEST(stats_of_a_shared_weight_sum_its_uses)
     cap.n = (int)kiln_model_conv_input_sites(m, (size_t)w, cap.site, 4);
     CHECK_EQ_INT(cap.n, 3);
     kiln_image lr;
-    make_image(&lr, 11, 9, 5);
+    kiln_test_image(&lr, 11, 9, 5);
     kiln_site_hook hook = {.fn = capture_hook, .ctx = &cap, .elementwise = 0};
     size_t n;
-    free(forward(m, &lr, &hook, &n));
+    free(kiln_test_forward(m, &lr, &hook, &n));
     kiln_improve_stats *s = NULL;
     CHECK_OK(kiln_improve_stats_create(m, &s));
     CHECK_OK(kiln_improve_stats_observe(s, m, &lr, NULL));
@@ -389,7 +365,7 @@ static const char *make_dataset(void)
     mkdir(p, 0755);
     for (int i = 0; i < 5; i++) {
         kiln_image hr;
-        make_image(&hr, 36 + 2 * i, 28, 300 + i);
+        kiln_test_image(&hr, 36 + 2 * i, 28, 300 + i);
         snprintf(p, sizeof p, "%s/HR/img%d.png", root, i);
         CHECK_OK(kiln_png_write(p, &hr));
         kiln_image_free(&hr);
@@ -432,9 +408,9 @@ static void check_runs(kiln_artifact *a, kiln_model *fp32, const kiln_dataset *d
     CHECK_MSG(res.n == 2 && isfinite(res.mean), "%s: %g dB", what, res.mean);
     kiln_eval_result_free(&res);
     kiln_image lr;
-    make_image(&lr, 15, 12, 77);
+    kiln_test_image(&lr, 15, 12, 77);
     size_t n;
-    float *want = forward(fp32, &lr, NULL, &n), *got = malloc(n * sizeof(float));
+    float *want = kiln_test_forward(fp32, &lr, NULL, &n), *got = malloc(n * sizeof(float));
     CHECK(want && got);
     if (want && got) {
         CHECK_OK(kiln_runner_forward(run, &lr, got, NULL));

@@ -16,6 +16,7 @@
 
 #include "artifact.h"
 #include "check.h"
+#include "model_util.h"
 #include "compress.h"
 #include "dataset.h"
 #include "image.h"
@@ -38,33 +39,6 @@ static kiln_model *load_fixture(const char *file)
     return m;
 }
 
-/* Deterministic test images: the fixtures' LR crop and smooth random ones. */
-static void make_image(kiln_image *img, int w, int h, unsigned seed)
-{
-    if (kiln_image_alloc(img, w, h) != KILN_OK) return;
-    unsigned st = seed;
-    float a = kiln_test_randf(&st, 0.05f, 0.3f), b = kiln_test_randf(&st, 0.05f, 0.3f);
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++)
-            for (int c = 0; c < 3; c++) {
-                float v = 128 + 90 * sinf(a * x + b * y + (float)c) + kiln_test_randf(&st, -30, 30);
-                img->rgb[((size_t)y * w + x) * 3 + c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-            }
-}
-
-static float *forward(kiln_model *m, const kiln_image *lr, const kiln_site_hook *hook, size_t *n)
-{
-    int s = kiln_model_scale(m);
-    *n = (size_t)3 * lr->w * s * lr->h * s;
-    float *sr = malloc(*n * sizeof(float));
-    if (sr && kiln_model_forward(m, lr, sr, NULL, hook) != KILN_OK) {
-        fprintf(stderr, "\n    forward: %s\n", kiln_errmsg());
-        free(sr);
-        return NULL;
-    }
-    return sr;
-}
-
 /* ---- equalization ------------------------------------------------------- */
 
 static void check_equalize(const char *file, int want_pairs)
@@ -81,7 +55,7 @@ static void check_equalize(const char *file, int want_pairs)
     int warn;
     CHECK_OK(kiln_png_read(kiln_test_data("models/fixtures/crop_lr.png"), &lr, &warn));
     size_t n;
-    float *a = forward(m, &lr, NULL, &n), *b = forward(e, &lr, NULL, &n);
+    float *a = kiln_test_forward(m, &lr, NULL, &n), *b = kiln_test_forward(e, &lr, NULL, &n);
     CHECK(a && b);
     double maxd = 0, maxa = 0;
     for (size_t i = 0; a && b && i < n; i++) {
@@ -200,7 +174,7 @@ static void check_taps(kiln_model *m, const char *conv, const kiln_image *lr, in
     CHECK(cap.site >= 0);
     kiln_site_hook hook = {.fn = capture_hook, .ctx = &cap, .elementwise = 0};
     size_t n;
-    free(forward(m, lr, &hook, &n));
+    free(kiln_test_forward(m, lr, &hook, &n));
     CHECK(cap.copy != NULL);
     kiln_improve_stats *s = NULL;
     CHECK_OK(kiln_improve_stats_create(m, &s));
@@ -231,7 +205,7 @@ TEST(tap_means_match_brute_force)
     CHECK(m2 && m4);
     if (!m2 || !m4) goto out;
     kiln_image lr;
-    make_image(&lr, 13, 9, 7); /* odd sizes: stride padding is not W + 2 */
+    kiln_test_image(&lr, 13, 9, 7); /* odd sizes: stride padding is not W + 2 */
     check_taps(m2, "sub_mean", &lr, 1);
     check_taps(m2, "head.0", &lr, 1);
     check_taps(m2, "body.1.body.0", &lr, 1);
@@ -296,7 +270,7 @@ TEST(bias_correction_zeroes_one_conv_mean_error)
     float *ref = NULL;
     quantize4(q, (size_t)head, &ref);
     kiln_image imgs[NIMG];
-    for (int i = 0; i < NIMG; i++) make_image(&imgs[i], 16 + i, 12 + 2 * i, 100 + i);
+    for (int i = 0; i < NIMG; i++) kiln_test_image(&imgs[i], 16 + i, 12 + 2 * i, 100 + i);
 
     kiln_improve_stats *s;
     CHECK_OK(kiln_improve_stats_create(q, &s));
@@ -321,7 +295,7 @@ TEST(bias_correction_zeroes_one_conv_mean_error)
                 if (strcmp(kiln_model_site_name(q, t), "head") == 0) sm.site = (long)t;
             kiln_site_hook hook = {.fn = mean_hook, .ctx = &sm, .elementwise = 0};
             size_t n;
-            free(forward(nets[v], &imgs[i], &hook, &n));
+            free(kiln_test_forward(nets[v], &imgs[i], &hook, &n));
             pos += (double)imgs[i].w * imgs[i].h;
         }
         for (int c = 0; c < F; c++) means[v][c] /= pos;
@@ -358,7 +332,7 @@ TEST(bias_correction_reduces_network_mean_error)
     for (size_t i = 0; i < nconv; i++)
         if (!kiln_model_conv_is_meanshift(q, i)) quantize4(q, i, &ref[i]);
     kiln_image imgs[NIMG];
-    for (int i = 0; i < NIMG; i++) make_image(&imgs[i], 16 + i, 12 + 2 * i, 200 + i);
+    for (int i = 0; i < NIMG; i++) kiln_test_image(&imgs[i], 16 + i, 12 + 2 * i, 200 + i);
 
     double before[3] = {0}, after[3] = {0};
     for (int pass = 0; pass < 2; pass++) {
@@ -381,7 +355,7 @@ TEST(bias_correction_reduces_network_mean_error)
         double *acc = pass ? after : before, pos = 0;
         for (int i = 0; i < NIMG; i++) {
             size_t n;
-            float *yf = forward(f, &imgs[i], NULL, &n), *yq = forward(q, &imgs[i], NULL, &n);
+            float *yf = kiln_test_forward(f, &imgs[i], NULL, &n), *yq = kiln_test_forward(q, &imgs[i], NULL, &n);
             CHECK(yf && yq);
             for (size_t j = 0; yf && yq && j < n; j++) acc[j / (n / 3)] += (double)yq[j] - yf[j];
             pos += (double)n / 3;
@@ -411,7 +385,7 @@ static const char *make_dataset(void)
     mkdir(p, 0755);
     for (int i = 0; i < 5; i++) {
         kiln_image hr;
-        make_image(&hr, 40 + 2 * i, 32, 300 + i);
+        kiln_test_image(&hr, 40 + 2 * i, 32, 300 + i);
         snprintf(p, sizeof p, "%s/HR/img%d.png", root, i);
         CHECK_OK(kiln_png_write(p, &hr));
         kiln_image_free(&hr);

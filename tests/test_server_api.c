@@ -26,24 +26,6 @@ static char ADMIN[64], USER[64], OTHER[64];
 static char TINY_ID[40];
 static char STATE[600];
 
-static char *b64(const unsigned char *p, size_t n)
-{
-    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    char *o = malloc(n / 3 * 4 + 8), *q = o;
-    size_t i = 0;
-    for (; i + 2 < n; i += 3) {
-        unsigned v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8 | p[i + 2];
-        *q++ = t[v >> 18]; *q++ = t[(v >> 12) & 63]; *q++ = t[(v >> 6) & 63]; *q++ = t[v & 63];
-    }
-    if (i < n) {
-        unsigned v = (unsigned)p[i] << 16 | (i + 1 < n ? (unsigned)p[i + 1] << 8 : 0);
-        *q++ = t[v >> 18]; *q++ = t[(v >> 12) & 63];
-        *q++ = i + 1 < n ? t[(v >> 6) & 63] : '=';
-        *q++ = '=';
-    }
-    *q = '\0';
-    return o;
-}
 
 static long post_raw(const char *path, const char *tok, const char *ctype, const void *body, size_t len,
                      http_resp *r)
@@ -220,7 +202,7 @@ TEST(model_uploads)
     size_t sn;
     char *st = kiln_test_read_file(kiln_test_data("models/fixtures/r2f8_x4_safetensors.safetensors"), &sn);
     CHECK(st != NULL);
-    char *enc = b64((unsigned char *)st, sn);
+    char *enc = http_b64((unsigned char *)st, sn);
     json_t *body = json_pack("{s:s, s:s, s:s}", "name", "tiny-x4", "format", "safetensors", "weights_base64", enc);
     char *text = json_dumps(body, JSON_COMPACT);
     CHECK_EQ_INT(post_raw("/v1/models", USER, "application/json", text, strlen(text), &r), 201);

@@ -202,24 +202,6 @@ TEST(bad_scales_and_architectures)
     json_decref(list);
 }
 
-static char *b64(const unsigned char *p, size_t n)
-{
-    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    char *o = malloc(n / 3 * 4 + 8), *q = o;
-    size_t i = 0;
-    for (; i + 2 < n; i += 3) {
-        unsigned v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8 | p[i + 2];
-        *q++ = t[v >> 18]; *q++ = t[(v >> 12) & 63]; *q++ = t[(v >> 6) & 63]; *q++ = t[v & 63];
-    }
-    if (i < n) {
-        unsigned v = (unsigned)p[i] << 16 | (i + 1 < n ? (unsigned)p[i + 1] << 8 : 0);
-        *q++ = t[v >> 18]; *q++ = t[(v >> 12) & 63];
-        *q++ = i + 1 < n ? t[(v >> 6) & 63] : '=';
-        *q++ = '=';
-    }
-    *q = '\0';
-    return o;
-}
 
 /* The JSON upload of file claiming `format`: the reply status. */
 static long json_upload(const char *file, const char *format, http_resp *r)
@@ -227,7 +209,7 @@ static long json_upload(const char *file, const char *format, http_resp *r)
     size_t n = 0;
     char *buf = kiln_test_read_file(file, &n);
     CHECK_MSG(buf != NULL, "cannot read %s", file);
-    char *enc = b64((const unsigned char *)(buf ? buf : ""), buf ? n : 0);
+    char *enc = http_b64((const unsigned char *)(buf ? buf : ""), buf ? n : 0);
     json_t *body = json_pack("{s:s, s:s}", "format", format, "weights_base64", enc);
     char *text = json_dumps(body, JSON_COMPACT);
     http_request(&D, "POST", "/v1/models", TOK, "application/json", text, strlen(text), NULL, r);

@@ -451,3 +451,23 @@ int http_count_files(const char *dir)
     closedir(d);
     return n;
 }
+
+char *http_b64(const unsigned char *p, size_t n)
+{
+    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *o = malloc(n / 3 * 4 + 8), *q = o;
+    if (!o) return NULL;
+    size_t i = 0;
+    for (; i + 2 < n; i += 3) {
+        unsigned v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8 | p[i + 2];
+        *q++ = t[v >> 18], *q++ = t[(v >> 12) & 63], *q++ = t[(v >> 6) & 63], *q++ = t[v & 63];
+    }
+    if (i < n) {
+        unsigned v = (unsigned)p[i] << 16 | (i + 1 < n ? (unsigned)p[i + 1] << 8 : 0);
+        *q++ = t[v >> 18], *q++ = t[(v >> 12) & 63];
+        *q++ = i + 1 < n ? t[(v >> 6) & 63] : '=';
+        *q++ = '=';
+    }
+    *q = '\0';
+    return o;
+}

@@ -80,4 +80,7 @@ json_t *http_wait_job(const http_daemon *d, const char *token, const char *id, d
 int http_count_files(const char *dir);
 double http_now(void);
 
+/* Standard base64 (with padding) of n bytes, malloc'ed. */
+char *http_b64(const unsigned char *p, size_t n);
+
 #endif
