@@ -13,7 +13,8 @@
  * Result JSON (a malloc'ed string owned by the caller):
  * {
  *   "recipe": "w8a8", "config_hash": "<sha256 of the canonical config>",
- *   "kiln_version": "0.1.0", "model": {"resblocks":16,"features":64,"scale":2,"params":1369859},
+ *   "kiln_version": "0.1.0", "model": {"arch":"edsr", "description":"EDSR, 16 blocks, 64 features,
+ *   x2, res_scale 1", "scale":2, "params":1369859, "sha256":"..."},
  *   "dataset": {"images":100, "calibration":20, "evaluation":80},
  *   "psnr_db": 30.1, "engine": "simulate"|"int8", "fp32_psnr_db": 30.2, "delta_db": -0.1,
  *   "per_image": [{"name":"148026.png","psnr_db":25.1,"fp32_psnr_db":25.1}, ...],
