@@ -97,6 +97,44 @@ static kiln_status run_int8(void *p)
     return kiln_int8_forward(c->e, c->lr, c->sr, c->pool);
 }
 
+/* The zoo networks (CARN x2, CARN-M x2): W8A8 from one calibration image,
+ * then FP32 and the INT8 engine AUTO picks, timed the same way as EDSR.
+ * Returns non-zero on failure. */
+static int zoo_case(const char *data, const char *file, int runs, kiln_pool *pool, const kiln_dataset *ds)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/models/zoo/%s", data, file);
+    kiln_model *m;
+    kiln_recipe *rec;
+    kiln_artifact *a;
+    kiln_status st;
+    if ((st = kiln_model_load(path, NULL, &m)) != KILN_OK) return fail(file, st);
+    if ((st = kiln_recipe_preset("w8a8", &rec)) != KILN_OK) return fail("recipe", st);
+    kiln_compress_opts co = {.pool = pool};
+    if ((st = kiln_compress(m, rec, ds, 0, 1, NULL, &co, &a, NULL)) != KILN_OK) return fail("compress", st);
+    kiln_image lr = {0}, hr = {0};
+    if ((st = kiln_dataset_load(ds, 0, &lr, &hr)) != KILN_OK) return fail("image", st);
+    float *sr = malloc((size_t)3 * lr.w * 2 * lr.h * 2 * sizeof *sr);
+    ctx c = {m, NULL, &lr, sr, pool};
+    timing tf = time_runs(runs, run_fp32, &c, &st);
+    if (st != KILN_OK) return fail("fp32 forward", st);
+    double flops = kiln_model_flops(m, lr.h, lr.w);
+    if ((st = kiln_int8_create(a, KILN_INT8_AUTO, &c.e)) != KILN_OK) return fail("int8 engine", st);
+    timing ti = time_runs(runs, run_int8, &c, &st);
+    if (st != KILN_OK) return fail("int8 forward", st);
+    printf("%-12s %dx%d threads=%d  fp32 median %7.3f s (%6.1f GFLOP/s)  int8 (%s) median %7.3f s  %.2fx fp32\n",
+           kiln_model_describe(m), lr.w, lr.h, kiln_pool_threads(pool), tf.median, flops / tf.median * 1e-9,
+           kiln_int8_impl_name(kiln_int8_impl_of(c.e)), ti.median, tf.median / ti.median);
+    kiln_int8_destroy(c.e);
+    free(sr);
+    kiln_image_free(&lr);
+    kiln_image_free(&hr);
+    kiln_artifact_free(a);
+    kiln_recipe_destroy(rec);
+    kiln_model_destroy(m);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int runs = argc > 1 ? atoi(argv[1]) : 5;
@@ -179,8 +217,13 @@ int main(int argc, char **argv)
     kiln_image_free(&hr);
     kiln_artifact_free(a);
     kiln_recipe_destroy(rec);
-    kiln_dataset_close(ds);
     kiln_model_destroy(m);
+    int rc = 0;
+    if (!only) {
+        rc |= zoo_case(data, "carn_x2.pt", runs, pool, ds);
+        rc |= zoo_case(data, "carn_m.pth", runs, pool, ds);
+    }
+    kiln_dataset_close(ds);
     kiln_pool_destroy(pool);
-    return 0;
+    return rc;
 }
