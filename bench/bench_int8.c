@@ -97,6 +97,19 @@ static kiln_status run_int8(void *p)
     return kiln_int8_forward(c->e, c->lr, c->sr, c->pool);
 }
 
+/* The artifact every case times: the reference W8A8 recipe calibrated on
+ * the first image. Returns non-zero on failure. */
+static int w8a8_of(const kiln_model *m, const kiln_dataset *ds, kiln_pool *pool, kiln_artifact **a)
+{
+    kiln_recipe *rec;
+    kiln_status st = kiln_recipe_preset("w8a8", &rec);
+    if (st != KILN_OK) return fail("recipe", st);
+    kiln_compress_opts co = {.pool = pool};
+    st = kiln_compress(m, rec, ds, 0, 1, NULL, &co, a, NULL);
+    kiln_recipe_destroy(rec);
+    return st != KILN_OK ? fail("compress", st) : 0;
+}
+
 /* The zoo networks (CARN x2, CARN-M x2): W8A8 from one calibration image,
  * then FP32 and the INT8 engine AUTO picks, timed the same way as EDSR.
  * Returns non-zero on failure. */
@@ -105,13 +118,10 @@ static int zoo_case(const char *data, const char *file, int runs, kiln_pool *poo
     char path[1024];
     snprintf(path, sizeof path, "%s/models/zoo/%s", data, file);
     kiln_model *m;
-    kiln_recipe *rec;
     kiln_artifact *a;
     kiln_status st;
     if ((st = kiln_model_load(path, NULL, &m)) != KILN_OK) return fail(file, st);
-    if ((st = kiln_recipe_preset("w8a8", &rec)) != KILN_OK) return fail("recipe", st);
-    kiln_compress_opts co = {.pool = pool};
-    if ((st = kiln_compress(m, rec, ds, 0, 1, NULL, &co, &a, NULL)) != KILN_OK) return fail("compress", st);
+    if (w8a8_of(m, ds, pool, &a)) return 1;
     kiln_image lr = {0}, hr = {0};
     if ((st = kiln_dataset_load(ds, 0, &lr, &hr)) != KILN_OK) return fail("image", st);
     float *sr = malloc((size_t)3 * lr.w * 2 * lr.h * 2 * sizeof *sr);
@@ -130,7 +140,6 @@ static int zoo_case(const char *data, const char *file, int runs, kiln_pool *poo
     kiln_image_free(&lr);
     kiln_image_free(&hr);
     kiln_artifact_free(a);
-    kiln_recipe_destroy(rec);
     kiln_model_destroy(m);
     return 0;
 }
@@ -149,16 +158,13 @@ int main(int argc, char **argv)
     kiln_pool *pool;
     kiln_model *m;
     kiln_dataset *ds;
-    kiln_recipe *rec;
     kiln_artifact *a;
     if ((st = kiln_pool_create(threads, &pool)) != KILN_OK) return fail("pool", st);
     snprintf(path, sizeof path, "%s/models/edsr_r16f64_x2.pt", data);
     if ((st = kiln_model_load(path, NULL, &m)) != KILN_OK) return fail("model", st);
     snprintf(path, sizeof path, "%s/B100", data);
     if ((st = kiln_dataset_open(path, 2, &ds)) != KILN_OK) return fail("dataset", st);
-    if ((st = kiln_recipe_preset("w8a8", &rec)) != KILN_OK) return fail("recipe", st);
-    kiln_compress_opts co = {.pool = pool};
-    if ((st = kiln_compress(m, rec, ds, 0, 1, NULL, &co, &a, NULL)) != KILN_OK) return fail("compress", st);
+    if (w8a8_of(m, ds, pool, &a)) return 1;
     kiln_image lr = {0}, hr = {0};
     if ((st = kiln_dataset_load(ds, 0, &lr, &hr)) != KILN_OK) return fail("image", st);
     float *sr = malloc((size_t)3 * lr.w * 2 * lr.h * 2 * sizeof *sr);
@@ -216,7 +222,6 @@ int main(int argc, char **argv)
     kiln_image_free(&lr);
     kiln_image_free(&hr);
     kiln_artifact_free(a);
-    kiln_recipe_destroy(rec);
     kiln_model_destroy(m);
     int rc = 0;
     if (!only) {

@@ -355,23 +355,7 @@ TEST(stats_of_a_shared_weight_sum_its_uses)
 
 /* ---- compression -------------------------------------------------------- */
 
-static const char *make_dataset(void)
-{
-    static char root[512];
-    char p[600];
-    snprintf(root, sizeof root, "%s/ds", kiln_test_tmpdir());
-    mkdir(root, 0755);
-    snprintf(p, sizeof p, "%s/HR", root);
-    mkdir(p, 0755);
-    for (int i = 0; i < 5; i++) {
-        kiln_image hr;
-        kiln_test_image(&hr, 36 + 2 * i, 28, 300 + i);
-        snprintf(p, sizeof p, "%s/HR/img%d.png", root, i);
-        CHECK_OK(kiln_png_write(p, &hr));
-        kiln_image_free(&hr);
-    }
-    return root;
-}
+static const char *make_dataset(void) { return kiln_test_dataset(5, 36, 28); }
 
 static kiln_artifact *compress(kiln_model *m, const kiln_dataset *ds, const char *preset_or_json, kiln_status *st_out)
 {

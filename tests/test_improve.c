@@ -375,23 +375,7 @@ TEST(bias_correction_reduces_network_mean_error)
 
 /* ---- the pipeline ------------------------------------------------------- */
 
-static const char *make_dataset(void)
-{
-    static char root[512];
-    char p[600];
-    snprintf(root, sizeof root, "%s/ds", kiln_test_tmpdir());
-    mkdir(root, 0755);
-    snprintf(p, sizeof p, "%s/HR", root);
-    mkdir(p, 0755);
-    for (int i = 0; i < 5; i++) {
-        kiln_image hr;
-        kiln_test_image(&hr, 40 + 2 * i, 32, 300 + i);
-        snprintf(p, sizeof p, "%s/HR/img%d.png", root, i);
-        CHECK_OK(kiln_png_write(p, &hr));
-        kiln_image_free(&hr);
-    }
-    return root;
-}
+static const char *make_dataset(void) { return kiln_test_dataset(5, 40, 32); }
 
 static kiln_artifact *run_compress(kiln_model *m, const kiln_dataset *ds, const char *opts_json,
                                    size_t calib, kiln_status *st_out)

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include "check.h"
 
@@ -32,4 +33,22 @@ float *kiln_test_forward(kiln_model *m, const kiln_image *lr, const kiln_site_ho
         return NULL;
     }
     return sr;
+}
+
+const char *kiln_test_dataset(int n, int w, int h)
+{
+    static char root[512];
+    char p[600];
+    snprintf(root, sizeof root, "%s/ds", kiln_test_tmpdir());
+    mkdir(root, 0755);
+    snprintf(p, sizeof p, "%s/HR", root);
+    mkdir(p, 0755);
+    for (int i = 0; i < n; i++) {
+        kiln_image hr;
+        kiln_test_image(&hr, w + 2 * i, h, 300 + (unsigned)i);
+        snprintf(p, sizeof p, "%s/HR/img%d.png", root, i);
+        CHECK_OK(kiln_png_write(p, &hr));
+        kiln_image_free(&hr);
+    }
+    return root;
 }

@@ -16,4 +16,8 @@ void kiln_test_image(kiln_image *img, int w, int h, unsigned seed);
  * with the error printed. */
 float *kiln_test_forward(kiln_model *m, const kiln_image *lr, const kiln_site_hook *hook, size_t *n);
 
+/* An HR-only dataset of n test images (w + 2i) x h under the test's
+ * temporary folder ("<tmp>/ds"); returns its path (a static buffer). */
+const char *kiln_test_dataset(int n, int w, int h);
+
 #endif
