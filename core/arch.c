@@ -205,7 +205,7 @@ static kiln_status edsr_import(imp *im, const kiln_arch_opts *opts)
                          4 * F, F, 9 * F, F);
     }
     if (opts && opts->scale && opts->scale != scale)
-        return kiln_fail(KILN_ERR_INVALID, "EDSR: the checkpoint is x%d, x%d was asked for", scale, opts->scale);
+        return kiln_fail(KILN_ERR_INVALID, "EDSR: the checkpoint is x%d, scale x%d was asked for", scale, opts->scale);
     if (opts && (opts->res_scale < 0 || !isfinite(opts->res_scale)))
         return kiln_fail(KILN_ERR_INVALID, "res_scale must be a positive number");
     float rs = opts && opts->res_scale > 0 ? opts->res_scale : (F >= 256 ? 0.1f : 1.0f);
@@ -336,7 +336,7 @@ static kiln_status carn_import(imp *im, int mobile, const kiln_arch_opts *opts)
     if (opts && opts->scale) {
         snprintf(key, sizeof key, "upsample.up%d.body.0.weight", opts->scale);
         if (kiln_weights_find(wt, key) < 0)
-            return kiln_fail(KILN_ERR_INVALID, "%s: no x%d upsampler in the checkpoint (missing %s)", im->arch,
+            return kiln_fail(KILN_ERR_INVALID, "%s: scale x%d asked for, but the checkpoint has no such upsampler (missing %s)", im->arch,
                              opts->scale, key);
         scale = opts->scale;
     }

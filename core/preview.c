@@ -147,14 +147,16 @@ kiln_status kiln_preview_render(const char *checkpoint_path, const char *artifac
     kiln_dataset *ds = NULL;
     kiln_pool *pool = NULL;
     kiln_image lr = {0}, hr = {0}, lrc = {0}, hrc = {0}, sa = {0}, sb = {0}, out = {0};
-    kiln_status st = kiln_runner_open(checkpoint_path, NULL, KILN_ENGINE_AUTO, &fp);
-    if (st != KILN_OK) {
-        kiln_errmsg_prefix("preview: checkpoint: ");
-        goto done;
-    }
-    st = kiln_runner_open(artifact_path, NULL, KILN_ENGINE_AUTO, &cq);
+    /* the artifact first: a multi-scale checkpoint opens at its scale */
+    kiln_status st = kiln_runner_open(artifact_path, NULL, KILN_ENGINE_AUTO, &cq);
     if (st != KILN_OK) {
         kiln_errmsg_prefix("preview: artifact: ");
+        goto done;
+    }
+    kiln_model_opts mo = {.scale = kiln_model_scale(kiln_runner_model(cq))};
+    st = kiln_runner_open(checkpoint_path, &mo, KILN_ENGINE_AUTO, &fp);
+    if (st != KILN_OK) {
+        kiln_errmsg_prefix("preview: checkpoint: ");
         goto done;
     }
     int s = kiln_model_scale(kiln_runner_model(fp));
