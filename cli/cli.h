@@ -45,5 +45,6 @@ int cmd_downscale(int argc, char **argv);
 int cmd_compress(int argc, char **argv);
 int cmd_table(int argc, char **argv);
 int cmd_presets(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 #endif

@@ -32,6 +32,8 @@ static void usage(FILE *f)
         "                 [--no-fp32] [--scale S] [--json OUT]\n"
         "  kiln table     --model M --data DIR [--recipes w8a8,p4a8,...] [--calib N] [--threads T]\n"
         "                 [--engine auto|int8|simulate] [--scale S] [--json OUT]\n"
+        "  kiln export    --model M --format onnx --out M.onnx [--opset N] [--weights int4|int8]\n"
+        "                 [--scale S]\n"
         "  kiln presets\n"
         "\n"
         "M is a PyTorch .pt/.pth or .safetensors state dict (EDSR, CARN, CARN-M), an ONNX\n"
@@ -50,7 +52,7 @@ int main(int argc, char **argv)
     struct { const char *name; int (*fn)(int, char **); } cmds[] = {
         {"info", cmd_info},       {"eval", cmd_eval},         {"upscale", cmd_upscale},
         {"downscale", cmd_downscale}, {"compress", cmd_compress}, {"table", cmd_table},
-        {"presets", cmd_presets},
+        {"presets", cmd_presets}, {"export", cmd_export},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (strcmp(cmd, cmds[i].name) == 0) return cmds[i].fn(argc - 1, argv + 1);

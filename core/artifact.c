@@ -1516,20 +1516,6 @@ kiln_status kiln_artifact_decode(const void *buf, size_t len, kiln_artifact **ou
 
 /* ------------------------------------------------------------ file I/O */
 
-static kiln_status write_all(int fd, const uint8_t *p, size_t n, const char *path)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0)
-            return kiln_fail(KILN_ERR_IO, "%s: write failed: %s", path,
-                             w < 0 ? strerror(errno) : "no progress");
-        p += w;
-        n -= (size_t)w;
-    }
-    return KILN_OK;
-}
-
 kiln_status kiln_artifact_write(const kiln_artifact *a, const char *path, size_t *bytes)
 {
     if (bytes) *bytes = 0;
@@ -1537,51 +1523,9 @@ kiln_status kiln_artifact_write(const kiln_artifact *a, const char *path, size_t
     size_t len;
     kiln_status st = kiln_artifact_encode(a, &buf, &len);
     if (st != KILN_OK) return st;
-
-    /* The temporary file sits in the target's folder so rename is atomic. */
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 16);
-    char *dir = malloc(plen + 2);
-    if (!tmp || !dir) {
-        free(tmp);
-        free(dir);
-        free(buf);
-        return kiln_fail(KILN_ERR_NOMEM, "artifact: out of memory");
-    }
-    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-    const char *slash = strrchr(path, '/');
-    if (!slash) snprintf(dir, plen + 2, ".");
-    else if (slash == path) snprintf(dir, plen + 2, "/");
-    else snprintf(dir, plen + 2, "%.*s", (int)(slash - path), path);
-
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        st = kiln_fail(KILN_ERR_IO, "%s: cannot create temporary file: %s", path, strerror(errno));
-        goto out;
-    }
-    st = write_all(fd, buf, len, tmp);
-    if (st == KILN_OK && fchmod(fd, 0644) != 0)
-        st = kiln_fail(KILN_ERR_IO, "%s: chmod failed: %s", tmp, strerror(errno));
-    if (st == KILN_OK && fsync(fd) != 0)
-        st = kiln_fail(KILN_ERR_IO, "%s: fsync failed: %s", tmp, strerror(errno));
-    if (close(fd) != 0 && st == KILN_OK)
-        st = kiln_fail(KILN_ERR_IO, "%s: close failed: %s", tmp, strerror(errno));
-    if (st == KILN_OK && rename(tmp, path) != 0)
-        st = kiln_fail(KILN_ERR_IO, "%s: rename from %s failed: %s", path, tmp, strerror(errno));
-    if (st != KILN_OK) {
-        unlink(tmp);
-        goto out;
-    }
-    /* Make the rename itself durable. */
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (dfd < 0 || fsync(dfd) != 0)
-        st = kiln_fail(KILN_ERR_IO, "%s: fsync of folder %s failed: %s", path, dir, strerror(errno));
-    if (dfd >= 0) close(dfd);
-    if (st == KILN_OK && bytes) *bytes = len;
-out:
-    free(tmp);
-    free(dir);
+    st = kiln_file_write_atomic(path, buf, len);
     free(buf);
+    if (st == KILN_OK && bytes) *bytes = len;
     return st;
 }
 

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -47,4 +48,66 @@ kiln_status kiln_file_read(const char *path, size_t max, void **out, size_t *out
     *out = buf;
     *out_len = len;
     return KILN_OK;
+}
+
+static kiln_status write_all(int fd, const void *buf, size_t n, const char *path)
+{
+    const uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0)
+            return kiln_fail(KILN_ERR_IO, "%s: write failed: %s", path,
+                             w < 0 ? strerror(errno) : "no progress");
+        p += w;
+        n -= (size_t)w;
+    }
+    return KILN_OK;
+}
+
+kiln_status kiln_file_write_atomic(const char *path, const void *buf, size_t len)
+{
+    /* The temporary file sits in the target's folder so rename is atomic. */
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 16);
+    char *dir = malloc(plen + 2);
+    kiln_status st = KILN_OK;
+    if (!tmp || !dir) {
+        free(tmp);
+        free(dir);
+        return kiln_fail(KILN_ERR_NOMEM, "%s: out of memory", path);
+    }
+    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(dir, plen + 2, ".");
+    else if (slash == path) snprintf(dir, plen + 2, "/");
+    else snprintf(dir, plen + 2, "%.*s", (int)(slash - path), path);
+
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        st = kiln_fail(KILN_ERR_IO, "%s: cannot create temporary file: %s", path, strerror(errno));
+        goto out;
+    }
+    st = write_all(fd, buf, len, tmp);
+    if (st == KILN_OK && fchmod(fd, 0644) != 0)
+        st = kiln_fail(KILN_ERR_IO, "%s: chmod failed: %s", tmp, strerror(errno));
+    if (st == KILN_OK && fsync(fd) != 0)
+        st = kiln_fail(KILN_ERR_IO, "%s: fsync failed: %s", tmp, strerror(errno));
+    if (close(fd) != 0 && st == KILN_OK)
+        st = kiln_fail(KILN_ERR_IO, "%s: close failed: %s", tmp, strerror(errno));
+    if (st == KILN_OK && rename(tmp, path) != 0)
+        st = kiln_fail(KILN_ERR_IO, "%s: rename from %s failed: %s", path, tmp, strerror(errno));
+    if (st != KILN_OK) {
+        unlink(tmp);
+        goto out;
+    }
+    /* Make the rename itself durable. */
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (dfd < 0 || fsync(dfd) != 0)
+        st = kiln_fail(KILN_ERR_IO, "%s: fsync of folder %s failed: %s", path, dir, strerror(errno));
+    if (dfd >= 0) close(dfd);
+out:
+    free(tmp);
+    free(dir);
+    return st;
 }

@@ -16,4 +16,9 @@
  * start with the path. */
 kiln_status kiln_file_read(const char *path, size_t max, void **buf, size_t *len);
 
+/* Write buf to path atomically: a temporary file in the same folder,
+ * fsync, rename, fsync of the folder (a reader sees the old file or the
+ * whole new one). Messages start with the path. */
+kiln_status kiln_file_write_atomic(const char *path, const void *buf, size_t len);
+
 #endif
