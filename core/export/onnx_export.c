@@ -258,12 +258,19 @@ static int code_type(int qmin, int qmax, int opset)
  * (owned by the caller) or NULL. `tag` makes the names unique. */
 static char *qdq(builder *b, const char *x, const char *tag, const kiln_art_site *s)
 {
+    /* Signed codes are written unsigned with the zero point shifted by
+     * 2^(bits-1): clamp(rint(x/s) + zp + 128, 0, 255) is the int8 code plus
+     * 128, so the dequantized values are the same; ONNX Runtime's x86
+     * integer kernels take uint8 activations (it would convert a Q/DQ pair
+     * itself, but not one whose Q feeds several consumers). */
     int dt = code_type(s->qmin, s->qmax, b->opset);
+    int32_t z = s->zero_point;
+    if (dt == DT_INT8) dt = DT_UINT8, z += 128;
+    else if (dt == DT_INT4) dt = DT_UINT4, z += 8;
     char *sc = sfmt(b, "%s:scale", tag), *zp = sfmt(b, "%s:zp", tag);
     char *q = sfmt(b, "%s:q", tag), *dq = sfmt(b, "%s:dq", tag);
     if (b->st == KILN_OK) {
         init_scalar(b, sc, s->scale);
-        int32_t z = s->zero_point;
         init_codes(b, zp, dt, NULL, 0, &z, 1);
         node(b, "QuantizeLinear", NULL, (const char *[]){x, sc, zp, NULL}, (const char *[]){q, NULL});
         node(b, "DequantizeLinear", NULL, (const char *[]){q, sc, zp, NULL}, (const char *[]){dq, NULL});
