@@ -181,7 +181,8 @@ int main(int argc, char **argv)
            lr.w, lr.h, kiln_pool_threads(pool), tf.median,
            flops / tf.median * 1e-9, 1.0 / tf.median, tf.best, tf.cpu, psnr);
 
-    static const kiln_int8_impl impls[] = {KILN_INT8_AVX2, KILN_INT8_AVXVNNI, KILN_INT8_AMX, KILN_INT8_REFERENCE};
+    static const kiln_int8_impl impls[] = {KILN_INT8_AVX2, KILN_INT8_AVXVNNI, KILN_INT8_AVX512VNNI, KILN_INT8_AMX,
+                                           KILN_INT8_REFERENCE};
     double med[sizeof impls / sizeof impls[0]] = {0};
     for (size_t q = 0; q < sizeof impls / sizeof impls[0]; q++) {
         kiln_int8_impl impl = impls[q];
@@ -189,6 +190,10 @@ int main(int argc, char **argv)
         if (only && strcmp(only, kiln_int8_impl_name(impl)) != 0) continue;
         if (impl == KILN_INT8_AVXVNNI && !kiln__cpu_avxvnni()) {
             printf("edsr x2 int8 (avxvnni  ) skipped: this CPU has no AVX-VNNI\n");
+            continue;
+        }
+        if (impl == KILN_INT8_AVX512VNNI && !kiln__cpu_avx512vnni()) {
+            printf("edsr x2 int8 (avx512vnni) skipped: this CPU has no AVX-512 VNNI\n");
             continue;
         }
         if (impl == KILN_INT8_AMX && !kiln__cpu_amx()) {

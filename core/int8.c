@@ -583,6 +583,7 @@ const char *kiln_int8_impl_name(kiln_int8_impl impl)
     case KILN_INT8_AVX2: return "avx2";
     case KILN_INT8_AVXVNNI: return "avxvnni";
     case KILN_INT8_AMX: return "amx";
+    case KILN_INT8_AVX512VNNI: return "avx512vnni";
     }
     return "?";
 }
@@ -597,10 +598,12 @@ kiln_status kiln_int8_create(const kiln_artifact *a, kiln_int8_impl impl, kiln_i
          * here, AVX-VNNI 2x the AVX2 kernels; KILN_INT8_IMPL (amx, avxvnni,
          * avx2, reference) overrides the choice where the CPU allows it. */
         const char *env = getenv("KILN_INT8_IMPL");
-        impl = kiln__cpu_amx()       ? KILN_INT8_AMX
-               : kiln__cpu_avxvnni() ? KILN_INT8_AVXVNNI
+        impl = kiln__cpu_amx()            ? KILN_INT8_AMX
+               : kiln__cpu_avx512vnni() ? KILN_INT8_AVX512VNNI
+               : kiln__cpu_avxvnni()    ? KILN_INT8_AVXVNNI
                : kiln__cpu_avx2()    ? KILN_INT8_AVX2
                                      : KILN_INT8_REFERENCE;
+        if (env && strcmp(env, "avx512vnni") == 0 && kiln__cpu_avx512vnni()) impl = KILN_INT8_AVX512VNNI;
         if (env && strcmp(env, "avxvnni") == 0 && kiln__cpu_avxvnni()) impl = KILN_INT8_AVXVNNI;
         if (env && strcmp(env, "avx2") == 0 && kiln__cpu_avx2()) impl = KILN_INT8_AVX2;
         if (env && strcmp(env, "reference") == 0) impl = KILN_INT8_REFERENCE;
@@ -612,7 +615,10 @@ kiln_status kiln_int8_create(const kiln_artifact *a, kiln_int8_impl impl, kiln_i
     if (impl == KILN_INT8_AMX && !kiln__cpu_amx())
         return kiln_fail(KILN_ERR_UNSUPPORTED,
                          "int8 engine: AMX kernels requested but the CPU (or the OS) offers no AMX-INT8 with AVX-512");
-    if (impl < KILN_INT8_AUTO || impl > KILN_INT8_AMX)
+    if (impl == KILN_INT8_AVX512VNNI && !kiln__cpu_avx512vnni())
+        return kiln_fail(KILN_ERR_UNSUPPORTED,
+                         "int8 engine: AVX-512 VNNI kernels requested but the CPU has no AVX-512 VNNI (with F/BW/DQ/VL/VBMI)");
+    if (impl < KILN_INT8_AUTO || impl > KILN_INT8_AVX512VNNI)
         return kiln_fail(KILN_ERR_INVALID, "int8 engine: unknown kernel choice %d", (int)impl);
     kiln_int8 *e = calloc(1, sizeof *e);
     if (!e) return kiln_fail(KILN_ERR_NOMEM, "int8 engine: out of memory");
@@ -1041,6 +1047,9 @@ static void conv_kernel(kiln_int8_impl impl, const q8cv *cv, const kiln_qmap *in
     if (impl == KILN_INT8_AMX && kiln__conv_amx_ok(w)) {
         if (is_signed) kiln__conv_s8_amx(w, in, y, acc);
         else kiln__conv_u8_amx(w, in, y, acc);
+    } else if (impl == KILN_INT8_AVX512VNNI || (impl == KILN_INT8_AMX && kiln__cpu_avx512vnni())) {
+        if (is_signed) kiln__conv_s8_avx512vnni(w, in, y, acc);
+        else kiln__conv_u8_avx512vnni(w, in, y, acc);
     } else if (impl == KILN_INT8_REFERENCE) {
         if (is_signed) kiln__conv_s8_ref(w, in, y, acc);
         else kiln__conv_u8_ref(w, in, y, acc);
@@ -1084,12 +1093,12 @@ static void conv_row(void *ctx, int y, int tid)
         const uint8_t *rg = res ? res + (size_t)g * cog : NULL;
         uint8_t *dg = dst + (size_t)g * cog;
         if (j->scalar_epi || j->impl == KILN_INT8_REFERENCE) epi_row_scalar(&ep, acc, w, rg, rstride, dg, dstride, 0);
-        else if (j->impl == KILN_INT8_AMX) epi_row_avx512(&ep, acc, w, rg, rstride, dg, dstride);
+        else if (j->impl == KILN_INT8_AMX || j->impl == KILN_INT8_AVX512VNNI) epi_row_avx512(&ep, acc, w, rg, rstride, dg, dstride);
         else epi_row_avx2(&ep, acc, w, rg, rstride, dg, dstride);
     }
     if (st->shuffle) {
         const int r = st->shuffle, r2 = r * r, c = st->cout / r2;
-        if (j->impl == KILN_INT8_AMX && r == 2 && c % 16 == 0) {
+        if ((j->impl == KILN_INT8_AMX || j->impl == KILN_INT8_AVX512VNNI) && r == 2 && c % 16 == 0) {
             shuffle2_avx512(tmp, w, c, j->out, y);
             return;
         }

@@ -47,9 +47,9 @@
 typedef struct kiln_int8 kiln_int8;
 
 /* Kernel families. AUTO: AMX when the CPU has AMX-INT8 and AVX-512 (and the
- * kernel grants the tile state), else AVX-VNNI, else AVX2, else the
- * reference; the environment variable KILN_INT8_IMPL=amx|avxvnni|avx2|
- * reference overrides AUTO's choice (only where available), and
+ * kernel grants the tile state), else AVX-512 VNNI, else AVX-VNNI, else
+ * AVX2, else the reference; the environment variable KILN_INT8_IMPL=amx|
+ * avx512vnni|avxvnni|avx2|reference overrides AUTO's choice (only where available), and
  * KILN_NO_AVX512=1 rules out AMX (valgrind, for one, cannot run it). All
  * families give bit-identical outputs (integer sums are exact; the epilogues
  * perform the same float32 operations). */
@@ -59,6 +59,7 @@ typedef enum kiln_int8_impl {
     KILN_INT8_AVX2,      /* vpmaddwd (any codes) / vpmaddubsw (codes 0..127)  */
     KILN_INT8_AVXVNNI,   /* AVX-VNNI vpdpbusd, 256-bit VEX (no AVX-512)       */
     KILN_INT8_AMX,       /* AMX-INT8 tiles (tdpbusd/tdpbssd), AVX-512 epilogue */
+    KILN_INT8_AVX512VNNI, /* AVX-512 VNNI vpdpbusd on zmm, AVX-512 epilogue  */
 } kiln_int8_impl;
 
 /* KILN_OK when the artifact can run on the integer engine; otherwise
@@ -152,6 +153,12 @@ void kiln__conv_u8_avxvnni(const kiln__q8w *p, const kiln_qmap *in, int y, int32
 int kiln__cpu_amx(void);
 int kiln__q8_avx512(void); /* AVX-512 F/BW/DQ/VL/VBMI usable (and not KILN_NO_AVX512=1) */
 int kiln__conv_amx_ok(const kiln__q8w *p);
+/* k = 1 or 3, AVX-512 VNNI on zmm (conv_q8_avx512vnni.c): exact for every
+ * code. Needs kiln__cpu_avx512vnni() (AVX-512 VNNI plus what
+ * kiln__q8_avx512 needs for the epilogue). */
+int kiln__cpu_avx512vnni(void);
+void kiln__conv_s8_avx512vnni(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);
+void kiln__conv_u8_avx512vnni(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);
 void kiln__conv_s8_amx(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);
 void kiln__conv_u8_amx(const kiln__q8w *p, const kiln_qmap *in, int y, int32_t *acc);
 /* The AVX-512 epilogue's fake quantization (reciprocal with an exact

@@ -221,6 +221,20 @@ TEST(reference_equals_avx2)
         }
         kiln_int8_destroy(ev);
         ev = NULL;
+        if (kiln__cpu_avx512vnni()) {
+            CHECK_OK(kiln_int8_create(g_art[k], KILN_INT8_AVX512VNNI, &ev));
+            if (ev) {
+                CHECK_EQ_INT(kiln_int8_impl_of(ev), KILN_INT8_AVX512VNNI);
+                CHECK_OK(kiln_int8_forward_chw(ev, in, w, h, b, g_pool));
+                CHECK(memcmp(a, b, m * sizeof *a) == 0);
+                CHECK_OK(kiln_int8_forward_chw(ev, in, w, h, b, NULL));
+                CHECK(memcmp(a, b, m * sizeof *a) == 0);
+            }
+        } else {
+            CHECK_EQ_INT(kiln_int8_create(g_art[k], KILN_INT8_AVX512VNNI, &ev), KILN_ERR_UNSUPPORTED);
+        }
+        kiln_int8_destroy(ev);
+        ev = NULL;
         if (kiln__cpu_amx()) {
             CHECK_OK(kiln_int8_create(g_art[k], KILN_INT8_AMX, &ev));
             if (ev) {

@@ -238,8 +238,9 @@ static void engines_case(const char *what, kiln_graph *(*make)(void), const char
     CHECK_OK(kiln_int8_create(a, KILN_INT8_REFERENCE, &e));
     if (e) CHECK_OK(kiln_int8_forward(e, &lr, ref, NULL));
     kiln_int8_destroy(e);
-    static const kiln_int8_impl impls[] = {KILN_INT8_AVX2, KILN_INT8_AVXVNNI, KILN_INT8_AMX, KILN_INT8_AUTO};
-    const int have[] = {kiln__cpu_avx2(), kiln__cpu_avxvnni(), kiln__cpu_amx(), 1};
+    static const kiln_int8_impl impls[] = {KILN_INT8_AVX2, KILN_INT8_AVXVNNI, KILN_INT8_AMX, KILN_INT8_AVX512VNNI,
+                                           KILN_INT8_AUTO};
+    const int have[] = {kiln__cpu_avx2(), kiln__cpu_avxvnni(), kiln__cpu_amx(), kiln__cpu_avx512vnni(), 1};
     int families = 1;
     for (size_t k = 0; k < sizeof impls / sizeof *impls; k++) {
         e = NULL;

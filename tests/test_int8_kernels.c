@@ -1,6 +1,7 @@
 /*
  * test_int8_kernels.c — the integer conv kernels (core/kernels/conv_[su]8*.c:
- * AVX2 vpmaddwd s8/u8, AVX2 vpmaddubsw u7, AVX-VNNI s8/u8, AMX s8/u8) against the scalar
+ * AVX2 vpmaddwd s8/u8, AVX2 vpmaddubsw u7, AVX-VNNI s8/u8, AVX-512 VNNI s8/u8 (1x1
+ * and 3x3), AMX s8/u8) against the scalar
  * references, bit for bit.
  *
  * Every kernel fills acc[npx][coutp] for one output row; the AVX2 kernels
@@ -60,7 +61,7 @@ static void fill_weights(int8_t *w, size_t n, int pat, unsigned *seed)
     }
 }
 
-typedef enum { K_S8, K_U8, K_U7, K_S8_VNNI, K_U8_VNNI, K_S8_AMX, K_U8_AMX } kind;
+typedef enum { K_S8, K_U8, K_U7, K_S8_VNNI, K_U8_VNNI, K_S8_AMX, K_U8_AMX, K_S8_V512, K_U8_V512 } kind;
 
 /* Compare one kernel with its reference on every row; returns mismatches. */
 static long compare_k(kind kd, int k, int cout, int cin, int h, int w, int apat, int wpat, unsigned *seed)
@@ -72,9 +73,9 @@ static long compare_k(kind kd, int k, int cout, int cin, int h, int w, int apat,
     CHECK_OK(kiln__qmap_reshape(&m, cin, h, w));
     fill_weights(wt, (size_t)cout * cin * k * k, wpat, seed);
     CHECK_OK(kiln__q8w_pack(&p, cout, cin, k, wt));
-    const int sgn = kd == K_S8 || kd == K_S8_VNNI || kd == K_S8_AMX;
+    const int sgn = kd == K_S8 || kd == K_S8_VNNI || kd == K_S8_AMX || kd == K_S8_V512;
     int lo = sgn ? -128 : 0, hi = sgn ? 127 : kd == K_U7 ? 127 : 255;
-    fill_map(&m, lo, hi, apat, kd == K_U8 || kd == K_U8_VNNI || kd == K_U8_AMX ? 128 : 0, seed);
+    fill_map(&m, lo, hi, apat, kd == K_U8 || kd == K_U8_VNNI || kd == K_U8_AMX || kd == K_U8_V512 ? 128 : 0, seed);
     const int npx = (w + KILN__Q8_PX - 1) / KILN__Q8_PX * KILN__Q8_PX;
     size_t na = (size_t)npx * p.coutp;
     int32_t *ref = malloc(na * sizeof *ref), *got = aligned_alloc(64, (na * sizeof *got + 63) / 64 * 64);
@@ -96,6 +97,12 @@ static long compare_k(kind kd, int k, int cout, int cin, int h, int w, int apat,
         } else if (kd == K_S8_AMX) {
             kiln__conv_s8_ref(&p, &m, y, ref);
             kiln__conv_s8_amx(&p, &m, y, got);
+        } else if (kd == K_S8_V512) {
+            kiln__conv_s8_ref(&p, &m, y, ref);
+            kiln__conv_s8_avx512vnni(&p, &m, y, got);
+        } else if (kd == K_U8_V512) {
+            kiln__conv_u8_ref(&p, &m, y, ref);
+            kiln__conv_u8_avx512vnni(&p, &m, y, got);
         } else if (kd == K_U8_AMX) {
             kiln__conv_u8_ref(&p, &m, y, ref);
             kiln__conv_u8_amx(&p, &m, y, got);
@@ -128,7 +135,7 @@ static void sweep(kind kd)
     unsigned seed = 1234u + (unsigned)kd;
     long total = 0, cases = 0;
     /* the vpmaddwd kernels also take 1x1 convs (CARN's fusion convs) */
-    const int k0 = kd == K_S8 || kd == K_U8 ? 1 : 3;
+    const int k0 = kd == K_S8 || kd == K_U8 || kd == K_S8_V512 || kd == K_U8_V512 ? 1 : 3;
     for (int k = k0; k <= 3; k += 2)
         for (size_t a = 0; a < sizeof kCout / sizeof *kCout; a++)
             for (size_t b = 0; b < sizeof kCin / sizeof *kCin; b++)
@@ -172,6 +179,37 @@ TEST(u8_avxvnni_equals_reference)
 {
     if (kiln__cpu_avxvnni()) sweep(K_U8_VNNI);
     else fprintf(stderr, "(no AVX-VNNI on this CPU: kernel not run) ");
+}
+
+/* AVX-512 VNNI takes 1x1 and 3x3 convs: the sweep above (1, 2 and 4
+ * 16-channel blocks, widths below and above the 6-, 12- and 16-pixel tiles,
+ * every extreme pairing) plus 48 and 80 output channels (a 2-block then a
+ * 1-block tail after 4 blocks) and CARN's wide 1x1 inputs. */
+static void sweep_v512(kind kd)
+{
+    sweep(kd);
+    unsigned seed = 77u + (unsigned)kd;
+    static const int cout[] = {48, 80, 96};
+    static const int wh[][2] = {{5, 2}, {23, 3}, {241, 1}};
+    for (int k = 1; k <= 3; k += 2)
+        for (size_t a = 0; a < sizeof cout / sizeof *cout; a++)
+            for (size_t s = 0; s < sizeof wh / sizeof *wh; s++) {
+                int pat = (int)((a + s + (size_t)k) % PAT_COUNT);
+                long bad = compare_k(kd, k, cout[a], 64, wh[s][1], wh[s][0], pat, (pat + 3) % PAT_COUNT, &seed);
+                CHECK_MSG(bad == 0, "avx512vnni kind %d k %d cout %d %dx%d: %ld sums differ", (int)kd, k, cout[a],
+                          wh[s][0], wh[s][1], bad);
+            }
+}
+/* AVX-512 VNNI is optional hardware, like AVX-VNNI. */
+TEST(s8_avx512vnni_equals_reference)
+{
+    if (kiln__cpu_avx512vnni()) sweep_v512(K_S8_V512);
+    else fprintf(stderr, "(no AVX-512 VNNI on this CPU: kernel not run) ");
+}
+TEST(u8_avx512vnni_equals_reference)
+{
+    if (kiln__cpu_avx512vnni()) sweep_v512(K_U8_V512);
+    else fprintf(stderr, "(no AVX-512 VNNI on this CPU: kernel not run) ");
 }
 
 /* AMX also takes 1x1 convs and channel counts in chunks of 64: widths
@@ -297,7 +335,8 @@ TEST(extreme_sums_exact)
         int have;
         kfn s8, u8;
     } opt[] = {{kiln__cpu_avxvnni(), kiln__conv_s8_avxvnni, kiln__conv_u8_avxvnni},
-               {kiln__cpu_amx(), kiln__conv_s8_amx, kiln__conv_u8_amx}};
+               {kiln__cpu_amx(), kiln__conv_s8_amx, kiln__conv_u8_amx},
+               {kiln__cpu_avx512vnni(), kiln__conv_s8_avx512vnni, kiln__conv_u8_avx512vnni}};
     for (size_t i = 0; i < sizeof opt / sizeof *opt; i++) {
         if (!opt[i].have) continue;
         fill_map(&m, -128, 127, PAT_MIN, 0, &seed);
@@ -482,6 +521,8 @@ int main(void)
     RUN(u7_avx2_equals_reference);
     RUN(s8_avxvnni_equals_reference);
     RUN(u8_avxvnni_equals_reference);
+    RUN(s8_avx512vnni_equals_reference);
+    RUN(u8_avx512vnni_equals_reference);
     RUN(s8_amx_equals_reference);
     RUN(u8_amx_equals_reference);
     RUN(fq_reciprocal_equals_division);
