@@ -537,9 +537,9 @@ static kiln_status build(builder *b, const kiln_graph *g, const kiln_artifact *a
         const kiln_art_site *s = &a->sites[i];
         if (s->enabled && !code_type(s->qmin, s->qmax, b->opset)) {
             st = kiln_fail(KILN_ERR_UNSUPPORTED,
-                           "site %s: activation codes [%d, %d] are not the whole range of an ONNX %s type at opset %d "
-                           "(QuantizeLinear clamps to int8/uint8%s)",
-                           s->name, s->qmin, s->qmax, "integer", b->opset, b->opset >= 21 ? " or int4/uint4" : "");
+                           "site %s: activation codes [%d, %d] are not the whole range of an ONNX integer type at "
+                           "opset %d (QuantizeLinear clamps to int8/uint8%s)",
+                           s->name, s->qmin, s->qmax, b->opset, b->opset >= 21 ? " or int4/uint4" : "");
             goto out;
         }
     }
@@ -575,7 +575,7 @@ static kiln_status build(builder *b, const kiln_graph *g, const kiln_artifact *a
         /* ONNX node names must be unique; graph node names need not be
          * (CARN-M's shared convs), tensor names are. */
         const char *nm = ot->name;
-        char *extra = NULL, *rq = NULL, *c1 = NULL, *c2 = NULL;
+        char *extra = NULL, *rq = NULL, *c1 = NULL;
         switch (n->op) {
         case KILN_OP_CONV: {
             const kiln_gweight *gw = kiln_graph_weight(g, (size_t)n->weight);
@@ -703,7 +703,7 @@ static kiln_status build(builder *b, const kiln_graph *g, const kiln_artifact *a
             st = kiln_fail(KILN_ERR_INTERNAL, "onnx export: node %s: op %s has no ONNX form", n->name, kiln_op_name(n->op));
             goto out;
         }
-        free(extra), free(rq), free(c1), free(c2);
+        free(extra), free(rq), free(c1);
         val[n->out] = sdup(b, ot->name);
         if (b->st == KILN_OK && (vsite[n->out] = site_of(a, g, n->out))) {
             char *dq = qdq(b, val[n->out], ot->name, vsite[n->out]);
