@@ -21,6 +21,8 @@
  */
 #include "improve.h"
 
+#include "eval.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -419,6 +421,19 @@ kiln_status kiln_improve_bias_correction(const kiln_improve_stats *s, size_t con
 /* ------------------------------------------------------------------------ */
 /* The pipeline step                                                         */
 
+/* Mean PSNR of m (as it runs now) over calibration images first..first+count. */
+static kiln_status calib_psnr(kiln_model *m, const kiln_dataset *ds, size_t first, size_t count,
+                              const kiln_compress_opts *opts, double *psnr)
+{
+    kiln_eval_opts eo = {.cancel = opts ? opts->cancel : NULL};
+    kiln_eval_result r;
+    kiln_status st = kiln_eval_run(m, ds, first, count, opts ? opts->pool : NULL, &eo, &r);
+    if (st != KILN_OK) return st;
+    *psnr = r.mean;
+    kiln_eval_result_free(&r);
+    return KILN_OK;
+}
+
 kiln_status kiln_improve_correct_biases(kiln_model *work, const kiln_model *ref, kiln_artifact *a,
                                         const kiln_dataset *ds, size_t first, size_t count,
                                         const kiln_compress_opts *opts)
@@ -448,6 +463,25 @@ kiln_status kiln_improve_correct_biases(kiln_model *work, const kiln_model *ref,
         if (st == KILN_OK) st = kiln_improve_stats_observe(s, work, &lr, pool);
         kiln_image_free(&lr);
     }
+    /* The network as it stands (palettized weights, uncorrected biases):
+     * its calibration PSNR with float activations, and its palettized
+     * convs' biases, to go back to if the correction makes it worse. */
+    size_t npal = 0;
+    for (size_t i = 0; i < nconv; i++) npal += a->convs[i].kind == KILN_WK_PALETTE && a->convs[i].bias;
+    float **saved = NULL;
+    double before = 0;
+    if (st == KILN_OK && npal) {
+        saved = calloc(nconv, sizeof *saved);
+        if (!saved) st = kiln_fail(KILN_ERR_NOMEM, "bias correction: out of memory");
+        for (size_t i = 0; st == KILN_OK && i < nconv; i++) {
+            kiln_art_conv *c = &a->convs[i];
+            if (c->kind != KILN_WK_PALETTE || !c->bias) continue;
+            saved[i] = malloc((size_t)c->cout * sizeof(float));
+            if (!saved[i]) st = kiln_fail(KILN_ERR_NOMEM, "bias correction: out of memory");
+            else memcpy(saved[i], c->bias, (size_t)c->cout * sizeof(float));
+        }
+        if (st == KILN_OK) st = calib_psnr(work, ds, first, count, opts, &before);
+    }
     float *wq = NULL;
     for (size_t i = 0; st == KILN_OK && i < nconv; i++) {
         kiln_art_conv *c = &a->convs[i];
@@ -467,6 +501,26 @@ kiln_status kiln_improve_correct_biases(kiln_model *work, const kiln_model *ref,
         if (st == KILN_OK && c->kind == KILN_WK_PALETTE) st = kiln_model_set_conv_bias(work, i, c->bias);
         if (st != KILN_OK) kiln_errmsg_prefix("%s.bias: ", c->name);
     }
+    /* Guard: the mean-shift correction is first order and corrects every
+     * layer from statistics of the uncorrected network at once; where 4-bit
+     * errors are large (CARN's per-tensor LUTs) it can overshoot. Keep the
+     * palettized convs' corrections only if they raise the calibration
+     * PSNR. (Quantized convs are not seen by `work`, which runs their float
+     * weights, so their corrections are kept as computed.) */
+    if (st == KILN_OK && npal) {
+        double after = 0;
+        st = calib_psnr(work, ds, first, count, opts, &after);
+        if (st == KILN_OK && !(after > before)) {
+            for (size_t i = 0; st == KILN_OK && i < nconv; i++) {
+                if (!saved[i]) continue;
+                memcpy(a->convs[i].bias, saved[i], (size_t)a->convs[i].cout * sizeof(float));
+                st = kiln_model_set_conv_bias(work, i, saved[i]);
+            }
+        }
+    }
+    if (saved)
+        for (size_t i = 0; i < nconv; i++) free(saved[i]);
+    free(saved);
     if (st == KILN_OK && opts && opts->progress)
         opts->progress(opts->progress_ctx, "bias_correction", (int)count, (int)count);
     free(wq);

@@ -458,6 +458,52 @@ out:
     kiln_model_destroy(m);
 }
 
+/* Palettized convs keep their bias correction only where it raises the
+ * calibration PSNR (float activations): on calibration images the corrected
+ * artifact is never worse than the uncorrected one, for a coarse 2-bit LUT
+ * (large errors, where the first-order correction can overshoot) and 4 bits. */
+static double calib_psnr_of(kiln_model *m, const kiln_dataset *ds, int bits, int bc)
+{
+    char json[512];
+    snprintf(json, sizeof json,
+             "{\"name\":\"t\",\"palettization\":{\"global\":{\"n_bits\":%d,\"granularity\":\"per_tensor\"}},"
+             "\"options\":{\"bias_correction\":%s}}", bits, bc ? "true" : "false");
+    kiln_recipe *r = NULL;
+    kiln_artifact *a = NULL;
+    double psnr = -1;
+    CHECK_OK(kiln_recipe_parse(json, strlen(json), &r, NULL));
+    if (r) CHECK_OK(kiln_compress(m, r, ds, 0, 3, NULL, NULL, &a, NULL));
+    kiln_runner *run = NULL;
+    if (a) CHECK_OK(kiln_runner_from_artifact(a, NULL, KILN_ENGINE_SIMULATE, &run));
+    if (run) {
+        kiln_eval_result e;
+        CHECK_OK(kiln_runner_eval(run, ds, 0, 3, NULL, &(kiln_eval_opts){0}, &e));
+        psnr = e.mean;
+        kiln_eval_result_free(&e);
+        kiln_runner_close(run);
+    }
+    kiln_artifact_free(a);
+    kiln_recipe_destroy(r);
+    return psnr;
+}
+
+TEST(bias_correction_never_lowers_palettized_calibration_psnr)
+{
+    kiln_model *m = load_fixture("r2f8_x2_zip.pt");
+    kiln_dataset *ds = NULL;
+    CHECK(m != NULL);
+    CHECK_OK(kiln_dataset_open(make_dataset(), 2, &ds));
+    if (m && ds) {
+        for (int bits = 2; bits <= 4; bits += 2) {
+            double plain = calib_psnr_of(m, ds, bits, 0), bc = calib_psnr_of(m, ds, bits, 1);
+            CHECK(plain > 0 && bc > 0);
+            CHECK(bc >= plain);
+        }
+    }
+    kiln_dataset_close(ds);
+    kiln_model_destroy(m);
+}
+
 TEST(bias_correction_needs_calibration_images)
 {
     kiln_model *m = load_fixture("r2f8_x2_zip.pt");
@@ -539,6 +585,7 @@ int main(void)
     RUN(bias_correction_zeroes_one_conv_mean_error);
     RUN(bias_correction_reduces_network_mean_error);
     RUN(compress_options_run_and_are_deterministic);
+    RUN(bias_correction_never_lowers_palettized_calibration_psnr);
     RUN(bias_correction_needs_calibration_images);
     RUN(improved_presets_compress);
     return check_summary();
