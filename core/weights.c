@@ -38,6 +38,7 @@ struct kiln_weights {
     kiln__tensor *t;
     size_t n, cap;
     kiln_weights_format format;
+    size_t budget, decoded; /* decoded-bytes budget of a load (0: none) */
 };
 
 kiln_status kiln_weights_create(kiln_weights **out)
@@ -60,6 +61,17 @@ void kiln_weights_destroy(kiln_weights *w)
 }
 
 void kiln__weights_set_format(kiln_weights *w, kiln_weights_format f) { w->format = f; }
+
+kiln_status kiln__weights_reserve(kiln_weights *w, size_t bytes)
+{
+    if (w->budget && (bytes > w->budget || w->decoded > w->budget - bytes))
+        return kiln_fail(KILN_ERR_LIMIT, "weights: the tensors decode to more than %zu bytes "
+                         "(%d x the file size + %d MiB, at most %zu)", w->budget,
+                         KILN_WEIGHTS_DECODE_RATIO, (int)(KILN_WEIGHTS_DECODE_SLACK >> 20),
+                         KILN_WEIGHTS_MAX_BYTES);
+    w->decoded += bytes;
+    return KILN_OK;
+}
 
 static long find_n(const kiln_weights *w, const char *name, size_t len)
 {
@@ -253,6 +265,10 @@ kiln_status kiln_weights_load_mem(const void *buf, size_t len, kiln_weights **ou
     kiln_weights *w;
     kiln_status st = kiln_weights_create(&w);
     if (st) return st;
+    w->budget = len > (KILN_WEIGHTS_MAX_BYTES - KILN_WEIGHTS_DECODE_SLACK) /
+                          KILN_WEIGHTS_DECODE_RATIO
+                    ? KILN_WEIGHTS_MAX_BYTES
+                    : len * KILN_WEIGHTS_DECODE_RATIO + KILN_WEIGHTS_DECODE_SLACK;
     if (len >= 4 && memcmp(p, ZIP_MAGIC, 4) == 0) {
         w->format = KILN_FORMAT_PT_ZIP;
         st = kiln__load_pt_zip(p, len, w);

@@ -530,15 +530,10 @@ TEST(pickle_views_and_dtypes)
         kiln_weights_destroy(w);
     }
     free(b.p);
-    /* Broadcast (stride 0) view. */
+    /* A broadcast (stride 0) view repeats storage elements: refused. */
     int s2[2] = { 2, 3 }, st2[2] = { 0, 1 };
     b = legacy_one("FloatStorage", 6, 1, 2, s2, st2, DATA6, 4);
-    CHECK_OK(load_bb(&b, &w));
-    if (w) {
-        float want[6] = { 1, 2, 3, 1, 2, 3 };
-        CHECK(memcmp(kiln_weights_data(w, 0), want, sizeof want) == 0);
-        kiln_weights_destroy(w);
-    }
+    CHECK_FAILS(load_bb(&b, &cf_w_), KILN_ERR_FORMAT, "stride dim 0 is 0");
     free(b.p);
     /* HalfStorage and BFloat16Storage. */
     uint16_t h[2] = { 0x3c00, 0xbc00 }, bf[2] = { 0x4040, 0xbf80 };
@@ -777,6 +772,79 @@ TEST(wrapper_dicts)
     }
 }
 
+/* A legacy file of n state-dict entries t0, t1, ... that are views of one
+ * storage "k0" of numel float32 elements (all zero but DATA6's head). */
+static bbuf legacy_views(int n, int numel, const int *offset, int ndim, const int *shape,
+                         const int *stride)
+{
+    bbuf b = legacy_prefix();
+    bb_op(&b, 0x80); bb_op(&b, 2);
+    bb_op(&b, '}');
+    bb_op(&b, '(');
+    for (int i = 0; i < n; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "t%d", i);
+        bb_tensor(&b, name, "FloatStorage", "k0", numel, offset[i], ndim, shape, stride);
+    }
+    bb_op(&b, 'u');
+    bb_op(&b, '.');
+    float *data = calloc((size_t)numel, sizeof *data);
+    memcpy(data, DATA6, sizeof DATA6 < (size_t)numel * 4 ? sizeof DATA6 : (size_t)numel * 4);
+    const char *keys[1] = { "k0" };
+    const void *d[1] = { data };
+    int es = 4;
+    legacy_finish(&b, 1, keys, &numel, d, &es);
+    free(data);
+    return b;
+}
+
+/* Tensor bombs: a view must not decode more elements than its storage holds. */
+TEST(pickle_tensor_bombs)
+{
+    kiln_weights *w = NULL;
+    /* 4,096 stride-0 views of 2^20 elements over one 1-float storage (the
+     * measured bomb: terabytes asked for by a file of a few kilobytes). */
+    static int offs[4096];
+    int sb[1] = { 1 << 20 }, stb[1] = { 0 };
+    bbuf b = legacy_views(4096, 1, offs, 1, sb, stb);
+    CHECK_FAILS(load_bb(&b, &cf_w_), KILN_ERR_FORMAT, "repeats storage elements");
+    free(b.p);
+    /* Interleaved strides: size (3, 2), stride (1, 1) names elements twice. */
+    int si[2] = { 3, 2 }, sti[2] = { 1, 1 };
+    b = legacy_views(1, 6, offs, 2, si, sti);
+    CHECK_FAILS(load_bb(&b, &cf_w_), KILN_ERR_FORMAT, "overlaps the smaller dims");
+    free(b.p);
+    /* Two different views of one storage that overlap (elements 0..3, 2..5). */
+    int o2[2] = { 0, 2 }, s4[1] = { 4 }, st1[1] = { 1 };
+    b = legacy_views(2, 6, o2, 1, s4, st1);
+    CHECK_FAILS(load_bb(&b, &cf_w_), KILN_ERR_FORMAT, "two different tensor views");
+    free(b.p);
+    /* Disjoint views of one storage (a split tensor) load. */
+    int o3[2] = { 3, 0 }, s3[1] = { 3 };
+    b = legacy_views(2, 6, o3, 1, s3, st1);
+    CHECK_OK(load_bb(&b, &w));
+    if (w) {
+        CHECK(kiln_weights_data(w, 0)[0] == 3.0f && kiln_weights_data(w, 1)[2] == 2.0f);
+        kiln_weights_destroy(w);
+    }
+    free(b.p);
+    /* The same view under two names (tied weights) is kept. */
+    int o0[2] = { 0, 0 }, s6[1] = { 6 };
+    b = legacy_views(2, 6, o0, 1, s6, st1);
+    CHECK_OK(load_bb(&b, &w));
+    if (w) {
+        CHECK(memcmp(kiln_weights_data(w, 1), DATA6, sizeof DATA6) == 0);
+        kiln_weights_destroy(w);
+    }
+    free(b.p);
+    /* ...but 64 names on one 256 KiB storage decode to 16 MiB, more than the
+     * budget of 8 x the file size + 1 MiB. */
+    int big[1] = { 1 << 16 };
+    b = legacy_views(64, 1 << 16, offs, 1, big, st1);
+    CHECK_FAILS(load_bb(&b, &cf_w_), KILN_ERR_LIMIT, "decode to more than");
+    free(b.p);
+}
+
 /* ---- zips crafted with libzip ------------------------------------------------- */
 
 typedef struct zentry { const char *name; const void *data; size_t n; } zentry;
@@ -818,6 +886,43 @@ static bbuf one_tensor_pickle(int numel)
     bb_op(&p, 'u');
     bb_op(&p, '.');
     return p;
+}
+
+/* The zip tensor bomb: one deflated storage of 2^18 zero floats (a 1 MiB
+ * entry in a file of a few kilobytes) behind 64 names decodes to 64 MiB;
+ * the budget (8 x the file size + 1 MiB) refuses it. One name loads. */
+TEST(zip_tensor_bomb)
+{
+    enum { N = 1 << 18 };
+    int shape[1] = { N }, stride[1] = { 1 };
+    float *zeros = calloc(N, sizeof *zeros);
+    for (int names = 1; names <= 64; names += 63) {
+        bbuf p = { 0 };
+        bb_op(&p, 0x80); bb_op(&p, 2);
+        bb_op(&p, '}');
+        bb_op(&p, '(');
+        for (int i = 0; i < names; i++) {
+            char nm[16];
+            snprintf(nm, sizeof nm, "w%d", i);
+            bb_tensor(&p, nm, "FloatStorage", "0", N, 0, 1, shape, stride);
+        }
+        bb_op(&p, 'u');
+        bb_op(&p, '.');
+        /* the odd entry is deflated by make_zip */
+        zentry e[2] = { { "a/data.pkl", p.p, p.n }, { "a/data/0", zeros, (size_t)N * 4 } };
+        bbuf z = make_zip(e, 2);
+        CHECK(z.n < 16384);
+        kiln_weights *w = NULL;
+        if (names == 1) {
+            CHECK_OK(load_bb(&z, &w));
+            kiln_weights_destroy(w);
+        } else {
+            CHECK_FAILS(load_bb(&z, &cf_w_), KILN_ERR_LIMIT, "decode to more than");
+        }
+        free(z.p);
+        free(p.p);
+    }
+    free(zeros);
 }
 
 TEST(zip_crafted)
@@ -1002,10 +1107,12 @@ int main(void)
     RUN(safetensors_hostile);
     RUN(pickle_views_and_dtypes);
     RUN(pickle_view_bounds);
+    RUN(pickle_tensor_bombs);
     RUN(pickle_disallowed);
     RUN(pickle_bounds);
     RUN(wrapper_dicts);
     RUN(zip_crafted);
+    RUN(zip_tensor_bomb);
     RUN(damage_real_truncated);
     RUN(damage_zip);
     RUN(damage_legacy);

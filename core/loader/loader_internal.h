@@ -31,6 +31,15 @@ kiln_status kiln__weights_put(kiln_weights *w, const char *name, size_t name_len
                               kiln_dtype dtype);
 void kiln__weights_set_format(kiln_weights *w, kiln_weights_format f);
 
+/* Decoded-size budget of one kiln_weights_load_mem: the float32 tensors a
+ * file decodes to may total KILN_WEIGHTS_DECODE_RATIO times its size plus
+ * KILN_WEIGHTS_DECODE_SLACK (half precision widens 2x; tied weights repeat a
+ * storage under several names), never more than KILN_WEIGHTS_MAX_BYTES.
+ * A parser reserves each tensor's bytes before allocating them. */
+#define KILN_WEIGHTS_DECODE_RATIO 8
+#define KILN_WEIGHTS_DECODE_SLACK ((size_t)1 << 20)
+kiln_status kiln__weights_reserve(kiln_weights *w, size_t bytes);
+
 /* Bytes per element of a file dtype (4, 2, 2). */
 size_t kiln__dtype_size(kiln_dtype d);
 /* Widen n little-endian elements of dtype d at src into dst (exact). */

@@ -252,6 +252,36 @@ static kiln_status int_tuple(const kiln__pickle *vm, const kiln__pval *t, const 
     return KILN_OK;
 }
 
+/* A view must name each storage element at most once: a stride of 0 on a
+ * dimension longer than 1, or strides whose dimensions interleave, would let
+ * a few bytes of storage decode into an unbounded tensor. Sorted by stride,
+ * every dimension must step past everything the smaller ones reach (the
+ * layouts torch.save writes, contiguous or permuted, all pass). */
+static kiln_status view_is_one_to_one(const int64_t *shape, const int64_t *stride, int nd)
+{
+    int ord[KILN_MAX_DIMS], n = 0;
+    for (int d = 0; d < nd; d++) {
+        if (shape[d] <= 1) continue;
+        if (stride[d] <= 0)
+            return kiln_fail(KILN_ERR_FORMAT, "pickle: tensor stride dim %d is %lld for a "
+                             "size of %lld (a view that repeats storage elements)", d,
+                             (long long)stride[d], (long long)shape[d]);
+        int k = n++;
+        while (k > 0 && stride[ord[k - 1]] > stride[d]) { ord[k] = ord[k - 1]; k--; }
+        ord[k] = d;
+    }
+    uint64_t reach = 0; /* largest element offset the smaller dims reach */
+    for (int k = 0; k < n; k++) {
+        int d = ord[k];
+        if ((uint64_t)stride[d] <= reach)
+            return kiln_fail(KILN_ERR_FORMAT, "pickle: tensor stride dim %d (%lld) overlaps "
+                             "the smaller dims (a view that repeats storage elements)", d,
+                             (long long)stride[d]);
+        reach += (uint64_t)(shape[d] - 1) * (uint64_t)stride[d]; /* bounded by the caller */
+    }
+    return KILN_OK;
+}
+
 /* _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
  * backward_hooks[, metadata]): check the view lies inside its storage. */
 static kiln_status rebuild_tensor(kiln__pickle *vm, uint32_t args)
@@ -297,6 +327,7 @@ static kiln_status rebuild_tensor(kiln__pickle *vm, uint32_t args)
                              (long long)off->u.i, (unsigned long long)last,
                              (long long)s->u.storage.numel);
     }
+    if ((st = view_is_one_to_one(shape, stride, nd))) return st;
     kiln__pval *t;
     if ((st = push_new(vm, KILN__P_TENSOR, &t))) return st;
     t->u.tensor.storage = sidx;
@@ -750,6 +781,106 @@ static void gather(const kiln__pval *t, kiln_dtype dt, const uint8_t *data, size
                 }
 }
 
+/* Storages are named by their key: two persistent ids with one key are one
+ * storage (each reference builds its own object). */
+static int storage_key_cmp(const kiln__pval *a, const kiln__pval *b)
+{
+    size_t an = a->u.storage.key_len, bn = b->u.storage.key_len;
+    int r = memcmp(a->u.storage.key, b->u.storage.key, an < bn ? an : bn);
+    return r ? r : (an > bn) - (an < bn);
+}
+
+typedef struct view_ref {
+    const kiln__pval *t, *s; /* the tensor and its storage */
+    uint64_t first, last; /* element range the view spans */
+} view_ref;
+
+/* Same offset, shape and strides (the storage is compared by the caller). */
+static int same_view(const kiln__pval *a, const kiln__pval *b)
+{
+    if (a->u.tensor.offset != b->u.tensor.offset ||
+        a->u.tensor.ndim != b->u.tensor.ndim)
+        return 0;
+    for (int d = 0; d < a->u.tensor.ndim; d++)
+        if (a->u.tensor.shape[d] != b->u.tensor.shape[d] ||
+            a->u.tensor.stride[d] != b->u.tensor.stride[d])
+            return 0;
+    return 1;
+}
+
+static int view_cmp(const void *x, const void *y)
+{
+    const view_ref *a = x, *b = y;
+    int r = storage_key_cmp(a->s, b->s);
+    if (r) return r;
+    return a->first < b->first ? -1 : a->first > b->first;
+}
+
+/* Several tensors on one storage: the same view under several names is kept
+ * (tied weights, such as CARN-M's shared blocks, are saved that way; the
+ * decoded-size budget of kiln__weights_reserve bounds how often a file may
+ * repeat it); different views must span disjoint element ranges, so together
+ * they never decode more elements than the storage holds. */
+static kiln_status storages_one_to_one(const kiln__pickle *vm, const kiln__pval *sd)
+{
+    uint32_t n = 0;
+    view_ref *v = malloc((sd->u.seq.n / 2 + 1) * sizeof *v);
+    if (!v) return kiln_fail(KILN_ERR_NOMEM, "pickle: out of memory");
+    for (uint32_t i = 0; i + 1 < sd->u.seq.n; i += 2) {
+        const kiln__pval *t = item(vm, sd, i + 1);
+        if (t->kind != KILN__P_TENSOR) continue;
+        uint64_t last = (uint64_t)t->u.tensor.offset, numel = 1;
+        for (int d = 0; d < t->u.tensor.ndim; d++) {
+            numel *= (uint64_t)t->u.tensor.shape[d];
+            if (t->u.tensor.shape[d] > 0)
+                last += (uint64_t)(t->u.tensor.shape[d] - 1) * (uint64_t)t->u.tensor.stride[d];
+        }
+        if (numel == 0) continue; /* an empty view touches nothing */
+        v[n++] = (view_ref){ t, &vm->obj[t->u.tensor.storage], (uint64_t)t->u.tensor.offset,
+                             last };
+    }
+    qsort(v, n, sizeof *v, view_cmp);
+    kiln_status st = KILN_OK;
+    uint64_t end = 0; /* the furthest element the storage's ranges so far reach */
+    for (uint32_t i = 0; i < n && !st; i++) {
+        const view_ref *p = i ? &v[i - 1] : NULL, *c = &v[i];
+        if (!p || storage_key_cmp(p->s, c->s) != 0) {
+            end = c->last;
+            continue;
+        }
+        if (same_view(p->t, c->t)) continue;
+        if (c->first <= end)
+            st = kiln_fail(KILN_ERR_FORMAT, "pickle: two different tensor views of one storage "
+                           "overlap (elements %llu..%llu and %llu..%llu)",
+                           (unsigned long long)p->first, (unsigned long long)p->last,
+                           (unsigned long long)c->first, (unsigned long long)c->last);
+        if (c->last > end) end = c->last;
+    }
+    free(v);
+    return st;
+}
+
+typedef struct collect_item {
+    const kiln__pval *storage;
+    uint32_t key, tensor; /* object indices */
+    uint32_t pos;                  /* order in the state dict */
+    float *data;
+} collect_item;
+
+static int item_storage_cmp(const void *x, const void *y)
+{
+    const collect_item *a = x, *b = y;
+    int r = storage_key_cmp(a->storage, b->storage);
+    if (r) return r;
+    return (a->pos > b->pos) - (a->pos < b->pos);
+}
+
+static int item_pos_cmp(const void *x, const void *y)
+{
+    const collect_item *a = x, *b = y;
+    return (a->pos > b->pos) - (a->pos < b->pos);
+}
+
 kiln_status kiln__pickle_collect(const kiln__pickle *vm, const kiln__pval *root,
                                  kiln__storage_fn fn, void *ctx, kiln_weights *w)
 {
@@ -761,28 +892,59 @@ kiln_status kiln__pickle_collect(const kiln__pickle *vm, const kiln__pval *root,
         sd = sub;
     else if ((sub = dict_get(vm, root, "model")) && sub->kind == KILN__P_DICT)
         sd = sub;
+    kiln_status st = storages_one_to_one(vm, sd);
+    if (st) return st;
+    collect_item *it = calloc(sd->u.seq.n / 2 + 1, sizeof *it);
+    if (!it) return kiln_fail(KILN_ERR_NOMEM, "pickle: out of memory");
+    uint32_t n = 0;
     for (uint32_t i = 0; i + 1 < sd->u.seq.n; i += 2) {
         const kiln__pval *k = item(vm, sd, i), *t = item(vm, sd, i + 1);
         if (t->kind != KILN__P_TENSOR) continue; /* only tensors are weights */
-        if (k->kind != KILN__P_STR)
-            return kiln_fail(KILN_ERR_FORMAT, "pickle: state dict key %u is a %s, expected "
-                             "a str", i / 2, kind_name(k->kind));
+        if (k->kind != KILN__P_STR) {
+            st = kiln_fail(KILN_ERR_FORMAT, "pickle: state dict key %u is a %s, expected "
+                           "a str", i / 2, kind_name(k->kind));
+            goto done;
+        }
+        it[n] = (collect_item){ &vm->obj[t->u.tensor.storage], sd->u.seq.items[i],
+                                sd->u.seq.items[i + 1], n, NULL };
+        n++;
+    }
+    /* Decode grouped by storage, so the format reads each storage once (a zip
+     * entry is inflated once however many views it has), then add the
+     * tensors in the state dict's order. */
+    qsort(it, n, sizeof *it, item_storage_cmp);
+    for (uint32_t j = 0; j < n; j++) {
+        const kiln__pval *k = &vm->obj[it[j].key], *t = &vm->obj[it[j].tensor];
         const kiln__pval *s = &vm->obj[t->u.tensor.storage];
         size_t numel = 1;
         for (int d = 0; d < t->u.tensor.ndim; d++) numel *= (size_t)t->u.tensor.shape[d];
         const uint8_t *data = NULL;
-        kiln_status st;
-        if (numel > 0 && (st = fn(ctx, s, &data))) {
+        if ((st = kiln__weights_reserve(w, numel * sizeof(float))) ||
+            (numel > 0 && (st = fn(ctx, s, &data)))) {
             char nm[84];
             kiln_errmsg_prefix("tensor '%s': ", printable(k->u.s.p, k->u.s.n, nm));
-            return st;
+            goto done;
         }
         float *f = malloc((numel ? numel : 1) * sizeof *f);
-        if (!f) return kiln_fail(KILN_ERR_NOMEM, "pickle: out of memory for %zu floats", numel);
+        if (!f) {
+            st = kiln_fail(KILN_ERR_NOMEM, "pickle: out of memory for %zu floats", numel);
+            goto done;
+        }
         if (numel) gather(t, s->u.storage.dtype, data, numel, f);
-        st = kiln__weights_put(w, (const char *)k->u.s.p, k->u.s.n, t->u.tensor.ndim,
-                               t->u.tensor.shape, f, s->u.storage.dtype);
-        if (st) return st;
+        it[j].data = f;
     }
-    return KILN_OK;
+    qsort(it, n, sizeof *it, item_pos_cmp);
+    for (uint32_t j = 0; j < n; j++) {
+        const kiln__pval *k = &vm->obj[it[j].key], *t = &vm->obj[it[j].tensor];
+        const kiln__pval *s = &vm->obj[t->u.tensor.storage];
+        float *f = it[j].data;
+        it[j].data = NULL; /* owned by w from here, even on failure */
+        if ((st = kiln__weights_put(w, (const char *)k->u.s.p, k->u.s.n, t->u.tensor.ndim,
+                                    t->u.tensor.shape, f, s->u.storage.dtype)))
+            goto done;
+    }
+done:
+    for (uint32_t j = 0; j < n; j++) free(it[j].data);
+    free(it);
+    return st;
 }
