@@ -6,9 +6,12 @@
 #include <string.h>
 
 #include "cli.h"
+#include "conv.h"
 #include "dataset.h"
 #include "eval.h"
 #include "image.h"
+#include "int8.h"
+#include "quant.h"
 #include "metrics.h"
 #include "model.h"
 #include "pool.h"
@@ -35,10 +38,31 @@ static int open_model(const char *cmd, const cli_opt *o, kiln_runner **out)
     return 0;
 }
 
+/* kiln info --cpu: the CPU features the library's probes report (after the
+ * KILN_NO_AVX2 / KILN_NO_AVX512 switches) and the kernel families the FP32
+ * convs and the INT8 engine choose here (after KILN_CONV_ISA and
+ * KILN_INT8_IMPL), asked of the dispatch code itself. */
+static int info_cpu(void)
+{
+    printf("cpu features: avx2+fma %s, avx512 f/bw/dq/vl %s, avx512 vbmi %s, avx512 vnni %s, avx-vnni %s, amx-int8 %s\n",
+           kiln__cpu_avx2() ? "yes" : "no", kiln__cpu_avx512() ? "yes" : "no", kiln__q8_avx512() ? "yes" : "no",
+           kiln__cpu_avx512vnni() ? "yes" : "no", kiln__cpu_avxvnni() ? "yes" : "no", kiln__cpu_amx() ? "yes" : "no");
+    static const float w[16 * 16 * 9];
+    kiln_conv *c = NULL;
+    kiln_status st = kiln_conv_create(16, 16, 3, w, NULL, KILN_IMPL_AUTO, &c);
+    if (st != KILN_OK) return cli_fail("info", st);
+    printf("fp32 convs:   %s on %s (3x3, 16+ channels)\n", kiln_impl_name(kiln_conv_impl(c)), kiln_conv_isa(c));
+    kiln_conv_destroy(c);
+    printf("int8 engine:  %s kernels\n", kiln_int8_impl_name(kiln_int8_resolve(KILN_INT8_AUTO)));
+    return 0;
+}
+
 int cmd_info(int argc, char **argv)
 {
-    cli_opt o[] = {{"model", 1, 0}, {"res-scale", 1, 0}, {"scale", 1, 0}, {"json", 1, 0}, {0, 0, 0}};
+    cli_opt o[] = {{"model", 1, 0}, {"res-scale", 1, 0}, {"scale", 1, 0}, {"json", 1, 0}, {"cpu", 0, 0}, {0, 0, 0}};
     if (cli_parse("info", argc, argv, o)) return 2;
+    if (cli_get(o, "cpu") && !cli_get(o, "model")) return info_cpu();
+    if (cli_get(o, "cpu") && info_cpu()) return 1;
     kiln_runner *r;
     int rc = open_model("info", o, &r);
     if (rc) return rc;

@@ -21,7 +21,7 @@ static void usage(FILE *f)
         "kiln %s — compress super-resolution networks (EDSR, CARN, CARN-M, ONNX) and measure the cost\n"
         "\n"
         "usage:\n"
-        "  kiln info      --model M [--res-scale X] [--scale S]\n"
+        "  kiln info      --model M [--res-scale X] [--scale S] | --cpu\n"
         "  kiln eval      --model M --data DIR [--split calib|eval|all] [--calib N] [--limit N]\n"
         "                 [--threads T] [--metric psnr|psnr-y|ssim] [--shave N] [--round8]\n"
         "                 [--engine int8|simulate] [--res-scale X] [--scale S] [--json OUT]\n"

@@ -588,11 +588,8 @@ const char *kiln_int8_impl_name(kiln_int8_impl impl)
     return "?";
 }
 
-kiln_status kiln_int8_create(const kiln_artifact *a, kiln_int8_impl impl, kiln_int8 **out)
+kiln_int8_impl kiln_int8_resolve(kiln_int8_impl impl)
 {
-    *out = NULL;
-    kiln_status st = kiln_int8_supported(a);
-    if (st != KILN_OK) return st;
     if (impl == KILN_INT8_AUTO) {
         /* AMX (tile matrix multiply) is ~10x AVX-VNNI's integer throughput
          * here, AVX-VNNI 2x the AVX2 kernels; KILN_INT8_IMPL (amx, avxvnni,
@@ -608,6 +605,15 @@ kiln_status kiln_int8_create(const kiln_artifact *a, kiln_int8_impl impl, kiln_i
         if (env && strcmp(env, "avx2") == 0 && kiln__cpu_avx2()) impl = KILN_INT8_AVX2;
         if (env && strcmp(env, "reference") == 0) impl = KILN_INT8_REFERENCE;
     }
+    return impl;
+}
+
+kiln_status kiln_int8_create(const kiln_artifact *a, kiln_int8_impl impl, kiln_int8 **out)
+{
+    *out = NULL;
+    kiln_status st = kiln_int8_supported(a);
+    if (st != KILN_OK) return st;
+    impl = kiln_int8_resolve(impl);
     if (impl == KILN_INT8_AVX2 && !kiln__cpu_avx2())
         return kiln_fail(KILN_ERR_UNSUPPORTED, "int8 engine: AVX2 kernels requested but the CPU has no AVX2");
     if (impl == KILN_INT8_AVXVNNI && !kiln__cpu_avxvnni())

@@ -71,6 +71,9 @@ void kiln_int8_destroy(kiln_int8 *e);
 /* The kernels a created engine really runs (AUTO resolved). */
 kiln_int8_impl kiln_int8_impl_of(const kiln_int8 *e);
 const char *kiln_int8_impl_name(kiln_int8_impl impl);
+/* The family an engine created with impl would run: AUTO resolved from the
+ * CPU and KILN_INT8_IMPL (what kiln_int8_create does); others unchanged. */
+kiln_int8_impl kiln_int8_resolve(kiln_int8_impl impl);
 int kiln_int8_scale(const kiln_int8 *e);
 
 /* Same contract as kiln_model_forward: sr gets 3 x (h*s) x (w*s) floats,

@@ -99,6 +99,19 @@ for f in edsr_r16f64_x2.pt:pt-zip edsr_r16f64_x2_legacy.pt:pt-legacy edsr_r16f64
         else bad "info $file" "$(cat "$tmp/info" "$tmp/err" | head -12) (rows $rows)"; fi
     else bad "info $file" "$(cat "$tmp/err")"; fi
 done
+# --cpu: the probes' features and the families the dispatch picks; the
+# switches move both (KILN_INT8_IMPL / KILN_CONV_ISA to AVX2, KILN_NO_AVX512
+# rules out every AVX-512 family).
+if "$BIN" info --cpu >"$tmp/cpu" 2>"$tmp/err" && grep -q '^cpu features: avx2+fma ' "$tmp/cpu" &&
+   grep -qE '^fp32 convs: +[a-z0-9]+ on (avx2|avx512|scalar)' "$tmp/cpu" &&
+   grep -qE '^int8 engine: +(amx|avx512vnni|avxvnni|avx2|reference) kernels' "$tmp/cpu" &&
+   KILN_INT8_IMPL=avx2 KILN_CONV_ISA=avx2 "$BIN" info --cpu >"$tmp/cpu2" 2>>"$tmp/err" &&
+   grep -q '^int8 engine: *avx2 kernels' "$tmp/cpu2" && grep -q 'on avx2 ' "$tmp/cpu2" &&
+   KILN_NO_AVX512=1 "$BIN" info --cpu >"$tmp/cpu3" 2>>"$tmp/err" &&
+   grep -q 'avx512 vnni no' "$tmp/cpu3" && ! grep -qE 'on avx512|avx512vnni kernels|amx kernels' "$tmp/cpu3" &&
+   [ ! -s "$tmp/err" ]; then
+    ok "info --cpu: $(sed -n 's/^int8 engine: *//p' "$tmp/cpu") ($(sed -n 's/^fp32 convs: *//p' "$tmp/cpu")), switches honoured"
+else bad "info --cpu" "$(cat "$tmp/cpu" "$tmp/cpu2" "$tmp/cpu3" "$tmp/err" 2>/dev/null)"; fi
 # The official multi-scale CARN-M: one upsampler chosen, shared weights shown once.
 if "$BIN" info --model "$MODELS/zoo/carn_m.pth" --scale 4 >"$tmp/info" 2>"$tmp/err" &&
    grep -q '(CARN-M, x4)' "$tmp/info" && grep -q '^upsample.up4.body.3 ' "$tmp/info" &&
