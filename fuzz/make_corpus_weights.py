@@ -83,10 +83,25 @@ def bf16(vals):
 TENSORS = [
     ("conv.weight", "FloatStorage", "0", f32([0.5, -1.0, 2.0, 0.25, 3.0, -0.125]), 6, 0, (2, 3), (3, 1)),
     ("conv.bias", "FloatStorage", "1", f32([1.0, 2.0]), 2, 0, (2,), (1,)),
-    ("view.t", "FloatStorage", "0", None, 6, 0, (3, 2), (1, 3)),  # transposed view of "0"
+    # a transposed view of its own storage (two different views of one storage must not overlap)
+    ("view.t", "FloatStorage", "4", f32([0.5, -1.0, 2.0, 0.25, 3.0, -0.125]), 6, 0, (3, 2), (1, 3)),
+    ("tied", "FloatStorage", "1", None, 2, 0, (2,), (1,)),  # the same view as conv.bias
     ("half", "HalfStorage", "2", f16([1.0, -2.0, 0.5, 65504.0]), 4, 1, (3,), (1,)),
     ("bf", "BFloat16Storage", "3", bf16([1.5, -3.0]), 2, 0, (2, 1, 1, 1), (1, 1, 1, 1)),
 ]
+
+
+# Tensor bombs the loaders refuse: stride-0 views of a 1-float storage, an
+# interleaved view, overlapping views of one storage, tied names over budget.
+BOMB_STRIDE0 = [("b%d" % i, "FloatStorage", "0", f32([1.0]) if i == 0 else None, 1, 0, (1 << 20,), (0,))
+                for i in range(64)]
+BOMB_OVERLAP = [
+    ("a", "FloatStorage", "0", f32([0, 1, 2, 3, 4, 5]), 6, 0, (4,), (1,)),
+    ("b", "FloatStorage", "0", None, 6, 2, (4,), (1,)),
+    ("c", "FloatStorage", "1", f32([0, 1, 2, 3, 4, 5]), 6, 0, (3, 2), (1, 1)),
+]
+BOMB_TIED = [("t%d" % i, "FloatStorage", "0", f32([0.0] * 4096) if i == 0 else None, 4096, 0, (4096,), (1,))
+             for i in range(160)]
 
 
 def state_dict(p, legacy, tensors):
@@ -178,6 +193,9 @@ def main():
     write("fuzz_pt", "zip_deflated.pt", pt_zip("archive", TENSORS[:2], zipfile.ZIP_DEFLATED))
     write("fuzz_pt", "legacy.pt", pt_legacy(TENSORS, False))
     write("fuzz_pt", "legacy_wrapped.pt", pt_legacy(TENSORS[:3], True))
+    write("fuzz_pt", "bomb_stride0_legacy.pt", pt_legacy(BOMB_STRIDE0, False))
+    write("fuzz_pt", "bomb_overlap_zip.pt", pt_zip("bomb", BOMB_OVERLAP, zipfile.ZIP_STORED))
+    write("fuzz_pt", "bomb_tied_zip.pt", pt_zip("bomb", BOMB_TIED, zipfile.ZIP_DEFLATED))
     write("fuzz_safetensors", "f32.safetensors",
           safetensors([("a.weight", "F32", (2, 3), f32([1, 2, 3, 4, 5, 6])), ("a.bias", "F32", (2,), f32([0.5, -0.5]))]))
     write("fuzz_safetensors", "mixed.safetensors",
