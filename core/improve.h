@@ -103,7 +103,10 @@ kiln_status kiln_improve_bias_correction(const kiln_improve_stats *s, size_t con
  * [first, first + count), then correct the bias of every conv of the
  * artifact whose weights are compressed (not KILN_WK_F32), against the float
  * weights of `ref`, in the artifact and in `work` alike (so calibration sees
- * the corrected network). `work` and `ref` have the same architecture. */
+ * the corrected network). `work` and `ref` have the same architecture.
+ * The corrections of palettized convs are kept only if together they raise
+ * the calibration PSNR of `work` (float activations); otherwise all of them
+ * are undone. */
 kiln_status kiln_improve_correct_biases(kiln_model *work, const kiln_model *ref, kiln_artifact *a,
                                         const kiln_dataset *ds, size_t first, size_t count,
                                         const kiln_compress_opts *opts);
