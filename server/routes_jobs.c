@@ -2,7 +2,8 @@
  * routes_jobs.c — compression jobs: submit (validated against the model,
  * dataset and recipe before anything is queued; Idempotency-Key honoured),
  * list with filters and cursor paging, get with progress and result,
- * cancel, retry, and the artifact download (ETag = sha256, single Range).
+ * cancel, retry, and the artifact download as .kiln or ONNX (ETag = sha256,
+ * single Range).
  *
  * Submitting only inserts a queued row and wakes a worker; compression never
  * runs in these (libmicrohttpd) threads.
@@ -17,6 +18,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "artifact.h"
+#include "export.h"
 #include "hash.h"
 #include "preview.h"
 #include "recipe.h"
@@ -389,9 +392,91 @@ static int parse_range(const char *h, uint64_t size, uint64_t *from, uint64_t *t
     return 1;
 }
 
+/* One download reply: ETag (quoted sha256), If-None-Match, single Range.
+ * The bytes are either an open file (fd >= 0, closed here) or a buffer. */
+static void reply_download(kiln_req *r, const char *sha, const char *filename, int fd, const char *buf,
+                           uint64_t size)
+{
+    char etag[80], disp[160];
+    snprintf(etag, sizeof etag, "\"%s\"", sha);
+    snprintf(disp, sizeof disp, "attachment; filename=\"%s\"", filename);
+    kiln_reply_header(r, "ETag", etag);
+    kiln_reply_header(r, "Accept-Ranges", "bytes");
+    kiln_reply_header(r, "Content-Disposition", disp);
+
+    const char *inm = kiln_req_header(r, "If-None-Match");
+    if (inm && (strstr(inm, etag) || !strcmp(inm, "*"))) {
+        if (fd >= 0) close(fd);
+        kiln_reply_empty(r, 304);
+        return;
+    }
+    uint64_t from = 0, to = size ? size - 1 : 0;
+    int rg = parse_range(kiln_req_header(r, "Range"), size, &from, &to);
+    if (rg < 0) {
+        if (fd >= 0) close(fd);
+        char cr[64];
+        snprintf(cr, sizeof cr, "bytes */%" PRIu64, size);
+        kiln_reply_header(r, "Content-Range", cr);
+        kiln_reply_error(r, 416, "range_not_satisfiable", "Range", "Range \"%s\" is outside the %" PRIu64 "-byte file",
+                         kiln_req_header(r, "Range"), size);
+        return;
+    }
+    int status = 200;
+    if (rg == 1) {
+        char cr[96];
+        snprintf(cr, sizeof cr, "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, from, to, size);
+        kiln_reply_header(r, "Content-Range", cr);
+        status = 206;
+    } else {
+        from = 0;
+        to = size ? size - 1 : 0;
+    }
+    const uint64_t n = size ? to - from + 1 : 0;
+    if (fd >= 0) kiln_reply_file(r, status, "application/octet-stream", fd, from, n);
+    else kiln_reply_raw(r, status, "application/octet-stream", buf + from, (size_t)n);
+}
+
+/* The ?format=onnx options (opset, weights); 0, or replied 400. */
+static int export_opts(kiln_req *r, kiln_export_opts *eo)
+{
+    memset(eo, 0, sizeof *eo);
+    const char *op = kiln_req_query(r, "opset"), *w = kiln_req_query(r, "weights");
+    if (op) {
+        char *end;
+        long v = strtol(op, &end, 10);
+        if (!*op || *end || v < KILN_EXPORT_OPSET_MIN || v > KILN_EXPORT_OPSET_MAX) {
+            kiln_reply_error(r, 400, "invalid_request", "opset", "opset \"%s\" is not an opset kiln writes (%d to %d)",
+                             op, KILN_EXPORT_OPSET_MIN, KILN_EXPORT_OPSET_MAX);
+            return -1;
+        }
+        eo->opset = (int)v;
+    }
+    if (w) {
+        if (!strcmp(w, "int4")) eo->weights = KILN_EXPORT_WEIGHTS_INT4;
+        else if (!strcmp(w, "int8")) eo->weights = KILN_EXPORT_WEIGHTS_INT8;
+        else {
+            kiln_reply_error(r, 400, "invalid_request", "weights", "weights \"%s\" is not one of int4, int8", w);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* GET /v1/jobs/{id}/artifact[?format=kiln|onnx[&opset=N][&weights=int4|int8]]
+ * The stored .kiln file, or its ONNX export (docs/export.md), made from the
+ * artifact on request: the exporter is deterministic, so the export's
+ * sha256 is a stable ETag and ranges of it are consistent across requests. */
 void kiln_route_job_artifact(kiln_req *r)
 {
     kilnd_ctx *ctx = kiln_req_ctx(r);
+    const char *format = kiln_req_query(r, "format");
+    const int onnx = format && !strcmp(format, "onnx");
+    if (format && !onnx && strcmp(format, "kiln") != 0) {
+        kiln_reply_error(r, 400, "invalid_request", "format", "format \"%s\" is not one of kiln, onnx", format);
+        return;
+    }
+    kiln_export_opts eo;
+    if (onnx && export_opts(r, &eo)) return;
     kiln_db_job j;
     if (load_job(r, &j)) return;
     if (strcmp(j.status, "succeeded") != 0 || !j.artifact_sha256[0]) {
@@ -400,46 +485,49 @@ void kiln_route_job_artifact(kiln_req *r)
         kiln_db_job_clear(&j);
         return;
     }
-    char etag[80], path[KILND_PATH_MAX + 96], disp[128];
-    snprintf(etag, sizeof etag, "\"%s\"", j.artifact_sha256);
-    snprintf(disp, sizeof disp, "attachment; filename=\"%s.kiln\"", j.id);
+    char path[KILND_PATH_MAX + 96], name[128], sha[65];
+    snprintf(name, sizeof name, "%s.%s", j.id, onnx ? "onnx" : "kiln");
+    snprintf(sha, sizeof sha, "%s", j.artifact_sha256);
     kiln_store_blob_path(ctx->store, j.artifact_sha256, path, sizeof path);
     kiln_db_job_clear(&j);
-    kiln_reply_header(r, "ETag", etag);
-    kiln_reply_header(r, "Accept-Ranges", "bytes");
-    kiln_reply_header(r, "Content-Disposition", disp);
 
-    const char *inm = kiln_req_header(r, "If-None-Match");
-    if (inm && (strstr(inm, etag) || !strcmp(inm, "*"))) {
-        kiln_reply_empty(r, 304);
+    if (!onnx) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        struct stat sb;
+        if (fd < 0 || fstat(fd, &sb) != 0) {
+            if (fd >= 0) close(fd);
+            kiln_reply_error(r, 500, "internal", NULL, "the artifact %s is missing from the store", sha);
+            return;
+        }
+        reply_download(r, sha, name, fd, NULL, (uint64_t)sb.st_size);
         return;
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat sb;
-    if (fd < 0 || fstat(fd, &sb) != 0) {
-        if (fd >= 0) close(fd);
-        kiln_reply_error(r, 500, "internal", NULL, "artifact blob %s is missing", path);
+    kiln_artifact *a = NULL;
+    kiln_status st = kiln_artifact_read(path, &a);
+    if (st != KILN_OK) {
+        kiln_reply_error(r, 500, "internal", NULL, "the artifact %s cannot be read: %s", sha, kiln_status_str(st));
         return;
     }
-    uint64_t size = (uint64_t)sb.st_size, from = 0, to = 0;
-    int rg = parse_range(kiln_req_header(r, "Range"), size, &from, &to);
-    if (rg < 0) {
-        close(fd);
-        char cr[64];
-        snprintf(cr, sizeof cr, "bytes */%" PRIu64, size);
-        kiln_reply_header(r, "Content-Range", cr);
-        kiln_reply_error(r, 416, "range_not_satisfiable", "Range", "Range \"%s\" is outside the %" PRIu64 "-byte artifact",
-                         kiln_req_header(r, "Range"), size);
+    void *buf = NULL;
+    size_t len = 0;
+    st = kiln_export_onnx(a, &eo, &buf, &len);
+    kiln_artifact_free(a);
+    if (st == KILN_ERR_UNSUPPORTED) {
+        kiln_reply_error(r, 422, "not_exportable", "opset", "%s", kiln_errmsg());
+        free(buf);
         return;
     }
-    if (rg == 1) {
-        char cr[96];
-        snprintf(cr, sizeof cr, "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, from, to, size);
-        kiln_reply_header(r, "Content-Range", cr);
-        kiln_reply_file(r, 206, "application/octet-stream", fd, from, to - from + 1);
-    } else {
-        kiln_reply_file(r, 200, "application/octet-stream", fd, 0, size);
+    if (st != KILN_OK) {
+        const char *code = "internal";
+        int http = kiln_http_status_of(st, &code);
+        kiln_reply_error(r, http, code, NULL, "ONNX export failed: %s", kiln_status_str(st));
+        free(buf);
+        return;
     }
+    char esha[65];
+    kiln_sha256_hex(buf, len, esha);
+    reply_download(r, esha, name, -1, buf, len);
+    free(buf);
 }
 
 /* GET /v1/jobs/{id}/preview?image=NAME&x=X&y=Y&size=S — four crops side by

@@ -745,13 +745,15 @@
     if (j.retry_of) fact(dl, 'Retry of', el('a', { href: '#/jobs/' + j.retry_of, text: j.retry_of }));
     fact(dl, 'kiln', r.kiln_version);
     $('jd-error').textContent = j.error ? `${j.error.code}: ${j.error.message}` : '';
-    const cancel = $('jd-cancel'), retry = $('jd-retry'), dlb = $('jd-download');
+    const cancel = $('jd-cancel'), retry = $('jd-retry'), dlb = $('jd-download'), dlo = $('jd-download-onnx');
     cancel.hidden = !(isActive(j) && !j.cancel_requested);
     retry.hidden = !isFinished(j);
     dlb.hidden = !j.artifact;
+    dlo.hidden = !j.artifact;
     cancel.onclick = () => cancelJob(j.id);
     retry.onclick = () => retryJob(j.id);
-    dlb.onclick = () => downloadArtifact(j);
+    dlb.onclick = () => downloadArtifact(j, 'kiln');
+    dlo.onclick = () => downloadArtifact(j, 'onnx');
     if (!full) return;
     renderChart(r.per_image || []);
     const cfg = r.config || state.presets[j.recipe] || null;
@@ -759,11 +761,12 @@
     setupCrops(j);
   }
 
-  async function downloadArtifact(j) {
+  // format: 'kiln' (the stored artifact) or 'onnx' (its QDQ export, made by the server).
+  async function downloadArtifact(j, format) {
     try {
-      const blob = await apiBlob(j.artifact.url);
+      const blob = await apiBlob(format === 'onnx' ? j.artifact.url + '?format=onnx' : j.artifact.url);
       const url = URL.createObjectURL(blob);
-      const a = el('a', { href: url, download: `${j.id}.kiln` });
+      const a = el('a', { href: url, download: `${j.id}.${format}` });
       document.body.append(a); a.click(); a.remove();
       setTimeout(() => URL.revokeObjectURL(url), 2000);
     } catch (e) { toast('Download failed: ' + e.message); }

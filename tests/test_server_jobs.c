@@ -85,6 +85,69 @@ TEST(upload_model_and_dataset)
     free(tar);
 }
 
+/* The ONNX form of a job's artifact: the same bytes `kiln export` writes from
+ * the downloaded .kiln (default options and --weights int8), served with its
+ * own sha256 as ETag, by ranges and conditionally; bad options name their
+ * query field. */
+static void check_onnx_download(const char *job_id, const char *kiln_file, const char *recipe)
+{
+    static const struct { const char *query, *cli, *tag; } forms[] = {
+        {"", "", "auto"},
+        {"&weights=int8", "--weights int8", "int8"},
+    };
+    for (size_t i = 0; i < sizeof forms / sizeof *forms; i++) {
+        char path[240], onnx[800], args[4096], h[256], want[80], hex[65];
+        snprintf(path, sizeof path, "/v1/jobs/%s/artifact?format=onnx%s", job_id, forms[i].query);
+        http_resp ox;
+        http_request(&D, "GET", path, TOK, NULL, NULL, 0, NULL, &ox);
+        CHECK_EQ_INT(ox.status, 200);
+        snprintf(onnx, sizeof onnx, "%s/cli-%s-%s.onnx", TMP, recipe, forms[i].tag);
+        snprintf(args, sizeof args, "%s export --model %s --format onnx %s --out %s > %s.stdout 2>&1", kiln_bin(),
+                 kiln_file, forms[i].cli, onnx, onnx);
+        CHECK_EQ_INT(system(args), 0);
+        size_t n = 0;
+        char *cli = kiln_test_read_file(onnx, &n);
+        CHECK(cli != NULL);
+        CHECK_MSG(cli && n == ox.len && memcmp(cli, ox.body, n) == 0, "%s: %zu bytes served, kiln export wrote %zu",
+                  path, ox.len, n);
+        free(cli);
+        kiln_sha256_hex(ox.body, ox.len, hex);
+        snprintf(want, sizeof want, "\"%s\"", hex);
+        CHECK_STR(http_header(&ox, "ETag", h, sizeof h), want);
+        CHECK(http_header(&ox, "Content-Disposition", h, sizeof h) && strstr(h, ".onnx"));
+        const char *rg[] = {"Range: bytes=16-47", NULL};
+        http_resp part;
+        http_request(&D, "GET", path, TOK, NULL, NULL, 0, rg, &part);
+        CHECK_EQ_INT(part.status, 206);
+        CHECK(part.len == 32 && ox.len > 48 && memcmp(part.body, ox.body + 16, 32) == 0);
+        http_resp_free(&part);
+        char inm[120];
+        snprintf(inm, sizeof inm, "If-None-Match: %s", want);
+        const char *cond[] = {inm, NULL};
+        http_request(&D, "GET", path, TOK, NULL, NULL, 0, cond, &part);
+        CHECK_EQ_INT(part.status, 304);
+        http_resp_free(&part);
+        http_resp_free(&ox);
+    }
+    static const struct { const char *query, *field; long status; } bad[] = {
+        {"?format=zip", "format", 400},
+        {"?format=onnx&opset=9", "opset", 400},
+        {"?format=onnx&opset=17x", "opset", 400},
+        {"?format=onnx&weights=fp16", "weights", 400},
+        {"?format=onnx&opset=17&weights=int4", "opset", 422}, /* 4-bit weights need opset 21 */
+    };
+    const size_t n_bad = sizeof bad / sizeof *bad - (strcmp(recipe, "p4a8") != 0);
+    for (size_t i = 0; i < n_bad; i++) {
+        char path[240];
+        snprintf(path, sizeof path, "/v1/jobs/%s/artifact%s", job_id, bad[i].query);
+        http_resp e;
+        http_request(&D, "GET", path, TOK, NULL, NULL, 0, NULL, &e);
+        CHECK_MSG(e.status == bad[i].status, "%s: want %ld, got %ld", path, bad[i].status, e.status);
+        CHECK_STR(http_error_field(&e), bad[i].field);
+        http_resp_free(&e);
+    }
+}
+
 static void check_recipe(const char *recipe, const char *job_id)
 {
     /* The service's result. */
@@ -226,6 +289,7 @@ static void check_recipe(const char *recipe, const char *job_id)
     fprintf(stderr, ", kiln eval of the download %.6f dB\n    ", ev_psnr);
     CHECK_NEAR(ev_psnr, psnr, 1e-9);
     json_decref(ev);
+    check_onnx_download(job_id, dl, recipe);
     json_decref(job);
 }
 

@@ -213,6 +213,11 @@ async function mainTest(ctx, s) {
   const [art] = await Promise.all([page.waitForEvent('download'), page.click('#jd-download')]);
   const artBytes = fs.statSync(await art.path()).size;
   check(artBytes === apiJob.artifact.bytes, 'the downloaded artifact has the advertised size', `${artBytes} vs ${apiJob.artifact.bytes}`);
+  check(await page.isVisible('#jd-download-onnx'), 'ONNX download is offered');
+  const [ox] = await Promise.all([page.waitForEvent('download'), page.click('#jd-download-onnx')]);
+  const oxBytes = fs.readFileSync(await ox.path());
+  check(ox.suggestedFilename().endsWith('.onnx') && oxBytes.length > 1000 && oxBytes.includes('QuantizeLinear'),
+        'the ONNX download is a QDQ model', `${ox.suggestedFilename()}, ${oxBytes.length} bytes`);
   if (s.hasPreview) {
     await page.waitForSelector('#crop-msg[data-state=loaded], #crop-msg[data-state=error]', { timeout: 60000 });
     const w = await page.$eval('#crops', (img) => img.naturalWidth);
