@@ -121,10 +121,12 @@ for net in edsr carnm; do
     fi
 done
 
-# Sizes: the EDSR P4A8 ONNX file (uint4 indices) within 10% of its artifact.
-k=$(stat -c %s "$tmp/edsr.p4a8.kiln" 2>/dev/null || echo 0); o=$(stat -c %s "$tmp/edsr.p4a8.onnx" 2>/dev/null || echo 0)
-if [ "$k" -gt 0 ] && [ "$o" -le $((k + k / 10)) ]; then ok "edsr p4a8: ONNX $o bytes, .kiln $k bytes"
-else bad "edsr p4a8: ONNX $o bytes against .kiln $k bytes (more than 10% larger)"; fi
+# Sizes: each P4A8 ONNX file (uint4 indices) within 10% of its artifact.
+for net in edsr carnm; do
+    k=$(stat -c %s "$tmp/$net.p4a8.kiln" 2>/dev/null || echo 0); o=$(stat -c %s "$tmp/$net.p4a8.onnx" 2>/dev/null || echo 0)
+    if [ "$k" -gt 0 ] && [ "$o" -le $((k + k / 10)) ]; then ok "$net p4a8: ONNX $o bytes, .kiln $k bytes"
+    else bad "$net p4a8: ONNX $o bytes against .kiln $k bytes (more than 10% larger)"; fi
+done
 
 # Bad input: one line on stderr naming the problem, non-zero exit.
 expect_err() { # NAME PATTERN CMD...

@@ -55,6 +55,9 @@ typedef struct builder {
     Onnx__GraphProto *g;
     size_t cap_node, cap_init;
     int opset;
+    const kiln_artifact *a;
+    unsigned char *site_made; /* [a->n_sites]: the site's scale and zero point exist */
+    int index_scale_made;     /* the palettes' shared index scale exists          */
     kiln_status st;
 } builder;
 
@@ -255,7 +258,9 @@ static int code_type(int qmin, int qmax, int opset)
 }
 
 /* Q -> DQ of value `x` with a site's qparams; returns the DQ output name
- * (owned by the caller) or NULL. `tag` makes the names unique. */
+ * (owned by the caller) or NULL. `tag` makes the value names unique; the
+ * scale and zero point are one pair of initializers per site, "<site>:s"
+ * and "<site>:z", shared by every Q/DQ of that site. */
 static char *qdq(builder *b, const char *x, const char *tag, const kiln_art_site *s)
 {
     /* Signed codes are written unsigned with the zero point shifted by
@@ -267,11 +272,15 @@ static char *qdq(builder *b, const char *x, const char *tag, const kiln_art_site
     int32_t z = s->zero_point;
     if (dt == DT_INT8) dt = DT_UINT8, z += 128;
     else if (dt == DT_INT4) dt = DT_UINT4, z += 8;
-    char *sc = sfmt(b, "%s:scale", tag), *zp = sfmt(b, "%s:zp", tag);
+    char *sc = sfmt(b, "%s:s", s->name), *zp = sfmt(b, "%s:z", s->name);
     char *q = sfmt(b, "%s:q", tag), *dq = sfmt(b, "%s:dq", tag);
-    if (b->st == KILN_OK) {
+    const size_t si = (size_t)(s - b->a->sites);
+    if (b->st == KILN_OK && !b->site_made[si]) {
+        b->site_made[si] = 1;
         init_scalar(b, sc, s->scale);
         init_codes(b, zp, dt, NULL, 0, &z, 1);
+    }
+    if (b->st == KILN_OK) {
         node(b, "QuantizeLinear", NULL, (const char *[]){x, sc, zp, NULL}, (const char *[]){q, NULL});
         node(b, "DequantizeLinear", NULL, (const char *[]){q, sc, zp, NULL}, (const char *[]){dq, NULL});
     }
@@ -291,6 +300,7 @@ typedef struct wval {
     char *w;      /* the float weight value                              */
     int quant;    /* the weight is DequantizeLinear output                */
     float *scale; /* [cout] its per-channel scale (quant only)          */
+    int per_tensor; /* every channel has the same scale (and zero point) */
     const float *fbias; /* [cout] float bias, or NULL                     */
     int cout;
     char *bias;   /* its float initializer, made by the first conv that reads it */
@@ -303,6 +313,15 @@ static const char *float_bias(builder *b, wval *v, const char *wname)
     v->bias = sfmt(b, "%s.bias", wname);
     if (v->bias) init_floats(b, v->bias, (const int64_t[]){v->cout}, 1, v->fbias, (size_t)v->cout);
     return v->bias;
+}
+
+/* Whether the n values of v are all the same (a per-channel vector that
+ * can be written as one scalar, per-tensor). */
+static int uniform(const float *v, size_t n)
+{
+    for (size_t i = 1; i < n; i++)
+        if (v[i] != v[0]) return 0;
+    return 1;
 }
 
 static int int4_fits(const kiln_art_conv *c)
@@ -354,10 +373,11 @@ static void export_weight(builder *b, const kiln_art_conv *c, const kiln_export_
             v->scale[ch] = c->scales[k];
             zps[ch] = c->zero_points[k];
         }
-        int zero = 1;
-        for (int ch = 0; ch < c->cout; ch++) zero &= zps[ch] == 0;
-        if (c->granularity == KILN_QG_PER_TENSOR) {
-            init_scalar(b, sc, c->scales[0]);
+        int zero = 1, same_zp = 1;
+        for (int ch = 0; ch < c->cout; ch++) zero &= zps[ch] == 0, same_zp &= zps[ch] == zps[0];
+        v->per_tensor = c->granularity == KILN_QG_PER_TENSOR || (same_zp && uniform(v->scale, (size_t)c->cout));
+        if (v->per_tensor) {
+            init_scalar(b, sc, v->scale[0]);
             if (!zero) init_codes(b, zp, dt, NULL, 0, zps, 1);
         } else {
             init_floats(b, sc, dims, 1, v->scale, (size_t)c->cout);
@@ -366,7 +386,7 @@ static void export_weight(builder *b, const kiln_art_conv *c, const kiln_export_
         /* A zero point of 0 is DequantizeLinear's default: left out. */
         Onnx__NodeProto *n = node(b, "DequantizeLinear", NULL, (const char *[]){codes, sc, zero ? NULL : zp, NULL},
                                   (const char *[]){v->w, NULL});
-        if (c->granularity == KILN_QG_PER_CHANNEL) attr_i(b, n, "axis", 0);
+        if (!v->per_tensor) attr_i(b, n, "axis", 0);
     } else {
         /* Palette with an int8 LUT: int8 codes lut_q[group][index], scale
          * the LUT's (times the channel scale). */
@@ -375,7 +395,9 @@ static void export_weight(builder *b, const kiln_art_conv *c, const kiln_export_
             v->scale[ch] = c->channel_scales ? c->lut_scales[g] * c->channel_scales[ch] : c->lut_scales[g];
             zps[ch] = 0;
         }
-        init_floats(b, sc, dims, 1, v->scale, (size_t)c->cout);
+        v->per_tensor = uniform(v->scale, (size_t)c->cout);
+        if (v->per_tensor) init_scalar(b, sc, v->scale[0]);
+        else init_floats(b, sc, dims, 1, v->scale, (size_t)c->cout);
         if (!four && c->n_bits <= 8 && o->weights == KILN_EXPORT_WEIGHTS_INT8) {
             for (size_t j = 0; j < numel; j++) {
                 size_t g = j / per_out / (size_t)c->group_size;
@@ -385,8 +407,8 @@ static void export_weight(builder *b, const kiln_art_conv *c, const kiln_export_
         } else {
             /* indices (uint4 or uint8) -> int32 (+ the group's LUT offset)
              * -> Gather from all LUTs, concatenated. */
-            char *idx = sfmt(b, "%s.indices", c->name), *i32 = sfmt(b, "%s:indices_i32", c->name);
-            char *off = sfmt(b, "%s.lut_offset", c->name), *io = sfmt(b, "%s:indices_lut", c->name);
+            char *idx = sfmt(b, "%s.indices", c->name), *i32 = sfmt(b, "%s:idx_i", c->name);
+            char *off = sfmt(b, "%s.lut_offset", c->name), *io = sfmt(b, "%s:idx_l", c->name);
             char *lut = sfmt(b, "%s.lut", c->name);
             if (b->st == KILN_OK) {
                 for (size_t j = 0; j < numel; j++) tmp[j] = c->indices[j];
@@ -394,14 +416,16 @@ static void export_weight(builder *b, const kiln_art_conv *c, const kiln_export_
                 /* uint4 -> float by DequantizeLinear (scale 1, which every
                  * opset-21 runtime implements for uint4; Cast from uint4 is
                  * not), then float -> int32. */
-                char *fidx = sfmt(b, "%s:indices_f32", c->name), *one = sfmt(b, "%s.index_scale", c->name);
-                if (b->st == KILN_OK) {
+                char *fidx = sfmt(b, "%s:idx_f", c->name);
+                const char *one = "palette:index_scale"; /* one scalar 1 for every palette */
+                if (b->st == KILN_OK && !b->index_scale_made) {
+                    b->index_scale_made = 1;
                     init_scalar(b, one, 1.0f);
-                    node(b, "DequantizeLinear", NULL, (const char *[]){idx, one, NULL}, (const char *[]){fidx, NULL});
                 }
+                node(b, "DequantizeLinear", NULL, (const char *[]){idx, one, NULL}, (const char *[]){fidx, NULL});
                 Onnx__NodeProto *n = node(b, "Cast", NULL, (const char *[]){fidx, NULL}, (const char *[]){i32, NULL});
                 attr_i(b, n, "to", DT_INT32);
-                free(fidx), free(one);
+                free(fidx);
                 const char *gidx = i32;
                 if (c->n_luts > 1) {
                     for (int ch = 0; ch < c->cout; ch++) tmp[ch] = (ch / c->group_size) << c->n_bits;
@@ -421,7 +445,7 @@ static void export_weight(builder *b, const kiln_art_conv *c, const kiln_export_
         }
         Onnx__NodeProto *n = node(b, "DequantizeLinear", NULL, (const char *[]){codes, sc, NULL},
                                   (const char *[]){v->w, NULL});
-        attr_i(b, n, "axis", 0);
+        if (!v->per_tensor) attr_i(b, n, "axis", 0);
     }
     free(zps);
     v->quant = 1;
@@ -591,7 +615,7 @@ static kiln_status build(builder *b, const kiln_graph *g, const kiln_artifact *a
                     st = b->st;
                     goto out;
                 }
-                char *bq = sfmt(b, "%s:bias_q", nm), *bsn = sfmt(b, "%s:bias_scale", nm);
+                char *bq = sfmt(b, "%s:bias_q", nm), *bsn = sfmt(b, "%s:bias_s", nm);
 
                 extra = sfmt(b, "%s:bias", nm);
                 uint8_t *p = b->st == KILN_OK ? init(b, bq, DT_INT32, (const int64_t[]){gw->cout}, 1, 4 * (size_t)gw->cout) : NULL;
@@ -605,10 +629,12 @@ static kiln_status build(builder *b, const kiln_graph *g, const kiln_artifact *a
                     }
                     wr_i32(p + 4 * ch, (int32_t)q);
                 }
-                init_floats(b, bsn, (const int64_t[]){gw->cout}, 1, bs, (size_t)gw->cout);
+                /* One scalar when the weight's scale is one (x_scale is). */
+                if (v->per_tensor) init_scalar(b, bsn, bs[0]);
+                else init_floats(b, bsn, (const int64_t[]){gw->cout}, 1, bs, (size_t)gw->cout);
                 Onnx__NodeProto *dn = node(b, "DequantizeLinear", NULL, (const char *[]){bq, bsn, NULL},
                                            (const char *[]){extra, NULL});
-                attr_i(b, dn, "axis", 0);
+                if (!v->per_tensor) attr_i(b, dn, "axis", 0);
                 free(bs), free(bq), free(bsn);
                 if (st != KILN_OK) {
                     free(extra);
@@ -623,9 +649,8 @@ static kiln_status build(builder *b, const kiln_graph *g, const kiln_artifact *a
             const int64_t p = gw->k / 2;
             attr_ints(b, cn, "kernel_shape", (const int64_t[]){gw->k, gw->k}, 2);
             attr_ints(b, cn, "pads", (const int64_t[]){p, p, p, p}, 4);
-            attr_ints(b, cn, "strides", (const int64_t[]){1, 1}, 2);
-            attr_ints(b, cn, "dilations", (const int64_t[]){1, 1}, 2);
-            attr_i(b, cn, "group", gw->groups);
+            /* strides, dilations and group 1 are ONNX's defaults */
+            if (gw->groups != 1) attr_i(b, cn, "group", gw->groups);
             break;
         }
         case KILN_OP_RELU: {
@@ -776,7 +801,9 @@ static kiln_status export_any(const kiln_graph *g, const kiln_artifact *a, const
     os->version = opset;
     m->has_ir_version = 1;
     m->ir_version = opset >= 21 ? 10 : 8;
-    builder b = {.g = gp, .opset = opset};
+    builder b = {.g = gp, .opset = opset, .a = a};
+    if (a && a->n_sites && !(b.site_made = calloc(a->n_sites, 1)))
+        b.st = kiln_fail(KILN_ERR_NOMEM, "onnx export: out of memory");
     os->domain = sdup(&b, "");
     m->producer_name = sdup(&b, "kiln");
     m->producer_version = sdup(&b, kiln_version());
@@ -796,6 +823,7 @@ static kiln_status export_any(const kiln_graph *g, const kiln_artifact *a, const
         }
     }
     protobuf_c_message_free_unpacked(&m->base, NULL);
+    free(b.site_made);
     return st;
 }
 
